@@ -1,0 +1,76 @@
+"""file:// store for `spatialforge run` on a laptop."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import unquote, urlparse
+
+from spatialforge.runner.errors import InputNotFoundError, StorageError
+from spatialforge.runner.storage.base import ArtifactStore, ObjectInfo, sha256_hex
+
+
+def file_path(uri: str) -> Path:
+    """The local path of a file:// URI."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "file":
+        raise ValueError(f"not a file:// URI: {uri}")
+    return Path(unquote(parsed.netloc + parsed.path))
+
+
+def file_uri(path: Path, *, prefix: bool = False) -> str:
+    out = Path(path).resolve().as_uri()
+    return out + "/" if prefix else out
+
+
+class LocalStore(ArtifactStore):
+    """Objects are files; writes go to a temp file first and are renamed into place."""
+
+    scheme = "file"
+
+    def get(self, uri: str) -> bytes:
+        path = file_path(uri)
+        try:
+            return path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise InputNotFoundError(f"no such file: {uri}") from exc
+
+    def open(self, uri: str) -> BinaryIO:
+        try:
+            return open(file_path(uri), "rb")
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise InputNotFoundError(f"no such file: {uri}") from exc
+
+    def put(self, uri: str, data: bytes, *, content_type: str | None = None) -> str:
+        path = file_path(uri)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise StorageError(f"cannot write {uri}: {exc}") from exc
+        return sha256_hex(data)
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        root = file_path(prefix)
+        if not root.is_dir():
+            return []
+        out = [
+            ObjectInfo(uri=p.resolve().as_uri(), size=p.stat().st_size)
+            for p in root.rglob("*")
+            if p.is_file() and not p.name.startswith(".")
+        ]
+        return sorted(out, key=lambda o: o.uri)
+
+    def stat(self, uri: str) -> ObjectInfo | None:
+        path = file_path(uri)
+        if not path.is_file():
+            return None
+        return ObjectInfo(uri=uri, size=path.stat().st_size)
+
+    def download(self, uri: str, path: Path) -> Path:
+        return Path(path) if Path(path) == file_path(uri) else super().download(uri, path)
