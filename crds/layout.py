@@ -1,0 +1,29 @@
+"""Where a resource's results live in the object store; shared by runner, operator, front end.
+
+    <output uri>/<namespace>/<name>/shard-<index>/...        one folder per shard
+    <output uri>/<namespace>/<name>/shard-<index>/manifest.json   written last
+"""
+
+from __future__ import annotations
+
+MANIFEST = "manifest.json"
+
+
+def output_base(output_uri: str, namespace: str, name: str) -> str:
+    """Prefix under which every result of one resource lives (no trailing slash)."""
+    return f"{output_uri.rstrip('/')}/{namespace}/{name}"
+
+
+def shard_prefix(output_uri: str, namespace: str, name: str, index: int) -> str:
+    return f"{output_base(output_uri, namespace, name)}/shard-{index:05d}"
+
+
+def manifest_uri(output_uri: str, namespace: str, name: str, index: int = 0) -> str:
+    return f"{shard_prefix(output_uri, namespace, name, index)}/{MANIFEST}"
+
+
+def shard_of(items: list[str], index: int, count: int) -> list[str]:
+    """The inputs shard `index` of `count` handles: a stable, disjoint, covering split."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard index {index} out of range for {count} shards")
+    return sorted(items)[index::count]

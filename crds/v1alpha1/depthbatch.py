@@ -1,0 +1,64 @@
+"""DepthBatch: monocular depth for a set of images."""
+
+from __future__ import annotations
+
+import enum
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from spatialforge.crds.v1alpha1.common import (
+    CRDModel,
+    DepthModel,
+    Intrinsics,
+    KubeResource,
+    Lifecycle,
+    ObjectURI,
+    Placement,
+    immutable,
+)
+
+
+class DepthFormat(str, enum.Enum):
+    png16 = "png16"  # 16-bit PNG, depth in millimetres (metric) or scaled relative units.
+    npy = "npy"  # float32 NumPy array, metres (metric) or relative units.
+
+
+class DepthOutput(CRDModel):
+    """Where results go: `<uri>/<namespace>/<name>/...`, manifest written last."""
+
+    uri: ObjectURI
+    formats: list[DepthFormat] = Field(default_factory=lambda: [DepthFormat.png16, DepthFormat.npy], min_length=1, max_length=2)
+
+
+class DepthBatchSpec(Lifecycle):
+    """Desired state of a DepthBatch."""
+
+    inputs: list[ObjectURI] = Field(min_length=1, max_length=10000, json_schema_extra=immutable("inputs"))
+    """Images (JPEG, PNG, WebP) as s3:// objects, or prefixes ending in "/"."""
+    output: DepthOutput = Field(json_schema_extra=immutable("output"))
+    model: DepthModel = Field(default_factory=DepthModel, json_schema_extra=immutable("model"))
+    intrinsics: Intrinsics | None = None
+    """Camera intrinsics used for every image (for the manifest's focal length)."""
+    parallelism: int = Field(default=1, ge=1, le=64)
+    """Shards of the inputs, run as an Indexed Job with one pod per shard."""
+    batch_size: int = Field(default=4, ge=1, le=64)
+    """Images per forward pass."""
+    max_image_pixels: int = Field(default=40_000_000, ge=1, le=200_000_000)
+    """Larger images are invalid input."""
+    max_image_bytes: int = Field(default=50 * 1024 * 1024, ge=1, le=1024 * 1024 * 1024)
+    """Larger files are invalid input."""
+    placement: Placement = Field(default_factory=Placement)
+
+
+class DepthBatch(KubeResource):
+    """A DepthBatch custom resource."""
+
+    KIND: ClassVar[str] = "DepthBatch"
+    PLURAL: ClassVar[str] = "depthbatches"
+    SINGULAR: ClassVar[str] = "depthbatch"
+    SHORT_NAMES: ClassVar[tuple[str, ...]] = ("db", "depth")
+    MAIN_INPUT_JSONPATH: ClassVar[str] = ".spec.inputs[0]"
+
+    kind: Literal["DepthBatch"] = "DepthBatch"
+    spec: DepthBatchSpec

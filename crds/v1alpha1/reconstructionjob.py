@@ -1,0 +1,80 @@
+"""ReconstructionJob: a video or a folder of frames becomes a coloured 3D model."""
+
+from __future__ import annotations
+
+import enum
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from spatialforge.crds.v1alpha1.common import (
+    CRDModel,
+    DepthModel,
+    Intrinsics,
+    KubeResource,
+    Lifecycle,
+    ModelVariant,
+    ObjectURI,
+    Placement,
+    immutable,
+)
+
+
+class QualityPreset(str, enum.Enum):
+    draft = "draft"  # At most 30 keyframes.
+    standard = "standard"  # At most 100 keyframes.
+    high = "high"  # At most 200 keyframes.
+
+    @property
+    def max_keyframes(self) -> int:
+        return {"draft": 30, "standard": 100, "high": 200}[self.value]
+
+
+class ReconstructionFormat(str, enum.Enum):
+    pointcloud = "pointcloud"  # Coloured point cloud, PLY.
+    mesh = "mesh"  # Coloured triangle mesh, PLY.
+    trajectory = "trajectory"  # Camera poses, JSON.
+
+
+class ReconstructionOutput(CRDModel):
+    """Where results go: `<uri>/<namespace>/<name>/...`, manifest written last."""
+
+    uri: ObjectURI
+    formats: list[ReconstructionFormat] = Field(
+        default_factory=lambda: list(ReconstructionFormat), min_length=1, max_length=3
+    )
+
+
+def _metric_model() -> DepthModel:
+    return DepthModel(variant=ModelVariant.metric_indoor)
+
+
+class ReconstructionJobSpec(Lifecycle):
+    """Desired state of a ReconstructionJob."""
+
+    input: ObjectURI = Field(json_schema_extra=immutable("input"))
+    """A video (MP4, MOV, WebM) object, or a prefix of frames ending in "/"."""
+    output: ReconstructionOutput = Field(json_schema_extra=immutable("output"))
+    quality: QualityPreset = Field(default=QualityPreset.standard, json_schema_extra=immutable("quality"))
+    """Keyframe cap and fusion resolution."""
+    model: DepthModel = Field(default_factory=_metric_model, json_schema_extra=immutable("model"))
+    """Depth model; a metric variant gives the reconstruction its scale."""
+    intrinsics: Intrinsics | None = None
+    voxel_size: float | None = Field(default=None, gt=0.0005, le=0.5)
+    """TSDF voxel size in metres; the preset chooses when absent."""
+    depth_max: float = Field(default=10.0, gt=0.1, le=100.0)
+    """Depth beyond this (metres) is ignored in fusion."""
+    placement: Placement = Field(default_factory=Placement)
+
+
+class ReconstructionJob(KubeResource):
+    """A ReconstructionJob custom resource."""
+
+    KIND: ClassVar[str] = "ReconstructionJob"
+    PLURAL: ClassVar[str] = "reconstructionjobs"
+    SINGULAR: ClassVar[str] = "reconstructionjob"
+    SHORT_NAMES: ClassVar[tuple[str, ...]] = ("rj", "recon")
+    MAIN_INPUT_JSONPATH: ClassVar[str] = ".spec.input"
+
+    kind: Literal["ReconstructionJob"] = "ReconstructionJob"
+    spec: ReconstructionJobSpec

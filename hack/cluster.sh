@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# A real local Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler) plus the SpatialForge node agent that plays the kubelet for simulated GPU nodes.
+#
+#   hack/cluster.sh up       build once (cached), start, write .local/kubeconfig; idempotent
+#   hack/cluster.sh down     stop everything, leave no process behind (state kept)
+#   hack/cluster.sh reset    down, then wipe the state directory
+#   hack/cluster.sh status   what runs, and whether the API answers
+#   hack/cluster.sh env      the exports a shell needs (KUBECONFIG, PATH)
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+API_PORT="${SF_API_PORT:-16443}"
+ETCD_PORT="${SF_ETCD_PORT:-12379}"
+ETCD_PEER_PORT="${SF_ETCD_PEER_PORT:-12380}"
+CM_PORT="${SF_CM_PORT:-10357}"
+SCHED_PORT="${SF_SCHED_PORT:-10359}"
+NODES="${SF_NODES:-2}"
+GPUS_PER_NODE="${SF_GPUS_PER_NODE:-4}"
+PYTHON="${PYTHON:-python3}"
+
+KUBE_DIR="${SF_BIN}/kube-${KUBE_VERSION}"
+ETCD_BIN="$(tool_path etcd "${ETCD_VERSION}")"
+PKI="${SF_STATE}/pki"
+KUBECONFIG_PATH="${SF_STATE}/kubeconfig"
+COMPONENTS=(node-agent kube-scheduler kube-controller-manager kube-apiserver etcd)
+
+cluster_build() {
+  "${HACK_DIR}/build-tools.sh" etcd kube
+}
+
+cluster_pki() {
+  [[ -f "${PKI}/admin.token" ]] && return 0
+  command -v openssl >/dev/null || log_fatal "openssl is required (apt-get install openssl)"
+  mkdir -p "${PKI}"
+  (
+    cd "${PKI}"
+    umask 077
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=spatialforge-dev-ca" \
+      -keyout ca.key -out ca.crt 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout apiserver.key -out apiserver.csr 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\n' >san.ext
+    openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile san.ext -out apiserver.crt 2>/dev/null
+    openssl genrsa -out sa.key 2048 2>/dev/null
+    openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+    # Static bearer tokens: the admin (system:masters) and the control-plane components.
+    local admin cm sched
+    admin=$(openssl rand -hex 24); cm=$(openssl rand -hex 24); sched=$(openssl rand -hex 24)
+    {
+      echo "${admin},admin,admin,system:masters"
+      echo "${cm},system:kube-controller-manager,kube-controller-manager"
+      echo "${sched},system:kube-scheduler,kube-scheduler"
+    } >tokens.csv
+    echo "${admin}" >admin.token; echo "${cm}" >cm.token; echo "${sched}" >sched.token
+  )
+}
+
+# cluster_kubeconfig FILE TOKENFILE
+cluster_kubeconfig() {
+  local file=$1 token
+  token=$(cat "$2")
+  umask 077
+  cat >"${file}" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: spatialforge-dev
+  cluster:
+    server: https://127.0.0.1:${API_PORT}
+    certificate-authority: ${PKI}/ca.crt
+users:
+- name: user
+  user:
+    token: ${token}
+contexts:
+- name: spatialforge-dev
+  context: {cluster: spatialforge-dev, user: user}
+current-context: spatialforge-dev
+KC
+}
+
+cluster_api_ready() {
+  local i
+  for ((i = 0; i < 600; i++)); do
+    if curl -sf --cacert "${PKI}/ca.crt" -H "Authorization: Bearer $(cat "${PKI}/admin.token")" \
+      "https://127.0.0.1:${API_PORT}/readyz" >/dev/null 2>&1; then return 0; fi
+    proc_alive kube-apiserver || log_fatal "kube-apiserver exited; see ${SF_STATE}/logs/kube-apiserver.log"
+    sleep 0.1
+  done
+  log_fatal "kube-apiserver not ready after 60s; see ${SF_STATE}/logs/kube-apiserver.log"
+}
+
+cluster_up() {
+  cluster_build
+  mkdir -p "${SF_STATE}"/{etcd,logs,pids,flexvolume}
+  cluster_pki
+  cluster_kubeconfig "${KUBECONFIG_PATH}" "${PKI}/admin.token"
+  cluster_kubeconfig "${PKI}/cm.kubeconfig" "${PKI}/cm.token"
+  cluster_kubeconfig "${PKI}/sched.kubeconfig" "${PKI}/sched.token"
+
+  if ! proc_alive etcd; then
+    log_info "starting etcd on 127.0.0.1:${ETCD_PORT}"
+    proc_start etcd "${ETCD_BIN}" --name=dev --data-dir="${SF_STATE}/etcd" \
+      --listen-client-urls="http://127.0.0.1:${ETCD_PORT}" --advertise-client-urls="http://127.0.0.1:${ETCD_PORT}" \
+      --listen-peer-urls="http://127.0.0.1:${ETCD_PEER_PORT}" --initial-advertise-peer-urls="http://127.0.0.1:${ETCD_PEER_PORT}" \
+      --initial-cluster="dev=http://127.0.0.1:${ETCD_PEER_PORT}" --log-level=warn \
+      --quota-backend-bytes=4294967296 --unsafe-no-fsync
+    wait_for_port 127.0.0.1 "${ETCD_PORT}" 30 etcd
+  fi
+  if ! proc_alive kube-apiserver; then
+    log_info "starting kube-apiserver ${KUBE_VERSION} on https://127.0.0.1:${API_PORT}"
+    proc_start kube-apiserver "${KUBE_DIR}/kube-apiserver" \
+      --etcd-servers="http://127.0.0.1:${ETCD_PORT}" \
+      --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="${API_PORT}" \
+      --endpoint-reconciler-type=none \
+      --tls-cert-file="${PKI}/apiserver.crt" --tls-private-key-file="${PKI}/apiserver.key" \
+      --client-ca-file="${PKI}/ca.crt" --token-auth-file="${PKI}/tokens.csv" \
+      --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+      --service-account-key-file="${PKI}/sa.pub" --service-account-signing-key-file="${PKI}/sa.key" \
+      --api-audiences=https://kubernetes.default.svc.cluster.local \
+      --service-cluster-ip-range=10.0.0.0/24 --authorization-mode=RBAC \
+      --allow-privileged=true --profiling=false --v=1
+    cluster_api_ready
+  fi
+  if ! proc_alive kube-controller-manager; then
+    log_info "starting kube-controller-manager"
+    proc_start kube-controller-manager "${KUBE_DIR}/kube-controller-manager" \
+      --kubeconfig="${PKI}/cm.kubeconfig" --authentication-kubeconfig="${PKI}/cm.kubeconfig" \
+      --authorization-kubeconfig="${PKI}/cm.kubeconfig" \
+      --leader-elect=false --bind-address=127.0.0.1 --secure-port="${CM_PORT}" \
+      --service-account-private-key-file="${PKI}/sa.key" --root-ca-file="${PKI}/ca.crt" \
+      --use-service-account-credentials=true \
+      --flex-volume-plugin-dir="${SF_STATE}/flexvolume" \
+      --controllers='*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle,-persistentvolume-binder,-attachdetach,-persistentvolume-expander,-ephemeral-volume' \
+      --concurrent-job-syncs=20 --kube-api-qps=200 --kube-api-burst=400 --v=1
+  fi
+  if ! proc_alive kube-scheduler; then
+    log_info "starting kube-scheduler"
+    proc_start kube-scheduler "${KUBE_DIR}/kube-scheduler" \
+      --kubeconfig="${PKI}/sched.kubeconfig" --authentication-kubeconfig="${PKI}/sched.kubeconfig" \
+      --authorization-kubeconfig="${PKI}/sched.kubeconfig" \
+      --leader-elect=false --bind-address=127.0.0.1 --secure-port="${SCHED_PORT}" \
+      --kube-api-qps=200 --kube-api-burst=400 --v=1
+  fi
+  if ! proc_alive node-agent; then
+    "${PYTHON}" -c 'import spatialforge.devcluster' 2>/dev/null ||
+      log_fatal "the node agent needs the project installed: pip install -e '.[all]'"
+    log_info "starting node agent: ${NODES} nodes x ${GPUS_PER_NODE} nvidia.com/gpu"
+    proc_start node-agent env KUBECONFIG="${KUBECONFIG_PATH}" SPATIALFORGE_STATE="${SF_STATE}" \
+      "${PYTHON}" -m spatialforge.devcluster --nodes "${NODES}" --gpus "${GPUS_PER_NODE}"
+  fi
+  cluster_wait_nodes
+  log_info "cluster up: export KUBECONFIG=${KUBECONFIG_PATH} PATH=${KUBE_DIR}:\$PATH"
+}
+
+cluster_wait_nodes() {
+  local i ready
+  for ((i = 0; i < 300; i++)); do
+    ready=$("${KUBE_DIR}/kubectl" --kubeconfig "${KUBECONFIG_PATH}" get nodes --no-headers 2>/dev/null | grep -c ' Ready' || true)
+    [[ ${ready} -ge ${NODES} ]] && return 0
+    proc_alive node-agent || log_fatal "node agent exited; see ${SF_STATE}/logs/node-agent.log"
+    sleep 0.2
+  done
+  log_fatal "nodes not Ready after 60s; see ${SF_STATE}/logs/node-agent.log"
+}
+
+cluster_down() {
+  local c
+  for c in "${COMPONENTS[@]}"; do
+    if proc_alive "${c}"; then log_info "stopping ${c}"; fi
+    proc_stop "${c}"
+  done
+}
+
+cluster_status() {
+  local c rc=0
+  for c in "${COMPONENTS[@]}"; do
+    if proc_alive "${c}"; then echo "${c}: running (pid $(cat "${SF_STATE}/pids/${c}.pid"))"; else echo "${c}: stopped"; rc=1; fi
+  done
+  if [[ -f ${KUBECONFIG_PATH} ]] && "${KUBE_DIR}/kubectl" --kubeconfig "${KUBECONFIG_PATH}" get --raw /readyz >/dev/null 2>&1; then
+    echo "api: ready at https://127.0.0.1:${API_PORT} (KUBECONFIG=${KUBECONFIG_PATH})"
+  else
+    echo "api: not ready"; rc=1
+  fi
+  return "${rc}"
+}
+
+case "${1:-}" in
+  up) cluster_up ;;
+  down) cluster_down ;;
+  reset) cluster_down; rm -rf "${SF_STATE:?}/etcd" "${SF_STATE}/pki" "${SF_STATE}/logs" "${KUBECONFIG_PATH}" ;;
+  status) cluster_status ;;
+  build) cluster_build ;;
+  env) printf 'export KUBECONFIG=%q\nexport PATH=%q:$PATH\n' "${KUBECONFIG_PATH}" "${KUBE_DIR}" ;;
+  *) echo "usage: $0 up|down|reset|status|build|env" >&2; exit 2 ;;
+esac

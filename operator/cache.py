@@ -1,0 +1,89 @@
+"""In-process view of our resources, their Jobs and pods, and the GPU limits.
+
+A cache, not the source of truth: it is filled by one listing at start-up and kept fresh by
+Kopf's watch events; everything the operator decides is written back to the resources.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from spatialforge.crds import constants as c
+
+Key = tuple[str, str, str]  # (kind, namespace, name)
+
+
+def resource_key(obj: dict[str, Any]) -> Key:
+    return (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+
+
+def owner_key(obj: dict[str, Any]) -> Key | None:
+    """The resource a Job or pod belongs to, from the labels the operator gave it."""
+    labels = obj["metadata"].get("labels") or {}
+    kind, name = labels.get(c.LABEL_KIND), labels.get(c.LABEL_NAME)
+    if not kind or not name:
+        return None
+    return (kind, obj["metadata"]["namespace"], name)
+
+
+def owner_uid(obj: dict[str, Any]) -> str | None:
+    return (obj["metadata"].get("labels") or {}).get(c.LABEL_UID)
+
+
+@dataclass
+class Cache:
+    resources: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    jobs: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    pods: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    namespace_limits: dict[str, int] = field(default_factory=dict)
+
+    def put_resource(self, obj: dict[str, Any], deleted: bool = False) -> Key:
+        key = resource_key(obj)
+        if deleted:
+            self.resources.pop(key, None)
+        else:
+            self.resources[key] = obj
+        return key
+
+    def put_job(self, obj: dict[str, Any], deleted: bool = False) -> Key | None:
+        key = owner_key(obj)
+        if key is None:
+            return None
+        current = self.jobs.get(key)
+        if deleted:
+            if current is not None and current["metadata"]["uid"] == obj["metadata"]["uid"]:
+                del self.jobs[key]
+        else:
+            self.jobs[key] = obj
+        return key
+
+    def put_pod(self, obj: dict[str, Any], deleted: bool = False) -> Key | None:
+        key = owner_key(obj)
+        if key is None:
+            return None
+        pods = self.pods.setdefault(key, {})
+        if deleted:
+            pods.pop(obj["metadata"]["uid"], None)
+            if not pods:
+                del self.pods[key]
+        else:
+            pods[obj["metadata"]["uid"]] = obj
+        return key
+
+    def put_namespace(self, obj: dict[str, Any], deleted: bool = False) -> bool:
+        """Record a namespace's GPU limit annotation; True when the limit changed."""
+        name = obj["metadata"]["name"]
+        raw = (obj["metadata"].get("annotations") or {}).get(c.ANNOTATION_GPU_LIMIT)
+        limit: int | None = None
+        if raw is not None and not deleted:
+            try:
+                limit = max(0, int(raw))
+            except ValueError:
+                limit = None  # unparsable: treated as unset (and reported by the reconciler's log)
+        old = self.namespace_limits.get(name)
+        if limit is None:
+            self.namespace_limits.pop(name, None)
+        else:
+            self.namespace_limits[name] = limit
+        return old != limit

@@ -1,0 +1,133 @@
+"""Kopf wiring: start-up, and event handlers that feed the cache and enqueue work.
+
+The handlers hold no logic: every decision is in `reconciler.py`, computed from the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+from kubernetes_asyncio import config as kube_config
+
+from spatialforge.crds import constants as c
+from spatialforge.operator.cache import Cache, owner_key
+from spatialforge.operator.kube import Kube
+from spatialforge.operator.reconciler import Reconciler
+from spatialforge.operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+MANAGED = {c.LABEL_MANAGED_BY: c.MANAGED_BY}
+KINDS = {"depthbatches": "DepthBatch", "reconstructionjobs": "ReconstructionJob"}
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Log in from the kubeconfig or the in-cluster service account, not via the kubernetes
+    client (whose 36.x releases broke Kopf's client-based login)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=c.GROUP)
+    settings.persistence.finalizer = c.FINALIZER  # ours; Kopf adds none (no delete handlers)
+    # Bounded watch requests: a silently stalled stream is re-opened (kopf#1267).
+    settings.watching.server_timeout = 240
+    settings.watching.client_timeout = 270
+    settings.watching.connect_timeout = 30
+    settings.posting.level = logging.WARNING
+    settings.networking.request_timeout = 60
+
+    op_settings: OperatorSettings = memo.get("settings") or OperatorSettings()
+    api = await kube_config.new_client_from_config(config_file=op_settings.kubeconfig) \
+        if op_settings.kubeconfig else await _incluster()
+    api.configuration.connection_pool_maxsize = 32  # type: ignore[attr-defined]
+    kube, cache = Kube(api), Cache()
+    # Fill the cache before the first reconcile, so nothing is decided on half a picture.
+    for kind in KINDS.values():
+        for obj in await kube.list_resources(kind):
+            cache.put_resource(obj)
+    for job in await kube.list_jobs(f"{c.LABEL_MANAGED_BY}={c.MANAGED_BY}"):
+        cache.put_job(job)
+    for pod in await kube.list_pods(f"{c.LABEL_MANAGED_BY}={c.MANAGED_BY}"):
+        cache.put_pod(pod)
+    for ns in await kube.list_namespaces():
+        cache.put_namespace(ns)
+    reconciler = Reconciler(kube, cache, op_settings)
+    memo.api, memo.kube, memo.cache, memo.reconciler = api, kube, cache, reconciler
+    reconciler.start()
+    for key in list(cache.resources):
+        reconciler.enqueue(key)
+    reconciler.poke_admission()
+    log.info("operator started: %d resources, %d jobs in cache", len(cache.resources), len(cache.jobs))
+
+
+async def _incluster() -> Any:
+    from kubernetes_asyncio import client
+
+    kube_config.load_incluster_config()
+    return client.ApiClient()
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    reconciler = memo.get("reconciler")
+    if reconciler is not None:
+        await reconciler.stop()
+        await memo.api.close()
+
+
+def _ready(memo: kopf.Memo) -> bool:
+    return memo.get("reconciler") is not None
+
+
+@kopf.on.event(c.GROUP, c.VERSION, "depthbatches")
+@kopf.on.event(c.GROUP, c.VERSION, "reconstructionjobs")
+def resource_event(event: dict[str, Any], resource: kopf.Resource, memo: kopf.Memo, **_: Any) -> None:
+    if not _ready(memo) or event.get("type") is None and not event.get("object"):
+        return
+    obj = dict(event["object"])
+    obj.setdefault("kind", KINDS[resource.plural])
+    key = memo.cache.put_resource(obj, deleted=event.get("type") == "DELETED")
+    if event.get("type") in ("ADDED", "DELETED", None) or _spec_or_meta_changed(obj):
+        memo.reconciler.poke_admission()
+    memo.reconciler.enqueue(key)
+
+
+def _spec_or_meta_changed(obj: dict[str, Any]) -> bool:
+    meta = obj["metadata"]
+    return bool(meta.get("deletionTimestamp")) or (obj.get("status") or {}).get("observedGeneration") != meta.get("generation")
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+def job_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    if not _ready(memo) or not event.get("object"):
+        return
+    key = memo.cache.put_job(dict(event["object"]), deleted=event.get("type") == "DELETED")
+    if key is not None:
+        memo.reconciler.enqueue(key)
+        if event.get("type") == "DELETED":
+            memo.reconciler.poke_admission()
+
+
+@kopf.on.event("", "v1", "pods", labels=MANAGED)
+def pod_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    if not _ready(memo) or not event.get("object"):
+        return
+    key = memo.cache.put_pod(dict(event["object"]), deleted=event.get("type") == "DELETED")
+    if key is not None:
+        memo.reconciler.enqueue(key)
+
+
+@kopf.on.event("", "v1", "namespaces")
+def namespace_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    if not _ready(memo) or not event.get("object"):
+        return
+    if memo.cache.put_namespace(dict(event["object"]), deleted=event.get("type") == "DELETED"):
+        memo.reconciler.poke_admission()
+
+
+__all__ = ["owner_key"]

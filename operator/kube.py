@@ -1,0 +1,152 @@
+"""The only module that calls the Kubernetes API (kubernetes_asyncio: never blocks the loop).
+
+Everything comes back as plain dicts (camelCase, as on the wire), which keeps the operator
+fast at thousands of objects and lets pure code consume exactly what the API returned.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
+
+from spatialforge.crds.constants import GROUP, VERSION
+
+PLURALS = {"DepthBatch": "depthbatches", "ReconstructionJob": "reconstructionjobs"}
+MERGE = "application/merge-patch+json"
+
+
+class NotFound(Exception):
+    pass
+
+
+class AlreadyExists(Exception):
+    pass
+
+
+class ConflictError(Exception):
+    pass
+
+
+def _raise(exc: ApiException) -> None:
+    if exc.status == 404:
+        raise NotFound(exc.reason) from exc
+    if exc.status == 409:
+        body = exc.body.decode() if isinstance(exc.body, bytes) else str(exc.body or "")
+        if "AlreadyExists" in body or "already exists" in body:
+            raise AlreadyExists(exc.reason) from exc
+        raise ConflictError(exc.reason) from exc
+    raise exc
+
+
+async def _json(coro: Any) -> dict[str, Any]:
+    try:
+        resp = await coro
+    except ApiException as exc:
+        _raise(exc)
+        raise
+    async with resp:
+        return json.loads(await resp.read())
+
+
+class Kube:
+    """Thin async facade over the API groups the operator uses."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.batch = client.BatchV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.coord = client.CoordinationV1Api(api)
+
+    # -- our resources -------------------------------------------------------------------
+    async def list_resources(self, kind: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        cont = None
+        while True:
+            page = await _json(self.custom.list_cluster_custom_object(
+                GROUP, VERSION, PLURALS[kind], limit=500, _continue=cont, _preload_content=False))
+            for item in page["items"]:
+                item.setdefault("kind", kind)
+            items.extend(page["items"])
+            cont = page["metadata"].get("continue")
+            if not cont:
+                return items
+
+    async def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        return await _json(self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURALS[kind], name, {"status": status},
+            _content_type=MERGE, _preload_content=False))
+
+    async def patch_resource(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return await _json(self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURALS[kind], name, patch, _content_type=MERGE, _preload_content=False))
+
+    async def delete_resource(self, kind: str, namespace: str, name: str, uid: str) -> None:
+        try:
+            await self.custom.delete_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURALS[kind], name,
+                body={"preconditions": {"uid": uid}, "propagationPolicy": "Background"})
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
+
+    # -- Jobs and pods -------------------------------------------------------------------
+    async def list_jobs(self, selector: str) -> list[dict[str, Any]]:
+        page = await _json(self.batch.list_job_for_all_namespaces(label_selector=selector, _preload_content=False))
+        return page["items"]
+
+    async def list_pods(self, selector: str) -> list[dict[str, Any]]:
+        page = await _json(self.core.list_pod_for_all_namespaces(label_selector=selector, _preload_content=False))
+        return page["items"]
+
+    async def list_namespace_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        page = await _json(self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False))
+        return page["items"]
+
+    async def get_job(self, namespace: str, name: str) -> dict[str, Any]:
+        return await _json(self.batch.read_namespaced_job(name, namespace, _preload_content=False))
+
+    async def create_job(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await _json(self.batch.create_namespaced_job(body["metadata"]["namespace"], body, _preload_content=False))
+
+    async def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return await _json(self.batch.patch_namespaced_job(name, namespace, patch, _content_type=MERGE,
+                                                           _preload_content=False))
+
+    async def delete_job(self, namespace: str, name: str) -> None:
+        try:
+            await self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    # -- limits ----------------------------------------------------------------------------
+    async def list_namespaces(self) -> list[dict[str, Any]]:
+        return (await _json(self.core.list_namespace(_preload_content=False)))["items"]
+
+    async def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await _json(self.core.read_namespaced_config_map(name, namespace, _preload_content=False))
+        except NotFound:
+            return None
+
+    # -- events ----------------------------------------------------------------------------
+    async def event(self, obj: dict[str, Any], type_: str, reason: str, message: str, now: str) -> None:
+        meta = obj["metadata"]
+        body = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta["uid"],
+                               "resourceVersion": meta.get("resourceVersion")},
+            "type": type_, "reason": reason, "message": message[:1024],
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "source": {"component": "spatialforge-operator"},
+            "reportingComponent": "spatialforge.io/operator", "reportingInstance": "spatialforge-operator",
+        }
+        try:
+            await self.core.create_namespaced_event(meta["namespace"], body)
+        except ApiException:
+            pass  # events are best effort

@@ -1,0 +1,42 @@
+"""Operator configuration, from SPATIALFORGE_* environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class OperatorSettings(BaseSettings):
+    """Everything the operator can be told; see docs/architecture.md."""
+
+    model_config = SettingsConfigDict(env_prefix="SPATIALFORGE_", extra="ignore")
+
+    namespace: str = "spatialforge-system"
+    """Where the operator runs: its leader Lease and the quota ConfigMap live here."""
+    quota_configmap: str = "spatialforge-quotas"
+    """ConfigMap whose `gpuBudget` key is the global GPU budget (absent: unlimited)."""
+    runner_image: str = "spatialforge/runner:0.1.0"
+    runner_image_pull_policy: str = "IfNotPresent"
+    runner_service_account: str = "spatialforge-runner"
+    runner_command: list[str] = Field(default_factory=lambda: ["python", "-m", "spatialforge.runner"])
+    runner_env_from_secret: str | None = None
+    """Secret whose keys become runner env (object-store endpoint and credentials)."""
+    runner_runtime_class: str | None = None
+    gpu_resource: str = "nvidia.com/gpu"
+    unschedulable_timeout_seconds: float = 300.0
+    """A runner pod unschedulable this long fails its resource (fail fast)."""
+    image_pull_grace_seconds: float = 60.0
+    """A runner pod stuck in image pull / config errors this long fails its resource."""
+    avg_run_seconds: float = 300.0
+    """Prior for the queue ETA until runs have been observed."""
+    workers: int = 8
+    """Concurrent reconciles."""
+    admission_interval_seconds: float = 2.0
+    leader_election: bool = True
+    lease_name: str = "spatialforge-operator"
+    lease_duration_seconds: float = 15.0
+    identity: str | None = None
+    """Leader-election identity; defaults to the pod (host) name."""
+    health_port: int = 8080
+    metrics_port: int = 9090
+    kubeconfig: str | None = Field(default=None, validation_alias="KUBECONFIG")

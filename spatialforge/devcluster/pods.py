@@ -1,0 +1,190 @@
+"""Play the kubelet for pods bound to the agent's nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
+
+from spatialforge.devcluster import behaviour as rules
+from spatialforge.devcluster import processes
+
+log = logging.getLogger(__name__)
+NAME_LABEL = "spatialforge.io/name"
+INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Kubelet:
+    """Watches pods on our nodes; one task per live pod."""
+
+    def __init__(self, api: client.ApiClient, nodes: list[str], fallback: rules.Behaviour, state_dir: Path) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.nodes = set(nodes)
+        self.fallback = fallback
+        self.state_dir = state_dir
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.attempts: Counter[tuple[str, str, str]] = Counter()
+        self.server = api.configuration.host
+        self.ca_file = api.configuration.ssl_ca_cert or ""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self._list_and_watch(stop)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("pod watch failed; relisting")
+                await asyncio.sleep(1)
+
+    async def _list_and_watch(self, stop: asyncio.Event) -> None:
+        selector = "spec.nodeName!="
+        resp = await self.core.list_pod_for_all_namespaces(field_selector=selector, _preload_content=False)
+        listing = json.loads(await resp.read())
+        for pod in listing["items"]:
+            self._observe(pod)
+        rv = listing["metadata"]["resourceVersion"]
+        while not stop.is_set():
+            resp = await self.core.list_pod_for_all_namespaces(
+                field_selector=selector, watch=True, resource_version=rv, timeout_seconds=240,
+                allow_watch_bookmarks=True, _preload_content=False,
+            )
+            async with resp:
+                while line := await resp.content.readline():
+                    event = json.loads(line)
+                    if event["type"] == "ERROR":
+                        if event["object"].get("code") == 410:
+                            return  # resourceVersion too old: relist
+                        raise RuntimeError(f"watch error: {event['object']}")
+                    rv = event["object"]["metadata"]["resourceVersion"]
+                    if event["type"] == "BOOKMARK":
+                        continue
+                    if event["type"] == "DELETED":
+                        self._forget(event["object"])
+                    else:
+                        self._observe(event["object"])
+
+    def _observe(self, pod: dict[str, Any]) -> None:
+        if pod["spec"].get("nodeName") not in self.nodes:
+            return
+        uid = pod["metadata"]["uid"]
+        if pod["metadata"].get("deletionTimestamp"):
+            self._forget(pod)
+            asyncio.create_task(self._confirm_deletion(pod))
+            return
+        if pod.get("status", {}).get("phase") in ("Succeeded", "Failed") or uid in self.tasks:
+            return
+        task = asyncio.create_task(self._play(pod))
+        self.tasks[uid] = task
+        task.add_done_callback(lambda _t, uid=uid: None)
+
+    def _forget(self, pod: dict[str, Any]) -> None:
+        task = self.tasks.pop(pod["metadata"]["uid"], None)
+        if task is not None and not task.done():
+            task.cancel()
+
+    async def _confirm_deletion(self, pod: dict[str, Any]) -> None:
+        """No kubelet confirms graceful deletion here, so finish it with grace period 0."""
+        meta = pod["metadata"]
+        try:
+            await self.core.delete_namespaced_pod(
+                meta["name"], meta["namespace"], grace_period_seconds=0,
+                body=client.V1DeleteOptions(grace_period_seconds=0, preconditions={"uid": meta["uid"]}),
+            )
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                log.warning("force delete of %s/%s failed: %s", meta["namespace"], meta["name"], exc.reason)
+
+    async def _behaviour(self, pod: dict[str, Any]) -> rules.Behaviour:
+        meta = pod["metadata"]
+        labels = meta.get("labels") or {}
+        name = labels.get(NAME_LABEL) or labels.get("job-name")
+        try:
+            cm = await self.core.read_namespaced_config_map(rules.CONFIGMAP, rules.NAMESPACE)
+            data = cm.data
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            data = None
+        return rules.resolve(data, meta["namespace"], name, self.fallback)
+
+    async def _patch(self, pod: dict[str, Any], status: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        await self.core.patch_namespaced_pod_status(meta["name"], meta["namespace"], {"status": status})
+
+    async def _play(self, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        container = pod["spec"]["containers"][0]["name"]
+        try:
+            how = await self._behaviour(pod)
+            key = (meta["namespace"], (meta.get("labels") or {}).get("job-name", meta["name"]),
+                   (meta.get("annotations") or {}).get(INDEX_ANNOTATION, ""))
+            attempt = self.attempts[key]
+            self.attempts[key] += 1
+            started = _now()
+            if how.waiting_reason:
+                await self._patch(pod, {
+                    "phase": "Pending",
+                    "conditions": [_cond("PodScheduled", "True"), _cond("Initialized", "True"),
+                                   _cond("ContainersReady", "False"), _cond("Ready", "False")],
+                    "containerStatuses": [_container(container, {"waiting": {"reason": how.waiting_reason,
+                                                                             "message": how.message or how.waiting_reason}}, ready=False)],
+                })
+                return
+            await self._patch(pod, {
+                "phase": "Running", "startTime": started, "podIP": "127.0.0.1", "hostIP": "127.0.0.1",
+                "podIPs": [{"ip": "127.0.0.1"}],
+                "conditions": [_cond("PodScheduled", "True"), _cond("Initialized", "True"),
+                               _cond("ContainersReady", "True"), _cond("Ready", "True")],
+                "containerStatuses": [_container(container, {"running": {"startedAt": started}}, ready=True)],
+            })
+            if how.mode == "process":
+                try:
+                    outcome = await processes.run(self.core, pod, self.state_dir, self.server, self.ca_file)
+                except (ValueError, ApiException) as exc:
+                    outcome = processes.Outcome(128, f"dev agent could not start the container: {exc}", "StartError")
+            else:
+                await asyncio.sleep(how.seconds)
+                code = how.exit_code_for(attempt)
+                outcome = processes.Outcome(code, how.message, "Completed" if code == 0 else ("OOMKilled" if code == 137 else "Error"))
+            terminated = {"exitCode": outcome.exit_code, "reason": outcome.reason, "startedAt": started, "finishedAt": _now()}
+            if outcome.message:
+                terminated["message"] = outcome.message
+            await self._patch(pod, {
+                "phase": "Succeeded" if outcome.exit_code == 0 else "Failed",
+                "conditions": [_cond("Ready", "False", "PodCompleted"), _cond("ContainersReady", "False", "PodCompleted")],
+                "containerStatuses": [_container(container, {"terminated": terminated}, ready=False)],
+            })
+        except asyncio.CancelledError:
+            raise
+        except ApiException as exc:
+            if exc.status not in (404, 409, 422):
+                log.exception("playing pod %s/%s failed", meta["namespace"], meta["name"])
+        except Exception:
+            log.exception("playing pod %s/%s failed", meta["namespace"], meta["name"])
+        finally:
+            self.tasks.pop(meta["uid"], None)
+
+
+def _cond(type_: str, status: str, reason: str | None = None) -> dict[str, Any]:
+    c = {"type": type_, "status": status, "lastTransitionTime": _now()}
+    if reason:
+        c["reason"] = reason
+    return c
+
+
+def _container(name: str, state: dict[str, Any], *, ready: bool) -> dict[str, Any]:
+    return {"name": name, "state": state, "ready": ready, "restartCount": 0, "image": "spatialforge-dev",
+            "imageID": "spatialforge-dev", "started": "running" in state}

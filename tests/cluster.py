@@ -1,0 +1,94 @@
+"""Test-side access to the local control plane started by hack/cluster.sh."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+STATE = Path(os.environ.get("SPATIALFORGE_STATE", REPO / ".local"))
+T = TypeVar("T")
+
+
+class HowToGetIt(RuntimeError):
+    """A server the tests need is missing; the message says how to get it."""
+
+
+@dataclass
+class Cluster:
+    kubeconfig: Path
+    kubectl_path: Path
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([str(self.kubectl_path), "--kubeconfig", str(self.kubeconfig), *args],
+                              input=input, capture_output=True, text=True, timeout=60)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc
+
+    def apply(self, manifest: dict[str, Any] | str, namespace: str | None = None) -> None:
+        text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
+        args = ["apply", "-f", "-"] + (["-n", namespace] if namespace else [])
+        self.kubectl(*args, input=text)
+
+    def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+        proc = self.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+        if proc.returncode != 0:
+            if "NotFound" in proc.stderr or "not found" in proc.stderr:
+                return None
+            raise AssertionError(proc.stderr)
+        return json.loads(proc.stdout)
+
+    def list(self, kind: str, namespace: str, selector: str | None = None) -> list[dict[str, Any]]:
+        args = ["get", kind, "-n", namespace, "-o", "json"] + (["-l", selector] if selector else [])
+        return json.loads(self.kubectl(*args).stdout)["items"]
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.25) -> T:
+    """Poll `probe` until it returns something truthy; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def kube_version() -> str:
+    lib = (REPO / "hack" / "lib.sh").read_text()
+    for line in lib.splitlines():
+        if line.startswith("KUBE_VERSION="):
+            return line.split(":-", 1)[1].rstrip('}"')
+    raise RuntimeError("KUBE_VERSION not found in hack/lib.sh")
+
+
+def start_cluster() -> tuple[Cluster, bool]:
+    """Start the plane via hack/cluster.sh unless it already runs; return (cluster, started_here)."""
+    script = REPO / "hack" / "cluster.sh"
+    status = subprocess.run(["bash", str(script), "status"], capture_output=True, text=True)
+    started = False
+    if status.returncode != 0:
+        env = {**os.environ, "SF_BUILD_OK": os.environ.get("SF_BUILD_OK", "1")}
+        up = subprocess.run(["bash", str(script), "up"], capture_output=True, text=True, env=env)
+        if up.returncode != 0:
+            raise HowToGetIt(
+                "the local control plane did not start. Build and start it with `make cluster-up` "
+                f"(hack/cluster.sh up). Its output:\n{up.stderr[-3000:]}")
+        started = True
+    cache = Path(os.environ.get("SPATIALFORGE_CACHE", Path.home() / ".cache" / "spatialforge"))
+    kubectl = cache / "bin" / f"kube-{kube_version()}" / "kubectl"
+    return Cluster(STATE / "kubeconfig", kubectl), started
+
+
+def stop_cluster() -> None:
+    subprocess.run(["bash", str(REPO / "hack" / "cluster.sh"), "down"], capture_output=True, text=True)

@@ -1,0 +1,82 @@
+"""Session-wide real servers: the local control plane (hack/cluster.sh) and the operator.
+
+A missing server fails the test with instructions; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import REPO, STATE, Cluster, HowToGetIt, start_cluster, stop_cluster
+from tests.operator_process import OperatorProcess
+
+SYSTEM_NAMESPACE = "spatialforge-system"
+BEHAVIOUR_NS = "spatialforge-devcluster"
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    try:
+        plane, started = start_cluster()
+    except HowToGetIt as exc:
+        pytest.fail(str(exc), pytrace=False)
+    plane.kubectl("apply", "--server-side", "-f", str(REPO / "crds" / "spatialforge.io_depthbatches.yaml"),
+                  "-f", str(REPO / "crds" / "spatialforge.io_reconstructionjobs.yaml"))
+    plane.kubectl("wait", "--for=condition=Established", "crd/depthbatches.spatialforge.io",
+                  "crd/reconstructionjobs.spatialforge.io", "--timeout=30s")
+    for ns in (SYSTEM_NAMESPACE, BEHAVIOUR_NS):
+        plane.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    yield plane
+    if started:
+        stop_cluster()
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Cluster) -> Iterator[OperatorProcess]:
+    log_dir = STATE / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    op = OperatorProcess(cluster.kubeconfig, log_dir, name="test-operator")
+    op.start()
+    yield op
+    op.stop()
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    """A fresh namespace per test, with the runner service account; deleted afterwards."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    cluster.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "spatialforge-runner"}}, name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+class Behaviour:
+    """Steer the dev node agent: what pods of a resource (or namespace) do."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    def set(self, key: str, **rule: object) -> None:
+        patch = {"data": {key: json.dumps(rule)}}
+        cm = self.cluster.get("configmap", "behaviour", BEHAVIOUR_NS)
+        if cm is None:
+            self.cluster.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                                "metadata": {"name": "behaviour", "namespace": BEHAVIOUR_NS}, **patch})
+        else:
+            self.cluster.kubectl("patch", "configmap", "behaviour", "-n", BEHAVIOUR_NS, "--type=merge",
+                                 "-p", json.dumps(patch))
+
+
+@pytest.fixture
+def behaviour(cluster: Cluster) -> Behaviour:
+    return Behaviour(cluster)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    Path(STATE).mkdir(parents=True, exist_ok=True)

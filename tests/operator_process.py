@@ -1,0 +1,63 @@
+"""The operator as a real subprocess, so tests can kill and restart it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class OperatorProcess:
+    def __init__(self, kubeconfig: Path, log_dir: Path, name: str = "operator", **settings: str) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_dir / f"{name}.log"
+        self.name = name
+        self.health_port = free_port()
+        self.metrics_port = free_port()
+        self.settings = {
+            "SPATIALFORGE_NAMESPACE": "spatialforge-system",
+            "SPATIALFORGE_UNSCHEDULABLE_TIMEOUT_SECONDS": "3",
+            "SPATIALFORGE_IMAGE_PULL_GRACE_SECONDS": "0",
+            "SPATIALFORGE_LEASE_DURATION_SECONDS": "6",
+            "SPATIALFORGE_ADMISSION_INTERVAL_SECONDS": "1",
+            **settings,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), **self.settings,
+               "SPATIALFORGE_HEALTH_PORT": str(self.health_port),
+               "SPATIALFORGE_METRICS_PORT": str(self.metrics_port),
+               "SPATIALFORGE_IDENTITY": f"{self.name}-{os.getpid()}"}
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "spatialforge.operator"], env=env,
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, no lease release (the worst case)."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
