@@ -45,7 +45,7 @@ def render_crd(kind: type[KubeResource]) -> dict[str, Any]:
         {"name": "Progress", "type": "string", "jsonPath": ".status.progressSummary"},
         {"name": "Input", "type": "string", "jsonPath": kind.MAIN_INPUT_JSONPATH},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-        {"name": "Reason", "type": "string", "jsonPath": ".status.conditions[?(@.status==\"True\")].reason", "priority": 1},
+        {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
         {"name": "GPU-Seconds", "type": "number", "jsonPath": ".status.gpuSeconds", "priority": 1},
         {"name": "Job", "type": "string", "jsonPath": ".status.jobName", "priority": 1},
     ]

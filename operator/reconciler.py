@@ -245,12 +245,24 @@ class Reconciler:
         except ValidationError as exc:
             await self._write(key, obj, self._failed(obj, cond.REASON_INVALID_SPEC, str(exc)))
             return
+        if job is None and res.spec.queue_name and not res.spec.suspend:
+            job = await self._create_for_kueue(res)
         if job is not None:
             await self._sync_job_spec(res, job)
         desired = self._desired_status(res, obj, job)
         if desired.get("phase") == "Failed" and job is not None and not _job_condition(job, "Failed"):
             await self.kube.delete_job(key[1], job["metadata"]["name"])  # fail fast: stop the pods
         await self._write(key, obj, desired)
+
+    async def _create_for_kueue(self, res: DepthBatch | ReconstructionJob) -> dict[str, Any]:
+        """Kueue admits instead of us: create the Job suspended, with Kueue's queue label."""
+        body = children.build_job(res, self.settings, suspend=True)
+        try:
+            job = await self.kube.create_job(body)
+        except AlreadyExists:
+            job = await self.kube.get_job(body["metadata"]["namespace"], body["metadata"]["name"])
+        self.cache.put_job(job)
+        return job
 
     async def _sync_job_spec(self, res: DepthBatch | ReconstructionJob, job: dict[str, Any]) -> None:
         spec, jspec = res.spec, job.get("spec") or {}
@@ -270,7 +282,7 @@ class Reconciler:
         conds = status.get("conditions") or []
         conds = set_condition(conds, cond.FAILED, "True", reason, message, gen)
         conds = set_condition(conds, cond.RUNNING, "False", reason, message, gen)
-        return {"phase": "Failed", "conditions": conds, "observedGeneration": gen, "message": message,
+        return {"phase": "Failed", "reason": reason, "conditions": conds, "observedGeneration": gen, "message": message,
                 "completionTime": status.get("completionTime") or now_iso(), "queuePosition": None,
                 "estimatedStartTime": None}
 
@@ -290,18 +302,17 @@ class Reconciler:
                 return self._failed(obj, cond.REASON_JOB_LOST, f"Job {status['jobName']} was deleted while the resource was in progress")
             out["queuePosition"], out["estimatedStartTime"] = None, None
             if res.spec.suspend:
-                out["phase"] = "Pending"
+                out.update(phase="Pending", reason=cond.REASON_SUSPENDED)
                 conds = set_condition(conds, cond.SUSPENDED, "True", cond.REASON_SUSPENDED, "spec.suspend is true", gen)
                 conds = set_condition(conds, cond.ADMITTED, "False", cond.REASON_SUSPENDED, "suspended before admission", gen)
                 out["message"] = "suspended"
             elif key in self.queue_info:
                 q = self.queue_info[key]
-                out.update(phase="Queued", queuePosition=q.position,
+                out.update(phase="Queued", reason=cond.REASON_QUOTA_EXCEEDED, queuePosition=q.position,
                            estimatedStartTime=q.eta.strftime("%Y-%m-%dT%H:%M:%SZ"), message=f"queued: {q.reason}")
                 conds = set_condition(conds, cond.ADMITTED, "False", cond.REASON_QUOTA_EXCEEDED, q.reason, gen)
             else:
-                out["phase"] = "Pending"
-                out["message"] = "waiting for admission"
+                out.update(phase="Pending", reason="AwaitingAdmission", message="waiting for admission")
             out["conditions"] = conds
             return out
 
@@ -313,7 +324,7 @@ class Reconciler:
         if _job_condition(job, "Complete"):
             conds = set_condition(conds, cond.SUCCEEDED, "True", cond.REASON_COMPLETED, "all outputs written", gen)
             conds = set_condition(conds, cond.RUNNING, "False", cond.REASON_COMPLETED, "finished", gen)
-            out.update(phase="Succeeded", completionTime=jstatus.get("completionTime") or now_iso(),
+            out.update(phase="Succeeded", reason=cond.REASON_COMPLETED, completionTime=jstatus.get("completionTime") or now_iso(),
                        manifestUri=self._manifest_uri(res), message="succeeded", conditions=conds)
             return out
         failed = _job_condition(job, "Failed")
@@ -329,14 +340,15 @@ class Reconciler:
             if res.spec.queue_name:
                 msg = f"waiting for Kueue to admit the Job in queue {res.spec.queue_name}"
                 conds = set_condition(conds, cond.ADMITTED, "False", cond.REASON_WAITING_FOR_KUEUE, msg, gen)
-                out.update(phase="Queued", message=msg)
+                out.update(phase="Queued", reason=cond.REASON_WAITING_FOR_KUEUE, message=msg)
             elif res.spec.suspend:
                 conds = set_condition(conds, cond.SUSPENDED, "True", cond.REASON_SUSPENDED, "spec.suspend is true", gen)
-                out.update(phase="Pending", message="suspended")
+                out.update(phase="Pending", reason=cond.REASON_SUSPENDED, message="suspended")
             else:
                 q = self.queue_info.get(key)
                 msg = q.reason if q else "waiting for admission"
                 out.update(phase="Queued" if q else "Pending", message=msg,
+                           reason=cond.REASON_QUOTA_EXCEEDED if q else "AwaitingAdmission",
                            queuePosition=q.position if q else None,
                            estimatedStartTime=q.eta.strftime("%Y-%m-%dT%H:%M:%SZ") if q else None)
                 conds = set_condition(conds, cond.ADMITTED, "False", cond.REASON_QUOTA_EXCEEDED, msg, gen)
@@ -349,10 +361,10 @@ class Reconciler:
         running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
         if running or int(jstatus.get("active") or 0) and int(jstatus.get("ready") or 0):
             conds = set_condition(conds, cond.RUNNING, "True", cond.REASON_POD_RUNNING, f"{len(running) or jstatus.get('ready')} runner pod(s) running", gen)
-            out.update(phase="Running", message="running")
+            out.update(phase="Running", reason=cond.REASON_POD_RUNNING, message="running")
         else:
             conds = set_condition(conds, cond.RUNNING, "False", cond.REASON_POD_PENDING, "waiting for a runner pod to start", gen)
-            out.update(phase="Pending", message="admitted; waiting for a runner pod")
+            out.update(phase="Pending", reason=cond.REASON_POD_PENDING, message="admitted; waiting for a runner pod")
         out["conditions"] = conds
         return out
 

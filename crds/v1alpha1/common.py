@@ -191,6 +191,8 @@ class ResourceStatus(CRDModel):
     """The child batch/v1 Job."""
     manifest_uri: str | None = None
     """Where the output manifest is, once Succeeded."""
+    reason: str | None = None
+    """Machine-readable reason of the current phase (a condition reason)."""
     message: str | None = None
     """Human summary of the latest state."""
 
