@@ -1,0 +1,1 @@
+"""Geometry for reconstruction: cameras, keyframes, poses, fusion (numpy / OpenCV / open3d)."""
