@@ -1,0 +1,250 @@
+"""Wiring: resource -> validated spec -> stage -> exit code. Used by the pod and `spatialforge run`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+from pydantic import ValidationError
+
+from spatialforge.crds.constants import ENV_RESOURCE_KIND, ENV_RESOURCE_NAME, ENV_RESOURCE_NAMESPACE
+from spatialforge.crds.v1alpha1.common import ALLOW_LOCAL_FILES
+from spatialforge.crds.v1alpha1.depthbatch import DepthBatch
+from spatialforge.crds.v1alpha1.reconstructionjob import ReconstructionJob
+from spatialforge.runner.errors import EXIT_OK, InvalidSpecError, RunnerError, exit_code_for, reason_for
+from spatialforge.runner.progress import Progress, TerminalBar
+from spatialforge.runner.stages.base import RunContext, Stage, StageResult
+from spatialforge.runner.termination import write_termination_message
+
+log = logging.getLogger("spatialforge.runner")
+RESOURCES: dict[str, type[DepthBatch] | type[ReconstructionJob]] = {
+    DepthBatch.KIND: DepthBatch,
+    ReconstructionJob.KIND: ReconstructionJob,
+}
+ENV_SHARD_INDEX = "JOB_COMPLETION_INDEX"
+
+
+def stage_for(kind: str) -> Stage:
+    """The stage implementing a kind (imported lazily: torch and open3d are heavy)."""
+    if kind == DepthBatch.KIND:
+        from spatialforge.runner.stages.depth import DepthStage
+
+        return DepthStage()
+    if kind == ReconstructionJob.KIND:
+        from spatialforge.runner.stages.reconstruct import ReconstructStage
+
+        return ReconstructStage()
+    raise InvalidSpecError(f"unknown kind {kind!r} (expected one of {', '.join(RESOURCES)})")
+
+
+def parse_resource(data: Any, *, allow_local: bool = False, kind: str | None = None) -> DepthBatch | ReconstructionJob:
+    """Validate a resource dict with its pydantic model; any problem is InvalidSpecError."""
+    if not isinstance(data, dict):
+        raise InvalidSpecError("the manifest is not a mapping")
+    kind = kind or str(data.get("kind", ""))
+    model = RESOURCES.get(kind)
+    if model is None:
+        raise InvalidSpecError(f"unknown kind {kind!r} (expected one of {', '.join(RESOURCES)})")
+    try:
+        return model.model_validate(data, context={ALLOW_LOCAL_FILES: allow_local})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise InvalidSpecError(f"invalid {kind} spec: {where}: {first.get('msg')} ({exc.error_count()} error(s))") from exc
+
+
+def shard_count(resource: DepthBatch | ReconstructionJob) -> int:
+    return int(getattr(resource.spec, "parallelism", 1) or 1)
+
+
+@dataclass(kw_only=True)
+class RunOutcome:
+    """How a run ended: exit code, one-line reason on failure, results of finished shards."""
+
+    exit_code: int
+    reason: str = ""
+    results: list[StageResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == EXIT_OK
+
+
+def fail(exc: BaseException, env: Mapping[str, str], results: list[StageResult] | None = None) -> RunOutcome:
+    """Map an exception to an outcome and leave the termination message."""
+    code, reason = exit_code_for(exc), reason_for(exc)
+    if isinstance(exc, RunnerError):
+        log.error("run failed (exit %d): %s", code, reason)
+    else:
+        log.exception("run failed (exit %d, retryable)", code, exc_info=exc)
+    write_termination_message(reason, env)
+    return RunOutcome(exit_code=code, reason=reason, results=results or [])
+
+
+# --- local -----------------------------------------------------------------------------------
+
+
+def _absolutise(uri: Any, base: Path) -> Any:
+    """file://relative/path -> file:///abs/path, relative to the manifest's folder."""
+    if not isinstance(uri, str) or not uri.startswith("file://"):
+        return uri
+    rest = uri[len("file://") :]
+    if rest.startswith("/"):
+        return uri
+    trailing = "/" if rest.endswith("/") else ""
+    return (base / rest).resolve().as_uri() + trailing
+
+
+def _localise(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    spec = data.get("spec")
+    if isinstance(spec, dict):
+        if isinstance(spec.get("inputs"), list):
+            spec["inputs"] = [_absolutise(u, base) for u in spec["inputs"]]
+        if "input" in spec:
+            spec["input"] = _absolutise(spec["input"], base)
+        if isinstance(spec.get("output"), dict) and "uri" in spec["output"]:
+            spec["output"]["uri"] = _absolutise(spec["output"]["uri"], base)
+    return data
+
+
+def run_local(
+    manifest_path: str | os.PathLike[str],
+    *,
+    shard_index: int | None = None,
+    env: Mapping[str, str] | None = None,
+    progress_stream: TextIO | None = None,
+    show_progress: bool = True,
+    ctx: RunContext | None = None,
+) -> RunOutcome:
+    """Run a DepthBatch / ReconstructionJob manifest on this machine.
+
+    file:// URIs (absolute, or relative to the manifest's folder) and s3:// are allowed.
+    Runs every shard in turn with one loaded model (or only `shard_index`). Never raises for
+    a failed run: the outcome carries the exit code (0, EXIT_INVALID_INPUT, or 1).
+    """
+    env = dict(os.environ if env is None else env)
+    started = time.monotonic()
+    results: list[StageResult] = []
+    try:
+        path = Path(manifest_path)
+        try:
+            docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        except (OSError, yaml.YAMLError) as exc:
+            raise InvalidSpecError(f"cannot read manifest {path}: {exc}") from exc
+        if not docs:
+            raise InvalidSpecError(f"manifest {path} is empty")
+        resource = parse_resource(_localise(docs[0], path.resolve().parent), allow_local=True)
+        count = shard_count(resource)
+        shards = range(count) if shard_index is None else [shard_index]
+        if shard_index is not None and not 0 <= shard_index < count:
+            raise InvalidSpecError(f"shard index {shard_index} out of range for parallelism {count}")
+        stage = stage_for(resource.kind)
+        meta = resource.metadata or {}
+        base_ctx = ctx or RunContext(namespace=str(meta.get("namespace") or "default"), name=str(meta.get("name") or path.stem), env=env)
+        base_ctx.namespace = str(meta.get("namespace") or base_ctx.namespace)
+        base_ctx.name = str(meta.get("name") or base_ctx.name)
+        base_ctx.shard_count = count
+        try:
+            for index in shards:
+                base_ctx.shard_index = index
+                base_ctx.progress = Progress()
+                bar = None
+                if show_progress:
+                    label = f"{resource.kind} {base_ctx.name} shard {index + 1}/{count} " if count > 1 else f"{resource.kind} {base_ctx.name} "
+                    bar = TerminalBar(stream=progress_stream or sys.stderr, label=label)
+                    base_ctx.progress.subscribe(bar)
+                try:
+                    results.append(stage.run(resource.spec, base_ctx))
+                finally:
+                    if bar is not None:
+                        bar.close()
+        finally:
+            if ctx is None:
+                base_ctx.close()
+    except Exception as exc:  # noqa: BLE001 - every failure becomes an exit code
+        out = fail(exc, env, results)
+        out.seconds = time.monotonic() - started
+        return out
+    return RunOutcome(exit_code=EXIT_OK, results=results, seconds=time.monotonic() - started)
+
+
+# --- in a pod --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class PodSettings:
+    """What the operator tells a runner pod, through its environment."""
+
+    kind: str
+    name: str
+    namespace: str
+    shard_index: int = 0
+    kubeconfig: str | None = None
+    progress_interval: float = 1.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> PodSettings:
+        missing = [k for k in (ENV_RESOURCE_KIND, ENV_RESOURCE_NAME, ENV_RESOURCE_NAMESPACE) if not env.get(k)]
+        if missing:
+            raise InvalidSpecError(f"runner environment lacks {', '.join(missing)}")
+        try:
+            index = int(env.get(ENV_SHARD_INDEX) or 0)
+        except ValueError as exc:
+            raise InvalidSpecError(f"{ENV_SHARD_INDEX} is not an integer") from exc
+        return cls(
+            kind=env[ENV_RESOURCE_KIND],
+            name=env[ENV_RESOURCE_NAME],
+            namespace=env[ENV_RESOURCE_NAMESPACE],
+            shard_index=index,
+            kubeconfig=env.get("KUBECONFIG") or None,
+            progress_interval=float(env.get("SPATIALFORGE_PROGRESS_INTERVAL") or 1.0),
+        )
+
+
+async def run_in_pod(env: Mapping[str, str] | None = None, *, ctx: RunContext | None = None) -> RunOutcome:
+    """GET our resource, validate it, run our shard, patch progress; never raises."""
+    env = dict(os.environ if env is None else env)
+    started = time.monotonic()
+    try:
+        settings = PodSettings.from_env(env)
+        if settings.kind not in RESOURCES:
+            raise InvalidSpecError(f"unknown {ENV_RESOURCE_KIND} {settings.kind!r}")
+        from kubernetes_asyncio import client
+
+        from spatialforge.runner.kube import ProgressPatcher, ResourceClient, load_config
+
+        await load_config(settings.kubeconfig)
+        async with client.ApiClient() as api:
+            rc = ResourceClient(
+                api, plural=RESOURCES[settings.kind].PLURAL, namespace=settings.namespace, name=settings.name
+            )
+            resource = parse_resource(await rc.get(), kind=settings.kind)
+            count = shard_count(resource)
+            if not 0 <= settings.shard_index < count:
+                raise InvalidSpecError(f"{ENV_SHARD_INDEX}={settings.shard_index} out of range for parallelism {count}")
+            run_ctx = ctx or RunContext(namespace=settings.namespace, name=settings.name, env=env)
+            run_ctx.shard_index, run_ctx.shard_count = settings.shard_index, count
+            patcher = ProgressPatcher(rc, run_ctx.progress, settings.shard_index, interval=settings.progress_interval)
+            patcher.start()
+            stage = stage_for(settings.kind)
+            try:
+                result = await asyncio.to_thread(stage.run, resource.spec, run_ctx)
+            finally:
+                await patcher.close()
+                if ctx is None:
+                    run_ctx.close()
+        log.info("done: %d item(s), manifest %s", result.items, result.manifest_uri)
+        return RunOutcome(exit_code=EXIT_OK, results=[result], seconds=time.monotonic() - started)
+    except Exception as exc:  # noqa: BLE001
+        out = fail(exc, env)
+        out.seconds = time.monotonic() - started
+        return out

@@ -1,0 +1,108 @@
+"""Which checkpoint a DepthModel means, whether it may run here, and where its weights are.
+
+Weights come from, first match wins:
+- `SPATIALFORGE_MODEL_DIR=/path`: one subfolder per checkpoint (`depth-anything-v2-small-relative/`);
+- `SPATIALFORGE_MODEL_DIR=s3://bucket/prefix/`: the same layout in the object store, downloaded
+  once to `SPATIALFORGE_MODEL_CACHE` (default ~/.cache/spatialforge/models);
+- otherwise the Hugging Face cache (repo ids below); `HF_HUB_OFFLINE=1` keeps it offline.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from spatialforge.crds.v1alpha1.common import DepthModel, ModelSize, ModelVariant
+from spatialforge.runner.errors import ModelLoadError, ModelNotAllowedError
+
+ENV_MODEL_DIR = "SPATIALFORGE_MODEL_DIR"
+ENV_MODEL_CACHE = "SPATIALFORGE_MODEL_CACHE"
+ENV_RESEARCH_MODE = "SPATIALFORGE_RESEARCH_MODE"
+# Apache-2.0; every other size is CC-BY-NC-4.0 (non-commercial).
+OPEN_SIZES = frozenset({ModelSize.small})
+METRIC_MAX_DEPTH = {ModelVariant.metric_indoor: 20, ModelVariant.metric_outdoor: 80}  # metres (ints: transformers types it so)
+_DONE_MARKER = ".spatialforge-complete"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Checkpoint:
+    """One Depth Anything V2 checkpoint."""
+
+    size: ModelSize
+    variant: ModelVariant
+
+    @property
+    def name(self) -> str:
+        """Folder name under SPATIALFORGE_MODEL_DIR."""
+        return f"depth-anything-v2-{self.size.value}-{self.variant.value}"
+
+    @property
+    def metric(self) -> bool:
+        return self.variant != ModelVariant.relative
+
+    @property
+    def hub_repo(self) -> str:
+        size = self.size.value.capitalize()
+        if self.variant == ModelVariant.relative:
+            return f"depth-anything/Depth-Anything-V2-{size}-hf"
+        scene = "Indoor" if self.variant == ModelVariant.metric_indoor else "Outdoor"
+        return f"depth-anything/Depth-Anything-V2-Metric-{scene}-{size}-hf"
+
+    @property
+    def licence(self) -> str:
+        return "Apache-2.0" if self.size in OPEN_SIZES else "CC-BY-NC-4.0"
+
+    @classmethod
+    def of(cls, model: DepthModel) -> Checkpoint:
+        return cls(size=ModelSize(model.size), variant=ModelVariant(model.variant))
+
+
+def research_mode(env: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if env is None else env
+    return env.get(ENV_RESEARCH_MODE, "").strip().lower() in ("1", "true", "yes")
+
+
+def check_allowed(ckpt: Checkpoint, env: Mapping[str, str] | None = None) -> None:
+    """Refuse non-commercial weights unless the deployment runs in research mode."""
+    if ckpt.size in OPEN_SIZES or research_mode(env):
+        return
+    raise ModelNotAllowedError(
+        f"model size {ckpt.size.value!r} ({ckpt.name}) is licensed {ckpt.licence} (non-commercial); "
+        f"only 'small' (Apache-2.0) runs unless the deployment sets {ENV_RESEARCH_MODE}=1"
+    )
+
+
+def resolve_weights(ckpt: Checkpoint, env: Mapping[str, str] | None = None) -> str:
+    """A local folder (or, without a model dir, a hub repo id) for `from_pretrained`."""
+    env = os.environ if env is None else env
+    model_dir = env.get(ENV_MODEL_DIR, "").strip()
+    if not model_dir:
+        return ckpt.hub_repo
+    if model_dir.startswith("s3://"):
+        cache = Path(env.get(ENV_MODEL_CACHE) or Path.home() / ".cache" / "spatialforge" / "models")
+        return str(_download_s3(f"{model_dir.rstrip('/')}/{ckpt.name}/", cache / ckpt.name))
+    path = Path(model_dir) / ckpt.name
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"no checkpoint {ckpt.name} under {ENV_MODEL_DIR}={model_dir} (expected {path}/config.json)")
+    return str(path)
+
+
+def _download_s3(prefix: str, dest: Path) -> Path:
+    """Mirror an s3:// checkpoint folder into the local cache once (a marker records completion)."""
+    from spatialforge.runner.storage.s3 import S3Store
+
+    if (dest / _DONE_MARKER).is_file():
+        return dest
+    store = S3Store()
+    try:
+        objects = store.list(prefix)
+        if not any(o.uri.endswith("/config.json") for o in objects):
+            raise ModelLoadError(f"no checkpoint at {prefix} (config.json missing)")
+        for obj in objects:
+            store.download(obj.uri, dest / obj.uri[len(prefix):])
+    finally:
+        store.close()
+    (dest / _DONE_MARKER).write_text(prefix)
+    return dest

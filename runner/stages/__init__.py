@@ -1,0 +1,1 @@
+"""One stage per resource kind: depth (DepthBatch), reconstruct (ReconstructionJob)."""

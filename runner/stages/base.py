@@ -1,0 +1,88 @@
+"""The Stage interface (one implementation per kind) and what every stage is given."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from spatialforge.crds import layout
+from spatialforge.crds.v1alpha1.common import DepthModel
+from spatialforge.runner.devices import DeviceChoice, choose_device
+from spatialforge.runner.progress import Progress
+from spatialforge.runner.storage import ArtifactStore, open_store
+
+
+@dataclass(kw_only=True)
+class StageResult:
+    """What a finished shard produced."""
+
+    manifest_uri: str
+    items: int
+    seconds: float
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class RunContext:
+    """Identity of the run, its shard, and the shared resources (stores, model, device)."""
+
+    namespace: str
+    name: str
+    shard_index: int = 0
+    shard_count: int = 1
+    progress: Progress = field(default_factory=Progress)
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    device: DeviceChoice | None = None
+    estimator_loader: Callable[..., Any] | None = None
+    _stores: dict[str, ArtifactStore] = field(default_factory=dict, repr=False)
+    _estimators: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def store(self, uri: str) -> ArtifactStore:
+        """One store per scheme, created on first use."""
+        scheme = uri.split("://", 1)[0]
+        if scheme not in self._stores:
+            self._stores[scheme] = open_store(uri)
+        return self._stores[scheme]
+
+    def use_store(self, scheme: str, store: ArtifactStore) -> None:
+        """Inject a store (tests use MemoryStore)."""
+        self._stores[scheme] = store
+
+    def get_device(self) -> DeviceChoice:
+        if self.device is None:
+            self.device = choose_device(self.env.get("SPATIALFORGE_DEVICE"))
+        return self.device
+
+    def estimator(self, model: DepthModel) -> Any:
+        """The depth estimator for a model, loaded once per process (per context)."""
+        key = f"{model.size}/{model.variant}"
+        if key not in self._estimators:
+            if self.estimator_loader is not None:
+                loader = self.estimator_loader
+            else:
+                from spatialforge.runner.models.estimator import DepthEstimator
+
+                loader = DepthEstimator.load
+            self._estimators[key] = loader(model, device=self.get_device(), env=self.env)
+        return self._estimators[key]
+
+    def shard_prefix(self, output_uri: str) -> str:
+        return layout.shard_prefix(output_uri, self.namespace, self.name, self.shard_index)
+
+    def manifest_uri(self, output_uri: str) -> str:
+        return layout.manifest_uri(output_uri, self.namespace, self.name, self.shard_index)
+
+    def close(self) -> None:
+        for store in self._stores.values():
+            store.close()
+        self._stores.clear()
+
+
+class Stage(Protocol):
+    """Runs one shard of one kind's spec; raises RunnerError subclasses on failure."""
+
+    kind: str
+
+    def run(self, spec: Any, ctx: RunContext) -> StageResult: ...

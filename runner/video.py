@@ -1,0 +1,100 @@
+"""Frame sources for reconstruction: a video file (OpenCV) or a prefix of images."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spatialforge.runner.errors import InvalidVideoError
+from spatialforge.runner.images import decode_image
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".m4v", ".mkv", ".avi")
+
+
+@dataclass(kw_only=True)
+class Frame:
+    index: int
+    timestamp: float
+    rgb: np.ndarray
+
+
+def fit_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(w, h) scaled down so the longer side is at most max_side (never up)."""
+    scale = min(1.0, max_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _resize(rgb: np.ndarray, max_side: int) -> np.ndarray:
+    import cv2
+
+    w, h = fit_size(rgb.shape[1], rgb.shape[0], max_side)
+    if (w, h) == (rgb.shape[1], rgb.shape[0]):
+        return rgb
+    return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+
+
+class VideoSource:
+    """Decodes a local video file; `frames(wants)` grabs every frame, retrieves only wanted ones."""
+
+    def __init__(self, path: Path, *, name: str, max_side: int) -> None:
+        import cv2
+
+        self.name = name
+        self.max_side = max_side
+        if not path.is_file() or path.stat().st_size == 0:
+            raise InvalidVideoError(f"{name}: empty or missing video file")
+        self.cap = cv2.VideoCapture(str(path))
+        if not self.cap.isOpened():
+            raise InvalidVideoError(f"{name}: cannot open video (unsupported or corrupt container)")
+        self.fps = float(self.cap.get(cv2.CAP_PROP_FPS) or 0.0) or 30.0
+        self.frame_count = max(0, int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
+        self.full_size = (int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        self.metadata_focal_px: float | None = None
+
+    def frames(self, wants: Callable[[int], bool]) -> Iterator[Frame]:
+        import cv2
+
+        index = 0
+        try:
+            while self.cap.grab():
+                if wants(index):
+                    ok, bgr = self.cap.retrieve()
+                    if ok and bgr is not None:
+                        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                        yield Frame(index=index, timestamp=index / self.fps, rgb=_resize(rgb, self.max_side))
+                index += 1
+        finally:
+            self.cap.release()
+        if index == 0:
+            raise InvalidVideoError(f"{self.name}: video has no frames")
+
+
+class ImageSequenceSource:
+    """Frames from image objects, in name order; focal length from the first frame's EXIF."""
+
+    def __init__(self, uris: list[str], fetch: Callable[[str], bytes], *, max_side: int, fps: float = 10.0) -> None:
+        self.uris = uris
+        self.fetch = fetch
+        self.max_side = max_side
+        self.fps = fps
+        self.frame_count = len(uris)
+        self.metadata_focal_px: float | None = None
+        self.full_size: tuple[int, int] | None = None
+        self.name = uris[0] if uris else ""
+
+    def frames(self, wants: Callable[[int], bool]) -> Iterator[Frame]:
+        for index, uri in enumerate(self.uris):
+            if not wants(index):
+                continue
+            img = decode_image(uri, self.fetch(uri), max_pixels=200_000_000, max_bytes=1 << 30)
+            if self.full_size is None:
+                self.full_size = (img.width, img.height)
+            if index == 0 or self.metadata_focal_px is None:
+                if img.exif_focal_px:
+                    # EXIF focal is for the full-size frame: rescale to the working size below.
+                    w, _ = fit_size(img.width, img.height, self.max_side)
+                    self.metadata_focal_px = img.exif_focal_px * w / img.width
+            yield Frame(index=index, timestamp=index / self.fps, rgb=_resize(img.rgb, self.max_side))
