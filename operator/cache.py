@@ -27,6 +27,17 @@ def owner_key(obj: dict[str, Any]) -> Key | None:
     return (kind, obj["metadata"]["namespace"], name)
 
 
+def _newer(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
+    """Whether `new` is at least as recent as `old`. Watch events can arrive after the
+    operator's own write returned a newer version; they must not roll the cache back."""
+    if old is None or old["metadata"].get("uid") != new["metadata"].get("uid"):
+        return True
+    try:
+        return int(new["metadata"]["resourceVersion"]) >= int(old["metadata"]["resourceVersion"])
+    except (KeyError, ValueError):
+        return True  # resourceVersions are opaque in general; etcd's are integers
+
+
 def owner_uid(obj: dict[str, Any]) -> str | None:
     return (obj["metadata"].get("labels") or {}).get(c.LABEL_UID)
 
@@ -42,7 +53,7 @@ class Cache:
         key = resource_key(obj)
         if deleted:
             self.resources.pop(key, None)
-        else:
+        elif _newer(obj, self.resources.get(key)):
             self.resources[key] = obj
         return key
 
@@ -54,7 +65,7 @@ class Cache:
         if deleted:
             if current is not None and current["metadata"]["uid"] == obj["metadata"]["uid"]:
                 del self.jobs[key]
-        else:
+        elif _newer(obj, current):
             self.jobs[key] = obj
         return key
 
@@ -67,7 +78,7 @@ class Cache:
             pods.pop(obj["metadata"]["uid"], None)
             if not pods:
                 del self.pods[key]
-        else:
+        elif _newer(obj, pods.get(obj["metadata"]["uid"])):
             pods[obj["metadata"]["uid"]] = obj
         return key
 

@@ -33,7 +33,6 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=c.GROUP)
-    settings.persistence.finalizer = c.FINALIZER  # ours; Kopf adds none (no delete handlers)
     # Bounded watch requests: a silently stalled stream is re-opened (kopf#1267).
     settings.watching.server_timeout = 240
     settings.watching.client_timeout = 270

@@ -48,7 +48,10 @@ async def _json(coro: Any) -> dict[str, Any]:
         _raise(exc)
         raise
     async with resp:
-        return json.loads(await resp.read())
+        body = json.loads(await resp.read())
+    if body.get("kind") == "Status":  # e.g. a write that finished deleting the object
+        raise NotFound(body.get("message") or body.get("reason") or "object is gone")
+    return body
 
 
 class Kube:
@@ -122,6 +125,44 @@ class Kube:
         except ApiException as exc:
             if exc.status != 404:
                 raise
+
+    async def job_failure_events(self, namespace: str, job_name: str) -> list[str]:
+        """Messages of the Job controller's FailedCreate events for a Job (pods it could not create)."""
+        page = await _json(self.core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.kind=Job,involvedObject.name={job_name},reason=FailedCreate",
+            _preload_content=False))
+        return [e.get("message", "") for e in page["items"]]
+
+    # -- the runner's identity -------------------------------------------------------------
+    async def ensure_runner_identity(self, namespace: str, account: str) -> None:
+        """The runner's service account in a tenant namespace, bound to a Role that may read
+        our resources and patch their status there, and nothing else."""
+        rbac = client.RbacAuthorizationV1Api(self.api)
+        role = {
+            "metadata": {"name": account, "namespace": namespace,
+                         "labels": {"app.kubernetes.io/managed-by": "spatialforge-operator"}},
+            "rules": [
+                {"apiGroups": [GROUP], "resources": list(PLURALS.values()), "verbs": ["get"]},
+                {"apiGroups": [GROUP], "resources": [f"{p}/status" for p in PLURALS.values()],
+                 "verbs": ["get", "patch"]},
+            ],
+        }
+        binding = {
+            "metadata": {"name": account, "namespace": namespace,
+                         "labels": {"app.kubernetes.io/managed-by": "spatialforge-operator"}},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+        }
+        sa = {"metadata": {"name": account, "namespace": namespace,
+                           "labels": {"app.kubernetes.io/managed-by": "spatialforge-operator"}}}
+        for create, body in ((self.core.create_namespaced_service_account, sa),
+                             (rbac.create_namespaced_role, role),
+                             (rbac.create_namespaced_role_binding, binding)):
+            try:
+                await create(namespace, body)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
 
     # -- limits ----------------------------------------------------------------------------
     async def list_namespaces(self) -> list[dict[str, Any]]:

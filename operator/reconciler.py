@@ -62,6 +62,7 @@ class Reconciler:
         self._budget_read_at = 0.0
         self.avg_run_seconds = settings.avg_run_seconds
         self.tasks: list[asyncio.Task[None]] = []
+        self.runner_identities: set[str] = set()  # namespaces whose runner SA and Role exist
 
     # -- queueing ------------------------------------------------------------------------
     def enqueue(self, key: Key) -> None:
@@ -204,6 +205,7 @@ class Reconciler:
             return
         res = MODELS[key[0]].model_validate(obj)
         job = self.cache.jobs.get(key)
+        await self._ensure_identity(key[1])
         if job is None:
             body = children.build_job(res, self.settings, suspend=False)
             try:
@@ -249,13 +251,19 @@ class Reconciler:
             job = await self._create_for_kueue(res)
         if job is not None:
             await self._sync_job_spec(res, job)
-        desired = self._desired_status(res, obj, job)
+        desired = await self._desired_status(res, obj, job)
         if desired.get("phase") == "Failed" and job is not None and not _job_condition(job, "Failed"):
             await self.kube.delete_job(key[1], job["metadata"]["name"])  # fail fast: stop the pods
         await self._write(key, obj, desired)
 
+    async def _ensure_identity(self, namespace: str) -> None:
+        if namespace not in self.runner_identities:
+            await self.kube.ensure_runner_identity(namespace, self.settings.runner_service_account)
+            self.runner_identities.add(namespace)
+
     async def _create_for_kueue(self, res: DepthBatch | ReconstructionJob) -> dict[str, Any]:
         """Kueue admits instead of us: create the Job suspended, with Kueue's queue label."""
+        await self._ensure_identity(res.metadata["namespace"])
         body = children.build_job(res, self.settings, suspend=True)
         try:
             job = await self.kube.create_job(body)
@@ -286,7 +294,7 @@ class Reconciler:
                 "completionTime": status.get("completionTime") or now_iso(), "queuePosition": None,
                 "estimatedStartTime": None}
 
-    def _desired_status(self, res: DepthBatch | ReconstructionJob, obj: dict[str, Any],
+    async def _desired_status(self, res: DepthBatch | ReconstructionJob, obj: dict[str, Any],
                         job: dict[str, Any] | None) -> dict[str, Any]:
         key = (res.kind, res.metadata["namespace"], res.metadata["name"])
         gen = res.metadata.get("generation")
@@ -332,7 +340,7 @@ class Reconciler:
             reason, message = self._failure_reason(failed, pods)
             failed_status = self._failed({**obj, "status": {**status, "conditions": conds}}, reason, message)
             return {**out, **failed_status}
-        fail_fast = self._fail_fast(pods)
+        fail_fast = self._fail_fast(pods) or await self._pods_not_created(job, pods)
         if fail_fast:
             return {**out, **self._failed(obj, *fail_fast)}
         suspended = (job.get("spec") or {}).get("suspend")
@@ -417,6 +425,21 @@ class Reconciler:
                         return reason, f"runner pod {pod['metadata']['name']}: {waiting['reason']}: {waiting.get('message', '')}"
                     self.enqueue_later(self._pod_key(pod), self.settings.image_pull_grace_seconds)
         return None
+
+    async def _pods_not_created(self, job: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+        """A Job whose pods cannot even be created (quota, admission policy) fails fast too."""
+        jstatus = job.get("status") or {}
+        if pods or (job.get("spec") or {}).get("suspend") or any(
+                int(jstatus.get(k) or 0) for k in ("active", "failed", "succeeded", "terminating")):
+            return None
+        created = _parse_time(job["metadata"].get("creationTimestamp"))
+        age = (dt.datetime.now(dt.UTC) - created).total_seconds() if created else 0.0
+        if age < self.settings.unschedulable_timeout_seconds:
+            return None
+        messages = await self.kube.job_failure_events(job["metadata"]["namespace"], job["metadata"]["name"])
+        if not messages:
+            return None
+        return cond.REASON_POD_CREATION, f"the Job's pods could not be created: {messages[-1]}"
 
     @staticmethod
     def _pod_key(pod: dict[str, Any]) -> Key:

@@ -48,10 +48,9 @@ def operator(cluster: Cluster) -> Iterator[OperatorProcess]:
 
 @pytest.fixture
 def namespace(cluster: Cluster) -> Iterator[str]:
-    """A fresh namespace per test, with the runner service account; deleted afterwards."""
+    """A fresh namespace per test (the operator creates the runner identity); deleted afterwards."""
     name = f"t-{uuid.uuid4().hex[:8]}"
     cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    cluster.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "spatialforge-runner"}}, name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 

@@ -24,5 +24,6 @@ REASON_DEADLINE: Final = "DeadlineExceeded"  # spec.activeDeadlineSeconds passed
 REASON_UNSCHEDULABLE: Final = "Unschedulable"  # No node could take the pod in time.
 REASON_IMAGE_PULL: Final = "ImagePullFailed"
 REASON_CONTAINER_CONFIG: Final = "ContainerConfigError"
+REASON_POD_CREATION: Final = "PodCreationFailed"  # The Job controller could not create pods.
 REASON_INVALID_SPEC: Final = "InvalidSpec"
 REASON_JOB_LOST: Final = "JobDeleted"  # Someone deleted the Job underneath a running resource.
