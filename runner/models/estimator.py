@@ -127,6 +127,8 @@ class DepthEstimator:
         with torch.inference_mode():
             for idx in groups.values():
                 batch = torch.from_numpy(np.stack([pixels[i] for i in idx]))
+                if self.device.is_cuda:
+                    batch = batch.pin_memory()  # lets the copy below run asynchronously
                 batch = batch.to(self.device.torch_device, dtype=self.device.torch_dtype, non_blocking=True)
                 pred = self.model(pixel_values=batch).predicted_depth  # (B, h, w)
                 pred = pred.unsqueeze(1).float()

@@ -154,3 +154,28 @@ def test_reconstruction_that_fuses_nothing_fails(tmp_path, clip, model_dir, make
     assert outcome.exit_code == EXIT_INVALID_INPUT
     assert "EmptyReconstructionError" in outcome.reason and "EmptyReconstructionError" in runner_env.read_text()
     assert not (tmp_path / "out").exists()
+
+
+def test_reconstruction_from_a_frame_prefix_on_minio(s3, model_dir, make_manifest):
+    import io
+
+    from PIL import Image
+
+    from spatialforge.runner.storage.s3 import S3Store
+
+    store = S3Store()
+    cam = PinholeCamera(width=160, height=120, fx=125, fy=125)
+    for i, T in enumerate(orbit(6, step=0.03)):
+        buf = io.BytesIO()
+        Image.fromarray(render(ROOM, cam, T, supersample=1)[0]).save(buf, format="JPEG", quality=95)
+        store.put(f"s3://{s3}/frames/f{i:03d}.jpg", buf.getvalue())
+    spec = {"input": f"s3://{s3}/frames/", "quality": "draft",
+            "depthMax": 50.0, "voxelSize": 0.25, "output": {"uri": f"s3://{s3}/out", "formats": ["pointcloud", "trajectory"]}}
+    outcome = run_local(make_manifest("ReconstructionJob", spec, name="frames"), show_progress=False)
+    assert outcome.exit_code == 0, outcome.reason
+    manifest = json.loads(store.get(f"s3://{s3}/out/team-a/frames/shard-00000/manifest.json"))
+    assert set(manifest["outputs"]) == {"pointcloud", "trajectory"}
+    assert manifest["intrinsics"]["source"] == "heuristic" and manifest["intrinsics"]["fx"] == pytest.approx(0.9 * 160)
+    ply = store.get(manifest["outputs"]["pointcloud"]["uri"])
+    assert ply.startswith(b"ply") and len(ply) == manifest["outputs"]["pointcloud"]["bytes"]
+    assert not store.exists(f"s3://{s3}/out/team-a/frames/shard-00000/mesh.ply")
