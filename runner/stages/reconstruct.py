@@ -11,6 +11,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -43,10 +44,20 @@ def disparity_to_depth(disp: np.ndarray) -> np.ndarray:
     return depth
 
 
+DepthProvider = Callable[[list[Keyframe]], tuple[list[np.ndarray], bool]]
+
+
 class ReconstructStage:
-    """Runs a ReconstructionJob (always one shard)."""
+    """Runs a ReconstructionJob (always one shard).
+
+    `depth_provider` replaces the depth network (keyframes -> (depth maps in metres, metric)),
+    for benchmarks and experiments on scenes whose true depth is known.
+    """
 
     kind = "ReconstructionJob"
+
+    def __init__(self, *, depth_provider: DepthProvider | None = None) -> None:
+        self.depth_provider = depth_provider
 
     def run(self, spec: ReconstructionJobSpec, ctx: RunContext) -> StageResult:
         started = time.monotonic()
@@ -136,6 +147,10 @@ class ReconstructStage:
         return keyframes, time.monotonic() - t0 - t_select, t_select
 
     def _depth(self, spec: ReconstructionJobSpec, ctx: RunContext, keyframes: list[Keyframe]) -> tuple[list[np.ndarray], bool]:
+        if self.depth_provider is not None:
+            depths, metric = self.depth_provider(keyframes)
+            ctx.progress.update(done=len(depths))
+            return depths, metric
         estimator = ctx.estimator(spec.model)
         batch = 4 if ctx.get_device().is_cuda else 1
         depths: list[np.ndarray] = []
@@ -167,6 +182,9 @@ class ReconstructStage:
         prefix = ctx.shard_prefix(spec.output.uri)
         outputs: dict[str, Any] = {}
         formats = set(spec.output.formats)
+        for geometry in (fusion.point_cloud.point, fusion.mesh.vertex):
+            if "colors" in geometry:  # weighted averages can overshoot [0, 1] by a hair
+                geometry.colors = geometry.colors.clip(0.0, 1.0)
         if ReconstructionFormat.pointcloud in formats:
             path = tmp / "pointcloud.ply"
             if not o3d.t.io.write_point_cloud(str(path), fusion.point_cloud, write_ascii=False):
