@@ -1,7 +1,8 @@
 """Depth throughput: the runner's DepthBatch path vs a naive transformers pipeline loop.
 
 Same model (the published Depth-Anything-V2-Small architecture, random weights, built offline),
-same images, same machine, one run. Also the bare model forward time (the floor).
+same images, same machine, one process; the three paths run interleaved `--repeat` times and
+the best run of each counts. Also the bare model forward time at the runner's batch size (the floor).
 
     python bench/depth_throughput.py                      # 12 images of 640x480 (a few minutes on 2 CPU cores)
     python bench/depth_throughput.py --images 200 --size 1280x720 --device cuda
@@ -37,13 +38,17 @@ def make_images(folder: Path, n: int, width: int, height: int) -> list[Path]:
     return paths
 
 
-def naive_loop(model_dir: Path, images: list[Path], out: Path, device: str) -> float:
-    """One image at a time: load, pipeline(), save PNG + NPY."""
+def make_pipeline(model_dir: Path, device: str):
     import torch
     from transformers import pipeline
 
     pipe = pipeline("depth-estimation", model=str(model_dir), device=torch.device(device))
-    pipe(Image.open(images[0]))  # warm-up
+    pipe(Image.open(next(model_dir.parent.joinpath("images").glob("*.jpg"))))  # warm-up
+    return pipe
+
+
+def naive_loop(pipe, images: list[Path], out: Path) -> float:
+    """One image at a time: load, pipeline(), save PNG + NPY."""
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     for path in images:
@@ -53,19 +58,25 @@ def naive_loop(model_dir: Path, images: list[Path], out: Path, device: str) -> f
     return time.perf_counter() - t0
 
 
-def runner_path(root: Path, images_dir: Path, n: int, device: str, batch_size: int) -> tuple[float, dict]:
-    """The runner's DepthBatch stage through run_local, model loaded (and warmed) beforehand."""
-    import yaml
-
+def make_runner(root: Path, device: str):
+    """A RunContext with the model loaded (and warmed) beforehand, as in a pod."""
     from spatialforge.crds.v1alpha1.common import DepthModel
-    from spatialforge.runner.app import run_local
     from spatialforge.runner.devices import choose_device
     from spatialforge.runner.stages.base import RunContext
 
     env = {**os.environ, "SPATIALFORGE_MODEL_DIR": str(root), "SPATIALFORGE_TERMINATION_LOG": str(root / "term.log")}
     ctx = RunContext(namespace="bench", name="depth", env=env, device=choose_device(device))
-    est = ctx.estimator(DepthModel())
-    est.predict_rgb([np.zeros((480, 640, 3), np.uint8)])  # warm-up
+    ctx.estimator(DepthModel()).predict_rgb([np.zeros((480, 640, 3), np.uint8)])  # warm-up
+    return ctx
+
+
+def runner_path(ctx, root: Path, images_dir: Path, batch_size: int) -> tuple[float, dict]:
+    """The runner's DepthBatch stage through run_local."""
+    import yaml
+
+    from spatialforge.runner.app import run_local
+
+    env = dict(ctx.env)
     manifest = root / "bench.yaml"
     manifest.write_text(yaml.safe_dump({
         "apiVersion": "spatialforge.io/v1alpha1", "kind": "DepthBatch", "metadata": {"name": "depth", "namespace": "bench"},
@@ -79,23 +90,24 @@ def runner_path(root: Path, images_dir: Path, n: int, device: str, batch_size: i
     return seconds, outcome.results[0].summary
 
 
-def bare_forward(model_dir: Path, images: list[Path], device: str) -> float:
-    """Model forward only, one preprocessed image at a time (no decode, no resize, no writes)."""
+def bare_forward(model_dir: Path, images: list[Path], device: str, batch_size: int) -> float:
+    """Model forward only, batched as the runner batches (no decode, no resize, no writes)."""
     import torch
     from transformers import AutoModelForDepthEstimation
 
     from spatialforge.runner.models.estimator import Preprocessing
 
-    model = AutoModelForDepthEstimation.from_pretrained(str(model_dir)).to(device).eval()
+    model = AutoModelForDepthEstimation.from_pretrained(str(model_dir), dtype=torch.float32).to(device).eval()
     pre = Preprocessing()
-    tensors = [torch.from_numpy(pre(np.asarray(Image.open(p).convert("RGB"))))[None].to(device) for p in images]
+    arrays = [pre(np.asarray(Image.open(p).convert("RGB"))) for p in images]
+    batches = [torch.from_numpy(np.stack(arrays[i : i + batch_size])).to(device) for i in range(0, len(arrays), batch_size)]
     with torch.inference_mode():
-        model(pixel_values=tensors[0])
+        model(pixel_values=batches[0][:1])
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        for t in tensors:
-            model(pixel_values=t)
+        for batch in batches:
+            model(pixel_values=batch)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
     return time.perf_counter() - t0
@@ -107,6 +119,7 @@ def main() -> None:
     parser.add_argument("--size", default="640x480", help="WIDTHxHEIGHT of the generated images")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeat", type=int, default=2, help="Interleaved runs per path; the best is kept.")
     args = parser.parse_args()
     import torch
 
@@ -123,9 +136,16 @@ def main() -> None:
         images = make_images(root / "images", args.images, width, height)
         print(f"model: Depth-Anything-V2-Small architecture, random weights, {params / 1e6:.1f} M parameters")
         print(f"images: {args.images} x {width}x{height} JPEG; device {args.device}; torch threads {torch.get_num_threads()}")
-        t_naive = naive_loop(model_dir, images, root / "naive-out", args.device)
-        t_runner, summary = runner_path(root, root / "images", args.images, args.device, args.batch_size)
-        t_bare = bare_forward(model_dir, images, args.device)
+        pipe, ctx = make_pipeline(model_dir, args.device), make_runner(root, args.device)
+        naive_runs, runner_runs, bare_runs = [], [], []
+        for _ in range(args.repeat):  # interleaved, so a noisy neighbour hurts every path alike
+            naive_runs.append(naive_loop(pipe, images, root / "naive-out"))
+            runner_runs.append(runner_path(ctx, root, root / "images", args.batch_size))
+            bare_runs.append(bare_forward(model_dir, images, args.device, args.batch_size))
+        t_naive, t_bare = min(naive_runs), min(bare_runs)
+        t_runner, summary = min(runner_runs, key=lambda r: r[0])
+        print(f"runs (s): naive {[round(t, 1) for t in naive_runs]}, runner {[round(t, 1) for t, _ in runner_runs]}, "
+              f"bare {[round(t, 1) for t in bare_runs]}")
     n = args.images
     rows = [("naive pipeline loop", t_naive), ("runner DepthBatch", t_runner), ("bare forward (floor)", t_bare)]
     print(f"{'path':<24}{'seconds':>10}{'images/s':>10}{'ms/image':>10}")
@@ -139,6 +159,7 @@ def main() -> None:
         "naive_images_per_s": round(n / t_naive, 3), "runner_images_per_s": round(n / t_runner, 3),
         "bare_forward_images_per_s": round(n / t_bare, 3), "speedup": round(t_naive / t_runner, 3),
         "naive_s": round(t_naive, 3), "runner_s": round(t_runner, 3), "bare_forward_s": round(t_bare, 3),
+        "repeat": args.repeat,
     }))
 
 
