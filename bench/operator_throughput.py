@@ -1,13 +1,15 @@
-"""Operator throughput on the local control plane.
+"""Operator throughput and latency on the local control plane.
 
-    python bench/operator_throughput.py [--count N]
+    python bench/operator_throughput.py [--count N] [--rate R]
 
-In one run, on the same plane: (1) raw batch/v1 Job creates/s from an async client at the
-operator's concurrency, then (2) N DepthBatch resources created as fast as possible and the
-time from each resource's creation to its Job's creation. Both sides create suspended Jobs
-(the resources name a Kueue queue), so no pods compete for the two cores. Reports p50/p99
-resource-to-Job latency, the operator's throughput as a ratio to the raw Job rate, and the
-operator's peak RSS. The final line is JSON.
+One run, one plane, three phases, all creating suspended Jobs so no pods compete for the
+CPU (the resources name a Kueue queue, which makes the operator create its Jobs suspended):
+  1. raw: N batch/v1 Jobs created by an async client at the operator's concurrency -> Jobs/s;
+  2. drain: N resources created while the operator is stopped, then the operator started;
+     Jobs/s from its start to the N-th Job -> its throughput, and the ratio to (1);
+  3. latency: the operator running, N resources created at R per second; the time from
+     each resource's creation to the appearance of its Job -> p50 and p99.
+Also the operator's peak RSS. The final line is JSON.
 """
 
 from __future__ import annotations
@@ -57,6 +59,25 @@ async def create_all(make, count: int) -> float:
     return time.perf_counter() - start
 
 
+async def watch_jobs(batch: client.BatchV1Api, namespace: str, count: int) -> dict[str, float]:
+    """When each resource's Job first appeared (by the resource-name label)."""
+    seen: dict[str, float] = {}
+    rv = None
+    while len(seen) < count:
+        resp = await batch.list_namespaced_job(namespace, watch=True, resource_version=rv, timeout_seconds=60,
+                                               allow_watch_bookmarks=True, _preload_content=False)
+        async with resp:
+            while line := await resp.content.readline():
+                event = json.loads(line)
+                obj = event["object"]
+                rv = obj["metadata"]["resourceVersion"]
+                if event["type"] == "ADDED":
+                    seen.setdefault(obj["metadata"]["labels"]["spatialforge.io/name"], time.perf_counter())
+                if len(seen) >= count:
+                    break
+    return seen
+
+
 def job_body(ns: str, i: int) -> dict:
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": f"raw-{i}", "namespace": ns},
             "spec": {"suspend": True, "template": {"spec": {"restartPolicy": "Never", "containers": [
@@ -69,14 +90,14 @@ def resource_body(i: int) -> dict:
                      "placement": {"gpus": 0}, "queueName": "bench"}}
 
 
-async def main(count: int) -> dict:
+async def main(count: int, rate: float) -> dict:
     plane, _ = start_cluster()
     api = await config.new_client_from_config(config_file=str(plane.kubeconfig))
     api.configuration.connection_pool_maxsize = 64
     core, batch, custom = client.CoreV1Api(api), client.BatchV1Api(api), client.CustomObjectsApi(api)
     run = uuid.uuid4().hex[:6]
-    raw_ns, op_ns = f"bench-raw-{run}", f"bench-op-{run}"
-    for ns in (raw_ns, op_ns, "spatialforge-system"):
+    raw_ns, drain_ns, lat_ns = f"bench-raw-{run}", f"bench-drain-{run}", f"bench-lat-{run}"
+    for ns in (raw_ns, drain_ns, lat_ns, "spatialforge-system"):
         try:
             await core.create_namespace({"metadata": {"name": ns}})
         except client.ApiException as exc:
@@ -87,65 +108,62 @@ async def main(count: int) -> dict:
     raw_seconds = await create_all(lambda i: batch.create_namespaced_job(raw_ns, job_body(raw_ns, i)), count)
     raw_rate = count / raw_seconds
 
-    # (2) The operator. Resources name a Kueue queue, so their Jobs are created suspended too:
-    # the same object and the same work for the API server as the raw run.
+    # (2) Drain: the operator finds N resources waiting and creates their Jobs.
+    await create_all(lambda i: custom.create_namespaced_custom_object(
+        "spatialforge.io", "v1alpha1", drain_ns, "depthbatches", resource_body(i)), count)
+    drain_watch = asyncio.create_task(watch_jobs(batch, drain_ns, count))
     op = OperatorProcess(plane.kubeconfig, STATE / "logs", name="bench-operator",
                          SPATIALFORGE_WORKERS=str(CONCURRENCY))
     op.start()
-    await asyncio.sleep(0)
-    while True:
-        try:
-            lease = await client.CoordinationV1Api(api).read_namespaced_lease("spatialforge-operator", "spatialforge-system")
-            if lease.spec.holder_identity and lease.spec.holder_identity.startswith("bench-operator"):
-                break
-        except client.ApiException:
-            pass
-        await asyncio.sleep(0.2)
-    await asyncio.sleep(2)  # start-up listing done
-    created: dict[str, float] = {}
-    job_seen: dict[str, float] = {}
+    started = time.perf_counter()
+    drain_seen = await asyncio.wait_for(drain_watch, timeout=max(300, count / 5))
+    # Sustained rate from the first Job to the last (process start-up is not throughput).
+    op_rate = (count - 1) / (max(drain_seen.values()) - min(drain_seen.values()))
+    startup_s = min(drain_seen.values()) - started
 
-    async def watch_jobs() -> None:
-        w_rv = None
-        while len(job_seen) < count:
-            resp = await batch.list_namespaced_job(op_ns, watch=True, resource_version=w_rv, timeout_seconds=60,
-                                                   _preload_content=False)
-            async with resp:
-                while line := await resp.content.readline():
-                    ev = json.loads(line)
-                    obj = ev["object"]
-                    w_rv = obj["metadata"]["resourceVersion"]
-                    if ev["type"] == "ADDED":
-                        name = obj["metadata"]["labels"].get("spatialforge.io/name")
-                        job_seen.setdefault(name, time.perf_counter())
-                    if len(job_seen) >= count:
-                        return
+    # Let the operator finish its bookkeeping of phase 2 (finalizers, status) first.
+    for _ in range(600):
+        items = (await custom.list_namespaced_custom_object("spatialforge.io", "v1alpha1", drain_ns,
+                                                            "depthbatches"))["items"]
+        if all((i.get("status") or {}).get("jobName") for i in items):
+            break
+        await asyncio.sleep(1)
 
-    watcher = asyncio.create_task(watch_jobs())
+    # (3) Latency at a steady arrival rate, with the operator warm.
+    seen_task = asyncio.create_task(watch_jobs(batch, lat_ns, count))
     await asyncio.sleep(0.5)
+    created: dict[str, float] = {}
+    interval = 1.0 / rate
+    t0 = time.perf_counter()
 
     async def make(i: int) -> None:
+        await asyncio.sleep(max(0.0, t0 + i * interval - time.perf_counter()))
         created[f"bench-{i}"] = time.perf_counter()
-        await custom.create_namespaced_custom_object("spatialforge.io", "v1alpha1", op_ns, "depthbatches",
+        await custom.create_namespaced_custom_object("spatialforge.io", "v1alpha1", lat_ns, "depthbatches",
                                                      resource_body(i))
 
-    start = time.perf_counter()
-    cr_seconds = await create_all(make, count)
-    await asyncio.wait_for(watcher, timeout=max(120, count / 5))
-    op_seconds = max(job_seen.values()) - start
-    latencies = [job_seen[n] - created[n] for n in created]
+    await asyncio.gather(*(make(i) for i in range(count)))
+    seen = await asyncio.wait_for(seen_task, timeout=max(300, count / 5))
+    latencies = [seen[n] - created[n] for n in created]
     peak = rss_mb(op.proc.pid)
     cpu = sum(float(x) for x in Path(f"/proc/{op.proc.pid}/stat").read_text().split()[13:15]) / 100
-    op.stop()
-    for ns in (raw_ns, op_ns):
+    # Clean up while the operator runs: its finalizer must release the resources.
+    for ns in (raw_ns, drain_ns, lat_ns):
         await core.delete_namespace(ns)
+    for _ in range(600):
+        if not any([(await custom.list_namespaced_custom_object("spatialforge.io", "v1alpha1", ns, "depthbatches",
+                                                                limit=1))["items"] for ns in (drain_ns, lat_ns)]):
+            break
+        await asyncio.sleep(1)
+    op.stop()
     await api.close()
     return {
         "count": count,
         "raw_job_creates_per_s": round(raw_rate, 1),
-        "resource_creates_per_s": round(count / cr_seconds, 1),
-        "operator_jobs_per_s": round(count / op_seconds, 1),
-        "throughput_ratio": round((count / op_seconds) / raw_rate, 3),
+        "operator_jobs_per_s": round(op_rate, 1),
+        "throughput_ratio": round(op_rate / raw_rate, 3),
+        "operator_first_job_after_start_s": round(startup_s, 2),
+        "arrival_rate_per_s": rate,
         "latency_p50_s": round(statistics.median(latencies), 3),
         "latency_p99_s": round(percentile(latencies, 99), 3),
         "operator_peak_rss_mb": round(peak, 1),
@@ -156,8 +174,9 @@ async def main(count: int) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=50.0, help="arrival rate of the latency phase")
     args = parser.parse_args()
-    result = asyncio.run(main(args.count))
+    result = asyncio.run(main(args.count, args.rate))
     for k, v in result.items():
         print(f"{k:>24}: {v}")
     print(json.dumps(result))

@@ -56,6 +56,8 @@ class Reconciler:
         self.active_keys: set[Key] = set()
         self.dirty_keys: set[Key] = set()
         self.admission_wakeup = asyncio.Event()
+        self.admission_idle = asyncio.Event()
+        self.admission_idle.set()
         self.queue_info: dict[Key, admission.Queued] = {}
         self.admitting: set[Key] = set()
         self.global_budget: int | None = None
@@ -91,6 +93,7 @@ class Reconciler:
     async def _worker(self, n: int) -> None:
         while True:
             key = await self.queue.get()
+            await self.admission_idle.wait()
             self.queued_keys.discard(key)
             self.active_keys.add(key)
             started = time.perf_counter()
@@ -109,11 +112,13 @@ class Reconciler:
                     self.enqueue(key)
 
     async def _resync_loop(self) -> None:
-        """Periodic full pass: time-based rules (fail fast, TTL, GPU-seconds) need no event."""
+        """Periodic pass over resources with pods: time-based rules (fail fast, GPU-seconds)
+        need no event. Everything else is event-driven, or woken by its own timer (TTL)."""
         while True:
-            await asyncio.sleep(5)
-            for key in list(self.cache.resources):
-                self.enqueue(key)
+            await asyncio.sleep(10)
+            for key in list(self.cache.pods):  # work with pods: running, pending or finishing
+                if key in self.cache.resources:
+                    self.enqueue(key)
             self._update_phase_metrics()
 
     def _update_phase_metrics(self) -> None:
@@ -144,6 +149,7 @@ class Reconciler:
                 await asyncio.wait_for(self.admission_wakeup.wait(), self.settings.admission_interval_seconds)
             except TimeoutError:
                 pass
+            await asyncio.sleep(0.02)  # let a burst of creations land in one pass
             self.admission_wakeup.clear()
             try:
                 await self.admit_pass()
@@ -151,15 +157,18 @@ class Reconciler:
                 log.exception("admission pass failed")
                 await asyncio.sleep(1)
 
-    def _candidates(self) -> list[admission.Candidate]:
-        out = []
+    def _candidates(self) -> tuple[list[admission.Candidate], list[Key]]:
+        """Resources competing for GPUs, and Kueue-managed resources still without a Job."""
+        out, kueue = [], []
         for key, obj in self.cache.resources.items():
             meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
-            if meta.get("deletionTimestamp") or status.get("phase") in TERMINAL or spec.get("queueName"):
+            if meta.get("deletionTimestamp") or status.get("phase") in TERMINAL:
                 continue
-            if c.FINALIZER not in (meta.get("finalizers") or []):
-                continue  # not yet taken in hand by a reconcile
             job = self.cache.jobs.get(key)
+            if spec.get("queueName"):
+                if job is None and not spec.get("suspend") and key not in self.admitting:
+                    kueue.append(key)
+                continue
             if job is not None and (_job_condition(job, "Complete") or _job_condition(job, "Failed")):
                 continue
             admitted = key in self.admitting or (job is not None and not (job.get("spec") or {}).get("suspend"))
@@ -170,12 +179,13 @@ class Reconciler:
             out.append(admission.Candidate(key=key, namespace=key[1], priority=int(spec.get("priority", 0)),
                                            created=meta.get("creationTimestamp", ""), demand=demand,
                                            admitted=admitted))
-        return out
+        return out, kueue
 
     async def admit_pass(self) -> None:
         await self._read_budget()
         limits = admission.Limits(self.global_budget, dict(self.cache.namespace_limits))
-        decision = admission.decide(self._candidates(), limits, now=dt.datetime.now(dt.UTC),
+        candidates, kueue = self._candidates()
+        decision = admission.decide(candidates, limits, now=dt.datetime.now(dt.UTC),
                                     avg_run_seconds=self.avg_run_seconds)
         metrics.QUEUE_DEPTH.set(len(decision.queued))
         metrics.GPUS_IN_USE.set(decision.in_use)
@@ -185,21 +195,31 @@ class Reconciler:
         self.queue_info = decision.queued
         for key in changed:
             self.enqueue(key)
-        if decision.admit:
-            self.admitting.update(decision.admit)
-            sem = asyncio.Semaphore(16)
+        work = [(k, False) for k in decision.admit] + [(k, True) for k in kueue]
+        if not work:
+            return
+        # Job creation is what users wait for: status bookkeeping pauses while it runs.
+        self.admission_idle.clear()
+        self.admitting.update(k for k, _ in work)
+        sem = asyncio.Semaphore(self.settings.workers * 2)
 
-            async def one(key: Key) -> None:
-                async with sem:
-                    try:
-                        await self._admit(key)
-                    finally:
-                        self.admitting.discard(key)
-                        self.enqueue(key)
+        async def one(key: Key, for_kueue: bool) -> None:
+            async with sem:
+                try:
+                    await self._admit(key, suspend=for_kueue)
+                except Exception:
+                    log.exception("creating the Job of %s/%s/%s failed", *key)
+                finally:
+                    self.admitting.discard(key)
+                    self.enqueue(key)
 
-            await asyncio.gather(*(one(k) for k in decision.admit), return_exceptions=True)
+        try:
+            await asyncio.gather(*(one(k, q) for k, q in work))
+        finally:
+            self.admission_idle.set()
 
-    async def _admit(self, key: Key) -> None:
+    async def _admit(self, key: Key, *, suspend: bool) -> None:
+        """Create the resource's Job (suspended for Kueue), or un-suspend it (resume)."""
         obj = self.cache.resources.get(key)
         if obj is None:
             return
@@ -207,7 +227,7 @@ class Reconciler:
         job = self.cache.jobs.get(key)
         await self._ensure_identity(key[1])
         if job is None:
-            body = children.build_job(res, self.settings, suspend=False)
+            body = children.build_job(res, self.settings, suspend=suspend)
             try:
                 job = await self.kube.create_job(body)
             except AlreadyExists:
@@ -215,7 +235,7 @@ class Reconciler:
             created = _parse_time(obj["metadata"].get("creationTimestamp"))
             if created:
                 metrics.ADMISSION_SECONDS.observe((dt.datetime.now(dt.UTC) - created).total_seconds())
-        elif (job.get("spec") or {}).get("suspend"):
+        elif (job.get("spec") or {}).get("suspend") and not suspend:
             job = await self.kube.patch_job(key[1], job["metadata"]["name"], {"spec": {"suspend": False}})
         self.cache.put_job(job)
 
@@ -247,8 +267,6 @@ class Reconciler:
         except ValidationError as exc:
             await self._write(key, obj, self._failed(obj, cond.REASON_INVALID_SPEC, str(exc)))
             return
-        if job is None and res.spec.queue_name and not res.spec.suspend:
-            job = await self._create_for_kueue(res)
         if job is not None:
             await self._sync_job_spec(res, job)
         desired = await self._desired_status(res, obj, job)
@@ -260,17 +278,6 @@ class Reconciler:
         if namespace not in self.runner_identities:
             await self.kube.ensure_runner_identity(namespace, self.settings.runner_service_account)
             self.runner_identities.add(namespace)
-
-    async def _create_for_kueue(self, res: DepthBatch | ReconstructionJob) -> dict[str, Any]:
-        """Kueue admits instead of us: create the Job suspended, with Kueue's queue label."""
-        await self._ensure_identity(res.metadata["namespace"])
-        body = children.build_job(res, self.settings, suspend=True)
-        try:
-            job = await self.kube.create_job(body)
-        except AlreadyExists:
-            job = await self.kube.get_job(body["metadata"]["namespace"], body["metadata"]["name"])
-        self.cache.put_job(job)
-        return job
 
     async def _sync_job_spec(self, res: DepthBatch | ReconstructionJob, job: dict[str, Any]) -> None:
         spec, jspec = res.spec, job.get("spec") or {}
