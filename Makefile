@@ -1,0 +1,48 @@
+# SpatialForge: every entry point a developer or CI needs. `make help` lists them.
+PYTHON ?= python3
+PYTEST_ARGS ?=
+export PYTHON
+
+.DEFAULT_GOAL := help
+.PHONY: help install tools cluster-up cluster-down cluster-status test test-unit demo bench crds verify clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+install: ## Debian packages and the Python package with every extra
+	hack/install.sh
+
+tools: ## Build the control plane, etcd and MinIO once into ~/.cache/spatialforge
+	hack/build-tools.sh etcd kube minio
+
+test: install tools ## The whole suite on real servers (control plane, MinIO), started once
+	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
+
+test-unit: ## Unit tests only (no servers)
+	$(PYTHON) -m pytest tests/unit $(PYTEST_ARGS)
+
+cluster-up: install tools ## Start the local control plane and the GPU node agent
+	hack/cluster.sh up
+
+cluster-down: ## Stop it (state in .local/ is kept; hack/cluster.sh reset wipes it)
+	hack/cluster.sh down
+
+cluster-status: ## What runs
+	hack/cluster.sh status
+
+demo: install tools ## Cluster, MinIO, operator; both samples to Succeeded; results listed
+	hack/demo.sh
+
+bench: install tools ## Benchmarks (not tests); each prints a final JSON line
+	$(PYTHON) bench/operator_throughput.py
+	$(PYTHON) bench/depth_throughput.py
+	$(PYTHON) bench/reconstruct.py
+
+crds: ## Regenerate crds/*.yaml from the pydantic models
+	$(PYTHON) -m spatialforge.crds.generate
+
+verify: ## Fail if generated files are stale
+	$(PYTHON) -m spatialforge.crds.generate --check
+
+clean: cluster-down ## Stop servers and remove local state
+	rm -rf .local
