@@ -28,6 +28,22 @@ import numpy as np
 import yaml
 
 
+def trajectory_error(manifest_uri: str, truth: list[np.ndarray]) -> tuple[float, float]:
+    """Worst rotation (degrees) and position (metres) error of the written trajectory."""
+    from spatialforge.runner.storage.local import file_path
+
+    traj = json.loads((file_path(manifest_uri).parent / "trajectory.json").read_text())
+    frames = [f for f in traj["frames"] if f["cameraToWorld"] is not None]
+    first = np.linalg.inv(truth[frames[0]["frame"]])
+    worst_r = worst_t = 0.0
+    for f in frames:
+        est, gt = np.asarray(f["cameraToWorld"]), first @ truth[f["frame"]]
+        cos = np.clip((np.trace(gt[:3, :3].T @ est[:3, :3]) - 1) / 2, -1.0, 1.0)
+        worst_r = max(worst_r, float(np.degrees(np.arccos(cos))))
+        worst_t = max(worst_t, float(np.linalg.norm(gt[:3, 3] - est[:3, 3])))
+    return worst_r, worst_t
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -91,16 +107,21 @@ def main() -> None:
             resource = parse_resource(yaml.safe_load(manifest.read_text()), allow_local=True)
             ctx.name = resource.metadata["name"]
             t0 = time.perf_counter()
-            summary = stage.run(resource.spec, ctx).summary
+            result = stage.run(resource.spec, ctx)
             wall = time.perf_counter() - t0
+            summary = result.summary
+            rot_err, trans_err = trajectory_error(result.manifest_uri, poses)
             results[preset] = {
                 "wall_s": round(wall, 3), "keyframe_count": summary["keyframes"], "posed": summary["posed"],
                 "points": summary["points"], **{f"{k}_s": round(v, 3) for k, v in summary["timings"].items()},
+                "max_rot_err_deg": round(rot_err, 4), "max_trans_err_mm": round(1000 * trans_err, 2),
             }
     stages = ["decode", "keyframes", "depth", "poses", "fusion", "write"]
-    print(f"{'preset':<10}{'keyfr':>6}" + "".join(f"{s:>10}" for s in stages) + f"{'wall':>10}")
+    print(f"{'preset':<10}{'keyfr':>6}" + "".join(f"{s:>10}" for s in stages) + f"{'wall':>10}{'rot deg':>9}{'pos mm':>8}")
     for preset, r in results.items():
-        print(f"{preset:<10}{r['keyframe_count']:>6}" + "".join(f"{r[s + '_s']:>10.2f}" for s in stages) + f"{r['wall_s']:>10.2f}")
+        print(f"{preset:<10}{r['keyframe_count']:>6}" + "".join(f"{r[s + '_s']:>10.2f}" for s in stages)
+              + f"{r['wall_s']:>10.2f}{r['max_rot_err_deg']:>9.3f}{r['max_trans_err_mm']:>8.1f}")
+    print("(rot/pos: worst keyframe pose error against the rendered truth, relative to the first keyframe)")
     print(json.dumps({"bench": "reconstruct", "video_s": args.seconds, "fps": args.fps, "size": f"{width}x{height}",
                       "frames": n_frames, "depth": args.depth, "device": args.device, "presets": results}))
 

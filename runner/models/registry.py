@@ -81,12 +81,28 @@ def resolve_weights(ckpt: Checkpoint, env: Mapping[str, str] | None = None) -> s
     if not model_dir:
         return ckpt.hub_repo
     if model_dir.startswith("s3://"):
-        cache = Path(env.get(ENV_MODEL_CACHE) or Path.home() / ".cache" / "spatialforge" / "models")
-        return str(_download_s3(f"{model_dir.rstrip('/')}/{ckpt.name}/", cache / ckpt.name))
+        return str(_download_s3(f"{model_dir.rstrip('/')}/{ckpt.name}/", model_cache(env) / ckpt.name))
     path = Path(model_dir) / ckpt.name
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"no checkpoint {ckpt.name} under {ENV_MODEL_DIR}={model_dir} (expected {path}/config.json)")
     return str(path)
+
+
+def model_cache(env: Mapping[str, str]) -> Path:
+    """SPATIALFORGE_MODEL_CACHE, else ~/.cache/spatialforge/models, else (read-only home, as in
+    a hardened pod) a folder under the temp dir."""
+    import tempfile
+
+    if env.get(ENV_MODEL_CACHE):
+        return Path(env[ENV_MODEL_CACHE])
+    for candidate in (Path.home() / ".cache" / "spatialforge" / "models", Path(tempfile.gettempdir()) / "spatialforge-models"):
+        try:
+            candidate.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(candidate, os.W_OK):
+            return candidate
+    raise ModelLoadError(f"no writable model cache; set {ENV_MODEL_CACHE}")
 
 
 def _download_s3(prefix: str, dest: Path) -> Path:

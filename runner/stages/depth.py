@@ -167,6 +167,8 @@ class DepthStage:
                     b.pixels = None
                     writes.append(writers.submit(write, b, depth))
                 writes = _drain_done(writes, records)
+                while len(writes) > window:  # back-pressure: a slow store must not pile up depth maps
+                    records.append(writes.pop(0).result())
             for fut in writes:
                 records.append(fut.result())
         records.sort(key=lambda r: r["input"])
