@@ -238,6 +238,9 @@ async def run_in_pod(env: Mapping[str, str] | None = None, *, ctx: RunContext | 
             stage = stage_for(settings.kind)
             try:
                 result = await asyncio.to_thread(stage.run, resource.spec, run_ctx)
+            except BaseException:
+                run_ctx.progress.update(stage="failed")  # the final patch tells the operator
+                raise
             finally:
                 await patcher.close()
                 if ctx is None:

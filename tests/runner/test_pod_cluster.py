@@ -86,3 +86,18 @@ async def test_pod_with_an_invalid_spec_exits_42(cluster, namespace, tmp_path, r
            "SPATIALFORGE_TERMINATION_LOG": str(runner_env)}
     outcome = await run_in_pod(env)
     assert outcome.exit_code == 42 and "out of range" in runner_env.read_text()
+
+
+async def test_pod_failure_leaves_a_failed_stage_and_no_manifest(cluster, namespace, s3, model_dir, tmp_path, runner_env):
+    cluster.apply({
+        "apiVersion": "spatialforge.io/v1alpha1", "kind": "DepthBatch", "metadata": {"name": "missing"},
+        "spec": {"inputs": [f"s3://{s3}/nothing-here.png"], "output": {"uri": f"s3://{s3}/out"}, "suspend": True},
+    }, namespace)
+    env = {"SPATIALFORGE_KIND": "DepthBatch", "SPATIALFORGE_NAME": "missing", "SPATIALFORGE_NAMESPACE": namespace,
+           "KUBECONFIG": _runner_kubeconfig(cluster, namespace, tmp_path), "SPATIALFORGE_MODEL_DIR": str(model_dir),
+           "SPATIALFORGE_TERMINATION_LOG": str(runner_env)}
+    outcome = await run_in_pod(env)
+    assert outcome.exit_code == 42 and "does not exist" in runner_env.read_text()
+    shard = cluster.get("depthbatch", "missing", namespace)["status"]["progress"]["shards"]["0"]
+    assert shard["stage"] == "failed"
+    assert S3Store().list(f"s3://{s3}/out/") == []
