@@ -166,7 +166,7 @@ cluster_wait_nodes() {
 
 cluster_down() {
   local c
-  for c in "${COMPONENTS[@]}"; do
+  for c in operator "${COMPONENTS[@]}"; do  # the demo's operator goes down with its plane
     if proc_alive "${c}"; then log_info "stopping ${c}"; fi
     proc_stop "${c}"
   done

@@ -57,6 +57,22 @@ class Cache:
             self.resources[key] = obj
         return key
 
+    def job_of(self, key: Key) -> dict[str, Any] | None:
+        """The Job of the resource now under `key`; a predecessor's Job (same name, other
+        uid, still being deleted) is not it."""
+        job, res = self.jobs.get(key), self.resources.get(key)
+        if job is None or res is None or owner_uid(job) != res["metadata"]["uid"]:
+            return None
+        return job
+
+    def pods_of(self, key: Key) -> list[dict[str, Any]]:
+        """Pods of the resource now under `key` (not a same-named predecessor's)."""
+        res = self.resources.get(key)
+        if res is None:
+            return []
+        uid = res["metadata"]["uid"]
+        return [p for p in self.pods.get(key, {}).values() if owner_uid(p) == uid]
+
     def put_job(self, obj: dict[str, Any], deleted: bool = False) -> Key | None:
         key = owner_key(obj)
         if key is None:

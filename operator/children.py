@@ -70,6 +70,9 @@ def build_job(res: Resource, settings: OperatorSettings, *, suspend: bool) -> di
         {"name": c.ENV_RESOURCE_KIND, "value": res.kind},
         {"name": c.ENV_RESOURCE_NAME, "value": meta["name"]},
         {"name": c.ENV_RESOURCE_NAMESPACE, "value": meta["namespace"]},
+        # The root filesystem is read-only: caches go to the writable emptyDir.
+        {"name": "HF_HOME", "value": "/cache/hf"},
+        {"name": "SPATIALFORGE_MODEL_CACHE", "value": "/cache/models"},
     ]
     container: dict[str, Any] = {
         "name": CONTAINER,

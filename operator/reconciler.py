@@ -164,7 +164,7 @@ class Reconciler:
             meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
             if meta.get("deletionTimestamp") or status.get("phase") in TERMINAL:
                 continue
-            job = self.cache.jobs.get(key)
+            job = self.cache.job_of(key)
             if spec.get("queueName"):
                 if job is None and not spec.get("suspend") and key not in self.admitting:
                     kueue.append(key)
@@ -224,7 +224,7 @@ class Reconciler:
         if obj is None:
             return
         res = MODELS[key[0]].model_validate(obj)
-        job = self.cache.jobs.get(key)
+        job = self.cache.job_of(key)
         await self._ensure_identity(key[1])
         if job is None:
             body = children.build_job(res, self.settings, suspend=suspend)
@@ -256,9 +256,7 @@ class Reconciler:
             self.poke_admission()
             obj = patched
         status = obj.get("status") or {}
-        job = self.cache.jobs.get(key)
-        if job is not None and (job["metadata"].get("labels") or {}).get(c.LABEL_UID) != meta["uid"]:
-            job = None  # a predecessor's Job, on its way out
+        job = self.cache.job_of(key)
         if status.get("phase") in TERMINAL:
             await self._after_terminal(key, obj, job)
             return
@@ -308,7 +306,7 @@ class Reconciler:
         status = obj.get("status") or {}
         conds = list(status.get("conditions") or [])
         out: dict[str, Any] = {"observedGeneration": gen}
-        pods = list(self.cache.pods.get(key, {}).values())
+        pods = self.cache.pods_of(key)
         out.update(self._progress(status))
         out["gpuSeconds"] = max(float(status.get("gpuSeconds") or 0.0), self._gpu_seconds(res, pods))
 
@@ -514,7 +512,7 @@ class Reconciler:
 
     async def _finalize(self, key: Key, obj: dict[str, Any]) -> None:
         """Stop the work (delete the Job and, through it, its pods), then let the resource go."""
-        job = self.cache.jobs.get(key)
+        job = self.cache.job_of(key)
         if job is not None:
             await self.kube.delete_job(key[1], job["metadata"]["name"])
         else:

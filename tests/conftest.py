@@ -17,6 +17,7 @@ from tests.operator_process import OperatorProcess
 
 SYSTEM_NAMESPACE = "spatialforge-system"
 BEHAVIOUR_NS = "spatialforge-devcluster"
+RUNNER_SECRET = "spatialforge-objectstore"  # runner pods take their object-store env from it
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +41,8 @@ def cluster() -> Iterator[Cluster]:
 def operator(cluster: Cluster) -> Iterator[OperatorProcess]:
     log_dir = STATE / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    op = OperatorProcess(cluster.kubeconfig, log_dir, name="test-operator")
+    op = OperatorProcess(cluster.kubeconfig, log_dir, name="test-operator",
+                         SPATIALFORGE_RUNNER_ENV_FROM_SECRET=RUNNER_SECRET)
     op.start()
     yield op
     op.stop()

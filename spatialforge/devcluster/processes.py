@@ -55,6 +55,14 @@ def _field(pod: dict[str, Any], path: str) -> str:
 async def _env(core: client.CoreV1Api, pod: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
     namespace = pod["metadata"]["namespace"]
     env: dict[str, str] = {}
+    for source in container.get("envFrom") or []:
+        prefix = source.get("prefix", "")
+        if "secretRef" in source:
+            secret = await core.read_namespaced_secret(source["secretRef"]["name"], namespace)
+            env.update({prefix + k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()})
+        elif "configMapRef" in source:
+            cm = await core.read_namespaced_config_map(source["configMapRef"]["name"], namespace)
+            env.update({prefix + k: v for k, v in (cm.data or {}).items()})
     for item in container.get("env") or []:
         if "value" in item:
             env[item["name"]] = item.get("value") or ""
@@ -131,6 +139,18 @@ async def run(core: client.CoreV1Api, pod: dict[str, Any], state_dir: Path, serv
         if passthrough in os.environ:
             env[passthrough] = os.environ[passthrough]
     env.update(await _env(core, pod, container))
+    # There is no container filesystem here: an emptyDir mounted where this machine has no
+    # such folder (e.g. /cache) becomes a per-pod folder, and env values pointing into it
+    # follow. Paths this machine has (e.g. /tmp) are shared with it, as processes share them.
+    empty_dirs = {v["name"] for v in pod["spec"].get("volumes") or [] if "emptyDir" in v}
+    mounts = {m["mountPath"].rstrip("/"): workdir / "volumes" / m["name"]
+              for m in container.get("volumeMounts") or []
+              if m["name"] in empty_dirs and not Path(m["mountPath"]).exists()}
+    for mount, local in mounts.items():
+        local.mkdir(parents=True, exist_ok=True)
+        for k, v in env.items():
+            if v == mount or v.startswith(mount + "/"):
+                env[k] = str(local) + v[len(mount):]
     log_path = workdir / "container.log"
     with log_path.open("ab") as out:
         proc = await asyncio.create_subprocess_exec(
