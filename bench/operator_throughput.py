@@ -1,13 +1,13 @@
 """Operator throughput and latency on the local control plane.
 
-    python bench/operator_throughput.py [--count N] [--rate R]
+    python bench/operator_throughput.py [--count N] [--rate R] [--latency-count M]
 
 One run, one plane, three phases, all creating suspended Jobs so no pods compete for the
 CPU (the resources name a Kueue queue, which makes the operator create its Jobs suspended):
   1. raw: N batch/v1 Jobs created by an async client at the operator's concurrency -> Jobs/s;
   2. drain: N resources created while the operator is stopped, then the operator started;
      Jobs/s from its start to the N-th Job -> its throughput, and the ratio to (1);
-  3. latency: the operator running, N resources created at R per second; the time from
+  3. latency: the operator running, min(N, M) resources created at R per second; the time from
      each resource's creation to the appearance of its Job -> p50 and p99.
 Also the operator's peak RSS. The final line is JSON.
 """
@@ -90,7 +90,7 @@ def resource_body(i: int) -> dict:
                      "placement": {"gpus": 0}, "queueName": "bench"}}
 
 
-async def main(count: int, rate: float) -> dict:
+async def main(count: int, rate: float, latency_count: int) -> dict:
     plane, _ = start_cluster()
     api = await config.new_client_from_config(config_file=str(plane.kubeconfig))
     api.configuration.connection_pool_maxsize = 64
@@ -130,7 +130,8 @@ async def main(count: int, rate: float) -> dict:
         await asyncio.sleep(1)
 
     # (3) Latency at a steady arrival rate, with the operator warm.
-    seen_task = asyncio.create_task(watch_jobs(batch, lat_ns, count))
+    lat_count = min(count, latency_count)
+    seen_task = asyncio.create_task(watch_jobs(batch, lat_ns, lat_count))
     await asyncio.sleep(0.5)
     created: dict[str, float] = {}
     interval = 1.0 / rate
@@ -142,8 +143,8 @@ async def main(count: int, rate: float) -> dict:
         await custom.create_namespaced_custom_object("spatialforge.io", "v1alpha1", lat_ns, "depthbatches",
                                                      resource_body(i))
 
-    await asyncio.gather(*(make(i) for i in range(count)))
-    seen = await asyncio.wait_for(seen_task, timeout=max(300, count / 5))
+    await asyncio.gather(*(make(i) for i in range(lat_count)))
+    seen = await asyncio.wait_for(seen_task, timeout=max(300, lat_count / 5))
     latencies = [seen[n] - created[n] for n in created]
     peak = rss_mb(op.proc.pid)
     cpu = sum(float(x) for x in Path(f"/proc/{op.proc.pid}/stat").read_text().split()[13:15]) / 100
@@ -164,6 +165,7 @@ async def main(count: int, rate: float) -> dict:
         "throughput_ratio": round(op_rate / raw_rate, 3),
         "operator_first_job_after_start_s": round(startup_s, 2),
         "arrival_rate_per_s": rate,
+        "latency_count": lat_count,
         "latency_p50_s": round(statistics.median(latencies), 3),
         "latency_p99_s": round(percentile(latencies, 99), 3),
         "operator_peak_rss_mb": round(peak, 1),
@@ -174,9 +176,10 @@ async def main(count: int, rate: float) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=1000)
-    parser.add_argument("--rate", type=float, default=50.0, help="arrival rate of the latency phase")
+    parser.add_argument("--rate", type=float, default=20.0, help="arrival rate of the latency phase")
+    parser.add_argument("--latency-count", type=int, default=1000, help="resources in the latency phase (at most --count)")
     args = parser.parse_args()
-    result = asyncio.run(main(args.count, args.rate))
+    result = asyncio.run(main(args.count, args.rate, args.latency_count))
     for k, v in result.items():
         print(f"{k:>24}: {v}")
     print(json.dumps(result))

@@ -47,10 +47,11 @@ async def run(settings: OperatorSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     elector = None
+    elector_api = None
     lost = asyncio.Event()
     tasks: list[asyncio.Task[object]] = []
     if settings.leader_election:
-        api = await kube_config.new_client_from_config(config_file=settings.kubeconfig) \
+        api = elector_api = await kube_config.new_client_from_config(config_file=settings.kubeconfig) \
             if settings.kubeconfig else await handlers._incluster()
         identity = settings.identity or f"{socket.gethostname()}-{os.getpid()}"
         elector = LeaderElector(api, settings.namespace, settings.lease_name, identity, settings.lease_duration_seconds)
@@ -60,6 +61,7 @@ async def run(settings: OperatorSettings) -> int:
         await asyncio.wait({acquire, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if stop.is_set():
             acquire.cancel()
+            await api.close()
             return 0
         tasks.append(asyncio.create_task(elector.hold(lost)))
     state["role"] = "leader"
@@ -82,6 +84,8 @@ async def run(settings: OperatorSettings) -> int:
             t.cancel()
         if elector is not None and not lost.is_set():
             await elector.release()
+        if elector_api is not None:
+            await elector_api.close()
         if health is not None:
             await health.cleanup()
     if lost.is_set():
