@@ -17,7 +17,8 @@ build_kube() {
   local staging="v0.${KUBE_VERSION#v1.}"
   (
     cd "${mod}"
-    go mod download -json "k8s.io/kubernetes@${KUBE_VERSION}" >/dev/null
+    go mod download -json "k8s.io/kubernetes@${KUBE_VERSION}" >/dev/null 2>&1 ||
+      log_fatal "k8s.io/kubernetes ${KUBE_VERSION} cannot be fetched from the Go module proxy ($(go env GOPROXY)); check KUBE_VERSION in hack/lib.sh and the network"
     local gomod
     gomod="$(go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/${KUBE_VERSION}.mod"
     {
@@ -63,7 +64,8 @@ import (
 func main() { etcdmain.Main(os.Args) }
 GO
     printf 'module spatialforge.local/etcdbuild\ngo %s\n' "$(go env GOVERSION | sed -E 's/^go([0-9]+\.[0-9]+).*/\1/')" >go.mod
-    go get "go.etcd.io/etcd/server/v3@${ETCD_VERSION}" >/dev/null
+    go get "go.etcd.io/etcd/server/v3@${ETCD_VERSION}" >/dev/null 2>&1 ||
+      log_fatal "go.etcd.io/etcd/server/v3 ${ETCD_VERSION} cannot be fetched from the Go module proxy ($(go env GOPROXY))"
     go mod tidy >/dev/null
     go build -ldflags "-s -w" -o "${out}/etcd.tmp" . || log_fatal "building etcd ${ETCD_VERSION} failed"
     mv "${out}/etcd.tmp" "${out}/etcd"
