@@ -1,0 +1,112 @@
+"""One Settings class (SPATIALFORGE_API_* environment variables); refuses placeholder secrets."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Secrets that appear in docs, samples and tutorials: never acceptable outside dev mode.
+EXAMPLE_SECRETS = frozenset({
+    "changeme", "change-me", "changethis", "secret", "password", "example", "test", "dev",
+    "sk_test_123", "sk_test_xxx", "whsec_xxx", "whsec_test", "whsec_example",
+})
+MIN_SECRET_BYTES = 32
+
+
+def _looks_like_example(value: str) -> bool:
+    low = value.lower()
+    return low in EXAMPLE_SECRETS or "changeme" in low or "change-me" in low or "example" in low \
+        or "changethis" in low or len(set(value)) < 6
+
+
+class Settings(BaseSettings):
+    """Everything the front end can be told; secrets are SecretStr so they never print."""
+
+    model_config = SettingsConfigDict(env_prefix="SPATIALFORGE_API_", extra="ignore")
+
+    dev_mode: bool = False
+    """Allow missing or example secrets (a warning is logged). Never in production."""
+    secret_key: SecretStr | None = None
+    """Server secret for API-key HMACs and webhook-secret derivation (at least 32 bytes)."""
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    kubeconfig: str | None = None
+    """Kubeconfig path; absent means in-cluster configuration."""
+    namespace_prefix: str = "sf-"
+    """Tenant namespace = prefix + tenant id."""
+
+    s3_endpoint: str | None = None
+    s3_public_endpoint: str | None = None
+    """Endpoint written into signed URLs (defaults to s3_endpoint)."""
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    bucket: str = "spatialforge"
+    """Bucket holding every tenant's inputs and results under tenants/<tenant>/."""
+    results_url_ttl_seconds: int = Field(default=24 * 3600, ge=1, le=7 * 24 * 3600)
+    upload_url_ttl_seconds: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+
+    stripe_api_key: SecretStr | None = None
+    stripe_api_base: str | None = None
+    """Stripe API base (stripe-mock in tests); absent means api.stripe.com."""
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_prices: dict[str, str] = Field(default_factory=lambda: {
+        "builder": "price_builder_monthly", "pro": "price_pro_monthly"})
+    """Plan -> Stripe price id."""
+    stripe_meter_event: str = "spatialforge_gpu_seconds"
+    payment_grace_seconds: int = Field(default=7 * 24 * 3600, ge=0)
+    """After invoice.payment_failed, the plan holds this long before degrading to free."""
+    public_url: str = "http://127.0.0.1:8000"
+    """Where clients reach this server (checkout success/cancel and portal return URLs)."""
+
+    webhook_allow: list[str] = Field(default_factory=list)
+    """Hosts or CIDRs that completion webhooks may target even if private/loopback."""
+    webhook_max_attempts: int = Field(default=6, ge=1, le=20)
+    webhook_backoff_seconds: float = Field(default=2.0, gt=0)
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    cors_origins: list[str] = Field(default_factory=list)
+    request_timeout_seconds: float = Field(default=30.0, gt=0)
+    stripe_webhook_per_ip_per_minute: int = Field(default=120, ge=1)
+    log_json: bool = True
+
+    @model_validator(mode="after")
+    def _refuse_weak_secrets(self) -> Self:
+        if self.dev_mode:
+            return self
+        problems = []
+        for name in ("secret_key", "stripe_api_key", "stripe_webhook_secret", "s3_secret_access_key"):
+            value = getattr(self, name)
+            raw = value.get_secret_value() if value is not None else ""
+            if not raw:
+                problems.append(f"{name} is missing")
+            elif _looks_like_example(raw):
+                problems.append(f"{name} is an example or placeholder value")
+        key = self.secret_key.get_secret_value() if self.secret_key else ""
+        if key and len(key.encode()) < MIN_SECRET_BYTES:
+            problems.append(f"secret_key must be at least {MIN_SECRET_BYTES} bytes")
+        if problems:
+            raise ValueError("refusing to start: " + "; ".join(problems)
+                             + " (set SPATIALFORGE_API_DEV_MODE=1 only for local development)")
+        return self
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret, for the log redaction filter."""
+        out = []
+        for name in ("secret_key", "stripe_api_key", "stripe_webhook_secret", "s3_secret_access_key"):
+            value = getattr(self, name)
+            if value is not None and value.get_secret_value():
+                out.append(value.get_secret_value())
+        return out
+
+    def hmac_key(self) -> bytes:
+        if self.secret_key is not None and self.secret_key.get_secret_value():
+            return self.secret_key.get_secret_value().encode()
+        return b"spatialforge-dev-mode-only-secret-key!"  # dev mode only (validator above)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,139 @@
+"""The FastAPI app: `create_app(settings)` wires middleware, routers and the lifespan clients."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from spatialforge.apiserver.api.deps import Services
+from spatialforge.apiserver.api.main import api_router
+from spatialforge.apiserver.core import logging as sf_logging
+from spatialforge.apiserver.core.config import Settings, get_settings
+from spatialforge.apiserver.core.errors import ApiError
+from spatialforge.apiserver.core.metrics import Metrics
+from spatialforge.apiserver.middleware import ServiceMiddleware
+from spatialforge.apiserver.services.billing import Billing, configure_stripe
+from spatialforge.apiserver.services.jobs import JobService
+from spatialforge.apiserver.services.kube import JobCache, Kube, make_api_client
+from spatialforge.apiserver.services.quotas import Quotas
+from spatialforge.apiserver.services.storage import Storage
+from spatialforge.apiserver.services.tenants import Tenants
+from spatialforge.apiserver.services.webhooks import WebhookSender
+
+log = logging.getLogger("spatialforge.apiserver")
+
+TAGS = [{"name": n, "description": d} for n, d in (
+    ("jobs", "DepthBatch and ReconstructionJob resources in your namespace"),
+    ("uploads", "Signed PUT URLs into your input prefix"), ("usage", "Your plan, usage and webhook secret"),
+    ("billing", "Stripe Checkout, portal and webhooks"), ("admin", "Admin keys only"),
+    ("health", "Liveness, readiness, metrics"))]
+
+
+def _error(request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None,
+           **extra: Any) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, **extra}, "request_id": sf_logging.request_id.get()}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error(request, exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
+                  for e in exc.errors()]
+        names = ", ".join(f["field"] for f in fields)
+        return _error(request, 422, "invalid_request", f"invalid fields: {names}", fields=fields)
+
+    @app.exception_handler(redis.exceptions.ConnectionError)
+    @app.exception_handler(redis.exceptions.TimeoutError)
+    async def redis_down(request: Request, exc: Exception) -> JSONResponse:
+        log.error("Redis unavailable: %s", type(exc).__name__)
+        return _error(request, 503, "unavailable", "Redis is unavailable; nothing was changed", {"Retry-After": "5"})
+
+    @app.exception_handler(ApiException)
+    async def kube_error(request: Request, exc: ApiException) -> JSONResponse:
+        if exc.status == 422:
+            return _error(request, 422, "invalid_request", f"the Kubernetes API refused the resource: {exc.reason}")
+        log.error("Kubernetes API error %s: %s", exc.status, exc.reason)
+        return _error(request, 503, "unavailable", "the Kubernetes API is unavailable; nothing was created",
+                      {"Retry-After": "5"})
+
+    @app.exception_handler(OSError)
+    async def connection_error(request: Request, exc: OSError) -> JSONResponse:
+        log.error("dependency unreachable: %s", type(exc).__name__)
+        return _error(request, 503, "unavailable", "a dependency is unreachable; nothing was created",
+                      {"Retry-After": "5"})
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. Settings are validated here: weak secrets refuse to start (not dev mode)."""
+    settings = settings or get_settings()
+    sf_logging.setup(settings.secret_values(), json_logs=settings.log_json)
+    if settings.dev_mode:
+        log.warning("dev mode: weak or missing secrets are accepted; never run this in production")
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=2,
+                                        socket_connect_timeout=1)
+        api = await make_api_client(settings.kubeconfig)
+        kube = Kube(api)
+        cache = JobCache(kube)
+        storage = Storage(settings)
+        try:
+            await storage.ensure_bucket()
+        except Exception as exc:
+            log.warning("object store not reachable at start (%s); /readyz reports it", type(exc).__name__)
+        configure_stripe(settings)
+        tenants = Tenants(redis, settings.hmac_key())
+        quotas = Quotas(redis)
+        webhooks = WebhookSender(redis, settings.hmac_key(), settings.webhook_allow,
+                                 attempts=settings.webhook_max_attempts, backoff=settings.webhook_backoff_seconds,
+                                 timeout=settings.webhook_timeout_seconds, metrics=metrics)
+        services = Services(settings=settings, redis=redis, kube=kube, cache=cache, storage=storage, tenants=tenants,
+                            quotas=quotas, billing=None, webhooks=webhooks, jobs=None, metrics=metrics)
+
+        async def plan_changed(tenant: str) -> None:
+            await services.jobs.apply_plan(tenant)
+
+        services.billing = Billing(settings, tenants, plan_changed, metrics)
+        services.jobs = JobService(settings=settings, redis=redis, kube=kube, cache=cache, tenants=tenants,
+                                   quotas=quotas, storage=storage, billing=services.billing, webhooks=webhooks,
+                                   metrics=metrics)
+        cache.listeners.append(services.jobs.on_terminal)
+        app.state.services = services
+        cache.start()
+        log.info("front end started")
+        try:
+            yield
+        finally:
+            await cache.stop()
+            await webhooks.close()
+            await redis.aclose()
+            await api.close()
+
+    app = FastAPI(title="SpatialForge API", version="0.1.0", lifespan=lifespan, openapi_tags=TAGS,
+                  description="Monocular depth and video-to-3D jobs as Kubernetes custom resources.",
+                  generate_unique_id_function=lambda route: f"{route.tags[0] if route.tags else 'api'}-{route.name}")
+    app.dependency_overrides[get_settings] = lambda: settings
+    _install_handlers(app)
+    app.include_router(api_router)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["X-Request-ID", "Retry-After", "X-RateLimit-Limit",
+                                                                "X-RateLimit-Remaining", "X-RateLimit-Reset"])
+    app.add_middleware(ServiceMiddleware, timeout=settings.request_timeout_seconds, metrics=metrics)
+    return app

@@ -1,0 +1,182 @@
+"""Request and response bodies. Job request bodies are the CR spec models themselves
+(`spatialforge.crds.DepthBatchSpec`, `ReconstructionJobSpec`); these are the rest."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# --- errors -------------------------------------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorPublic(BaseModel):
+    error: ErrorBody
+    request_id: str
+
+
+# --- jobs ---------------------------------------------------------------------------------
+
+
+class ConditionPublic(BaseModel):
+    type: str
+    status: str
+    reason: str = ""
+    message: str = ""
+
+
+class ProgressPublic(BaseModel):
+    done: int = 0
+    total: int = 0
+    stage: str = ""
+
+
+class JobPublic(BaseModel):
+    id: str
+    kind: Literal["DepthBatch", "ReconstructionJob"]
+    phase: str
+    reason: str | None = None
+    message: str | None = None
+    progress: ProgressPublic = Field(default_factory=ProgressPublic)
+    queue_position: int | None = None
+    estimated_start_time: str | None = None
+    conditions: list[ConditionPublic] = Field(default_factory=list)
+    created_at: str | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+    duration_seconds: float | None = None
+    gpu_seconds: float | None = None
+    attempts: int | None = None
+    status_url: str
+    results_url: str
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "db-3f2a9c1b7d4e", "kind": "DepthBatch", "phase": "Running", "reason": "Running",
+        "progress": {"done": 12, "total": 40, "stage": "depth"}, "conditions": [],
+        "created_at": "2026-01-01T10:00:00Z", "started_at": "2026-01-01T10:00:03Z", "gpu_seconds": None,
+        "status_url": "/v1/jobs/db-3f2a9c1b7d4e", "results_url": "/v1/jobs/db-3f2a9c1b7d4e/results"}]})
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int
+    next_offset: int | None = None
+
+
+class ResultFile(BaseModel):
+    key: str
+    """Path relative to the job's result prefix, e.g. shard-00000/manifest.json."""
+    size: int
+    url: str
+
+
+class ResultsPublic(BaseModel):
+    id: str
+    expires_in: int
+    files: list[ResultFile]
+
+
+# --- uploads ------------------------------------------------------------------------------
+
+
+class UploadFile(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$", examples=["frame-0001.jpg"])
+    content_type: str | None = Field(default=None, max_length=100, examples=["image/jpeg"])
+
+
+class UploadCreate(BaseModel):
+    files: list[UploadFile] = Field(min_length=1, max_length=1000)
+
+
+class UploadTarget(BaseModel):
+    name: str
+    uri: str
+    url: str
+    method: Literal["PUT"] = "PUT"
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class UploadPublic(BaseModel):
+    prefix: str
+    """Use this as a DepthBatch input (a prefix) once every file is uploaded."""
+    expires_in: int
+    files: list[UploadTarget]
+
+
+# --- keys, plans, usage -------------------------------------------------------------------
+
+
+class KeyCreate(BaseModel):
+    tenant: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$", examples=["acme"])
+    role: Literal["user", "admin"] = "user"
+    live: bool = True
+    name: str = Field(default="", max_length=100)
+
+
+class KeyPublic(BaseModel):
+    key_id: str
+    tenant: str
+    role: str
+    name: str = ""
+    created: str = ""
+    revoked: str = ""
+
+
+class KeyCreated(KeyPublic):
+    key: str
+    """The key itself: shown this once, never again."""
+
+
+class KeysPublic(BaseModel):
+    data: list[KeyPublic]
+    count: int
+
+
+class PlanUpdate(BaseModel):
+    plan: Literal["free", "builder", "pro", "enterprise"]
+    monthly_units: int | None = Field(default=None, ge=0)
+    rate_per_minute: int | None = Field(default=None, ge=1)
+    gpu_limit: int | None = Field(default=None, ge=0)
+
+
+class PlanPublic(BaseModel):
+    tenant: str
+    plan: str
+    monthly_units: int
+    rate_per_minute: int
+    gpu_limit: int
+    model_sizes: list[str]
+    presets: list[str]
+    grace_until: float | None = None
+
+
+class UsagePublic(BaseModel):
+    tenant: str
+    month: str
+    plan: str
+    units_used: int
+    units_limit: int
+    gpu_seconds: float
+    jobs: dict[str, int]
+
+
+# --- billing ------------------------------------------------------------------------------
+
+
+class CheckoutCreate(BaseModel):
+    plan: Literal["builder", "pro"] = Field(examples=["pro"])
+
+
+class SessionPublic(BaseModel):
+    id: str
+    url: str
+
+
+def example(value: Any) -> dict[str, Any]:
+    return {"default": {"summary": "example", "value": value}}

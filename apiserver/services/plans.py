@@ -1,0 +1,63 @@
+"""Plans: monthly units, per-minute rate, concurrent GPUs, allowed model sizes and presets.
+
+Units: a DepthBatch costs one unit per input entry (an object or a prefix); a
+ReconstructionJob costs 5 (draft), 10 (standard) or 20 (high).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from spatialforge.crds import DepthBatchSpec, ReconstructionJobSpec
+
+
+class Plan(BaseModel):
+    name: str
+    monthly_units: int = Field(ge=0)
+    rate_per_minute: int = Field(ge=1)
+    gpu_limit: int = Field(ge=0)
+    """Concurrent GPUs: written to the tenant namespace's spatialforge.io/gpu-limit annotation."""
+    model_sizes: tuple[str, ...]
+    presets: tuple[str, ...]
+
+
+PLANS: dict[str, Plan] = {
+    "free": Plan(name="free", monthly_units=100, rate_per_minute=60, gpu_limit=1,
+                 model_sizes=("small",), presets=("draft", "standard")),
+    "builder": Plan(name="builder", monthly_units=5_000, rate_per_minute=300, gpu_limit=4,
+                    model_sizes=("small", "base"), presets=("draft", "standard", "high")),
+    "pro": Plan(name="pro", monthly_units=50_000, rate_per_minute=1_200, gpu_limit=16,
+                model_sizes=("small", "base", "large"), presets=("draft", "standard", "high")),
+    # Enterprise quotas are by contract: set per tenant with `plans set --units/--rate/--gpus`.
+    "enterprise": Plan(name="enterprise", monthly_units=1_000_000, rate_per_minute=6_000, gpu_limit=64,
+                       model_sizes=("small", "base", "large"), presets=("draft", "standard", "high")),
+}
+PRESET_UNITS = {"draft": 5, "standard": 10, "high": 20}
+
+
+def effective(plan_name: str, overrides: dict[str, str]) -> Plan:
+    """The tenant's plan with its per-tenant overrides (units, rate, gpus) applied."""
+    plan = PLANS.get(plan_name, PLANS["free"])
+    update = {}
+    for field, key in (("monthly_units", "units"), ("rate_per_minute", "rate"), ("gpu_limit", "gpus")):
+        if overrides.get(key) not in (None, ""):
+            update[field] = int(overrides[key])
+    return plan.model_copy(update=update)
+
+
+def units(spec: DepthBatchSpec | ReconstructionJobSpec) -> int:
+    if isinstance(spec, DepthBatchSpec):
+        return len(spec.inputs)
+    return PRESET_UNITS[spec.quality.value]
+
+
+def refusal(plan: Plan, spec: DepthBatchSpec | ReconstructionJobSpec) -> str | None:
+    """Why the plan forbids this spec (403), or None."""
+    if spec.model.size.value not in plan.model_sizes:
+        return f"model size {spec.model.size.value!r} is not in plan {plan.name!r} (allowed: {', '.join(plan.model_sizes)})"
+    if isinstance(spec, ReconstructionJobSpec) and spec.quality.value not in plan.presets:
+        return f"quality preset {spec.quality.value!r} is not in plan {plan.name!r} (allowed: {', '.join(plan.presets)})"
+    gpus = spec.placement.gpus * (spec.parallelism if isinstance(spec, DepthBatchSpec) else 1)
+    if gpus > plan.gpu_limit:
+        return f"{gpus} GPUs exceed plan {plan.name!r}'s concurrent limit of {plan.gpu_limit}"
+    return None

@@ -1,0 +1,154 @@
+"""The client: httpx underneath, one method per endpoint, plus upload / wait / download."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+TERMINAL = {"Succeeded", "Failed", "Cancelled"}
+
+
+class ApiError(RuntimeError):
+    """An error response: status, code and message from the server's error body."""
+
+    def __init__(self, status: int, code: str, message: str, response: httpx.Response | None = None) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message, self.response = status, code, message, response
+
+
+def verify_webhook(payload: bytes, header: str, secret: str, tolerance: float = 300) -> dict[str, Any]:
+    """Check a completion webhook's `SpatialForge-Signature` header; return the event."""
+    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
+    ts, sig = parts.get("t", ""), parts.get("v1", "")
+    if not ts.isdigit() or abs(time.time() - int(ts)) > tolerance:
+        raise ValueError("webhook timestamp missing or outside the tolerance")
+    expected = hmac.new(secret.encode(), f"{ts}.".encode() + payload, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, sig):
+        raise ValueError("webhook signature does not match")
+    return json.loads(payload)
+
+
+class Client:
+    def __init__(self, base_url: str, api_key: str, *, timeout: float = 30.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, transport=transport,
+                                 headers={"X-API-Key": api_key, "User-Agent": "spatialforge-client/0.1"})
+        self.storage = httpx.Client(timeout=timeout * 4)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+        self.storage.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                err = response.json()["error"]
+                code, message = err.get("code", "error"), err.get("message", response.text)
+            except (ValueError, KeyError, TypeError):
+                code, message = "error", response.text[:500]
+            raise ApiError(response.status_code, code, message, response)
+        return response.json() if response.content else None
+
+    # --- endpoints ------------------------------------------------------------------------
+    def submit_depth(self, spec: dict[str, Any], *, idempotency_key: str | None = None,
+                     webhook_url: str | None = None) -> dict[str, Any]:
+        return self._submit("/v1/depth-batches", spec, idempotency_key, webhook_url)
+
+    def submit_reconstruction(self, spec: dict[str, Any], *, idempotency_key: str | None = None,
+                              webhook_url: str | None = None) -> dict[str, Any]:
+        return self._submit("/v1/reconstructions", spec, idempotency_key, webhook_url)
+
+    def _submit(self, path: str, spec: dict[str, Any], key: str | None, webhook_url: str | None) -> dict[str, Any]:
+        headers = {"Idempotency-Key": key} if key else {}
+        params = {"webhook_url": webhook_url} if webhook_url else {}
+        return self._call("POST", path, json=spec, headers=headers, params=params)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/jobs/{job_id}")
+
+    def jobs(self, *, kind: str | None = None, phase: str | None = None, limit: int = 50,
+             offset: int = 0) -> dict[str, Any]:
+        params = {k: v for k, v in {"kind": kind, "phase": phase, "limit": limit, "offset": offset}.items() if v is not None}
+        return self._call("GET", "/v1/jobs", params=params)
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/v1/jobs/{job_id}")
+
+    def results(self, job_id: str, *, expires_in: int | None = None) -> dict[str, Any]:
+        params = {"expires_in": expires_in} if expires_in else {}
+        return self._call("GET", f"/v1/jobs/{job_id}/results", params=params)
+
+    def usage(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/usage")
+
+    def plan(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/plan")
+
+    def webhook_secret(self) -> str:
+        return self._call("GET", "/v1/webhooks/secret")["secret"]
+
+    def results_prefix(self) -> str:
+        """The tenant's result prefix, derived from an upload prefix's layout."""
+        prefix = self._call("POST", "/v1/uploads", json={"files": [{"name": "probe"}]})["prefix"]
+        return prefix.split("/inputs/")[0] + "/results"
+
+    # --- files ----------------------------------------------------------------------------
+    def upload(self, paths: Iterable[str | Path], *, progress: Callable[[int], None] | None = None) -> str:
+        """PUT each file through a signed URL; returns the upload prefix (a DepthBatch input)."""
+        files = [Path(p) for p in paths]
+        names = [{"name": f.name} for f in files]
+        plan = self._call("POST", "/v1/uploads", json={"files": names})
+        for f, target in zip(files, plan["files"], strict=True):
+            with f.open("rb") as fh:
+                r = self.storage.put(target["url"], content=fh.read(), headers=target.get("headers") or {})
+            if r.status_code >= 300:
+                raise ApiError(r.status_code, "upload_failed", r.text[:300], r)
+            if progress:
+                progress(1)
+        return plan["prefix"]
+
+    def wait(self, job_id: str, *, interval: float = 1.0, timeout: float | None = None,
+             on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Poll until the job reaches a terminal phase; returns its last state."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if on_progress:
+                on_progress(job)
+            if job["phase"] in TERMINAL:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['phase']} after {timeout}s")
+            time.sleep(interval)
+
+    def download(self, job_id: str, dest: str | Path) -> list[Path]:
+        """Fetch every result file through its signed URL into `dest`."""
+        out = []
+        root = Path(dest)
+        for f in self.results(job_id)["files"]:
+            target = (root / f["key"]).resolve()
+            if root.resolve() not in target.parents:
+                raise ApiError(0, "unsafe_key", f"result key {f['key']!r} escapes {root}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with self.storage.stream("GET", f["url"]) as r:
+                if r.status_code >= 300:
+                    raise ApiError(r.status_code, "download_failed", r.read()[:300].decode(errors="replace"), r)
+                with target.open("wb") as fh:
+                    for chunk in r.iter_bytes():
+                        fh.write(chunk)
+            out.append(target)
+        return out
