@@ -1,0 +1,111 @@
+"""Key lifecycle (create, list, revoke, rotate), hashing at rest, authentication failures,
+admin-only endpoints, and the `spatialforge api` CLI."""
+
+from __future__ import annotations
+
+import httpx
+import redis
+
+from spatialforge.apiserver.core.security import hash_key
+from tests.apiserver.conftest import SECRET_KEY
+
+
+def test_key_lifecycle_and_only_hashes_stored(api, admin, make_settings):
+    r = admin.post("/v1/admin/keys", json={"tenant": "keys-acme", "name": "ci"})
+    assert r.status_code == 201, r.text
+    created = r.json()
+    key = created["key"]
+    assert key.startswith("sf_live_") and created["key_id"].startswith("key_")
+
+    # Only the HMAC is stored: no Redis key or value contains the key itself.
+    digest = hash_key(SECRET_KEY.encode(), key)
+    rc = redis.Redis.from_url(make_settings().redis_url, decode_responses=True)
+    record = rc.hgetall(f"apikey:{digest}")
+    assert record["tenant"] == "keys-acme" and record["revoked"] == ""
+    for name in rc.scan_iter(count=1000):
+        assert key not in name
+        kind = rc.type(name)
+        values = {"string": lambda: [rc.get(name)], "hash": lambda: list(rc.hgetall(name).values()),
+                  "set": lambda: list(rc.smembers(name)), "list": lambda: rc.lrange(name, 0, -1)}.get(kind, lambda: [])()
+        assert all(key not in str(v) for v in values), name
+
+    listed = admin.get("/v1/admin/keys", params={"tenant": "keys-acme"}).json()
+    assert [k["key_id"] for k in listed["data"]] == [created["key_id"]]
+    assert "key" not in listed["data"][0] and key not in str(listed)
+
+    for headers in ({"X-API-Key": key}, {"Authorization": f"Bearer {key}"}):
+        assert httpx.get(f"{api.url}/v1/usage", headers=headers).status_code == 200
+
+    rotated = admin.post(f"/v1/admin/keys/{created['key_id']}/rotate")
+    assert rotated.status_code == 201
+    new_key = rotated.json()["key"]
+    assert new_key != key and rotated.json()["tenant"] == "keys-acme"
+    assert httpx.get(f"{api.url}/v1/usage", headers={"X-API-Key": key}).status_code == 401
+    assert httpx.get(f"{api.url}/v1/usage", headers={"X-API-Key": new_key}).status_code == 200
+
+    revoked = admin.delete(f"/v1/admin/keys/{rotated.json()['key_id']}")
+    assert revoked.status_code == 200 and revoked.json()["revoked"]
+    r = httpx.get(f"{api.url}/v1/usage", headers={"X-API-Key": new_key})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_key"
+    assert admin.delete("/v1/admin/keys/key_0000000000000000").status_code == 404
+
+
+def test_authentication_failures_are_401(api):
+    cases = [{}, {"X-API-Key": "nope"}, {"X-API-Key": "sf_live_" + "A" * 40}, {"Authorization": "Basic abc"},
+             {"Authorization": "Bearer sf_test_" + "b" * 40}]
+    for headers in cases:
+        for method, path in (("GET", "/v1/jobs"), ("POST", "/v1/depth-batches"), ("GET", "/v1/usage"),
+                             ("GET", "/v1/admin/keys"), ("POST", "/v1/billing/checkout")):
+            r = httpx.request(method, f"{api.url}{path}", headers=headers, json={})
+            assert r.status_code == 401, (headers, path, r.text)
+            assert r.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_admin_endpoints_need_an_admin_key(make_tenant):
+    t = make_tenant("free")
+    with t.client() as c:
+        for method, path in (("GET", "/v1/admin/keys"), ("POST", "/v1/admin/keys"),
+                             ("PUT", f"/v1/admin/tenants/{t.id}/plan"), ("GET", f"/v1/admin/tenants/{t.id}/usage")):
+            r = c.request(method, path, json={"tenant": "x", "plan": "pro"})
+            assert r.status_code == 403, (path, r.text)
+
+
+def test_cli_keys_plans_usage(api, make_settings, cluster, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from spatialforge.apiserver.cli import apiserver_cli
+    from spatialforge.crds.constants import ANNOTATION_GPU_LIMIT
+
+    s = make_settings()
+    env = {"SPATIALFORGE_API_SECRET_KEY": SECRET_KEY, "SPATIALFORGE_API_REDIS_URL": s.redis_url,
+           "SPATIALFORGE_API_KUBECONFIG": s.kubeconfig, "SPATIALFORGE_API_STRIPE_API_KEY": s.stripe_api_key.get_secret_value(),
+           "SPATIALFORGE_API_STRIPE_WEBHOOK_SECRET": s.stripe_webhook_secret.get_secret_value(),
+           "SPATIALFORGE_API_S3_SECRET_ACCESS_KEY": s.s3_secret_access_key.get_secret_value()}
+    runner = CliRunner()
+    out = runner.invoke(apiserver_cli, ["keys", "create", "cli-tenant", "--name", "laptop"], env=env)
+    assert out.exit_code == 0, out.output
+    issued = json.loads(out.output)
+    assert httpx.get(f"{api.url}/v1/usage", headers={"X-API-Key": issued["key"]}).status_code == 200
+
+    out = runner.invoke(apiserver_cli, ["keys", "list", "--tenant", "cli-tenant"], env=env)
+    assert out.exit_code == 0 and issued["key_id"] in out.output and issued["key"] not in out.output
+
+    out = runner.invoke(apiserver_cli, ["plans", "set", "cli-tenant", "builder", "--gpus", "3"], env=env)
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["gpu_limit"] == 3
+    ns = cluster.get("namespace", "sf-cli-tenant", "")
+    assert ns["metadata"]["annotations"][ANNOTATION_GPU_LIMIT] == "3"
+
+    out = runner.invoke(apiserver_cli, ["usage", "cli-tenant"], env=env)
+    assert out.exit_code == 0 and json.loads(out.output)["plan"] == "builder"
+
+    out = runner.invoke(apiserver_cli, ["keys", "rotate", issued["key_id"]], env=env)
+    assert out.exit_code == 0
+    out = runner.invoke(apiserver_cli, ["keys", "revoke", json.loads(out.output)["key_id"]], env=env)
+    assert out.exit_code == 0 and json.loads(out.output)["revoked"]
+
+    # A placeholder secret refuses, naming the problem.
+    bad = runner.invoke(apiserver_cli, ["keys", "list"], env={**env, "SPATIALFORGE_API_SECRET_KEY": "changeme"})
+    assert bad.exit_code != 0 and "secret_key" in bad.output
