@@ -1,0 +1,101 @@
+"""Service qualities: health, readiness (503 with a reason when Redis is down, nothing
+half-done), metrics, security headers, request ids, secrets never logged, refusing to start
+with placeholder secrets."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from spatialforge.apiserver.core.config import Settings
+from tests.apiserver.conftest import SECRET_KEY, STRIPE_KEY, STRIPE_WEBHOOK_SECRET, wait_until
+from tests.timeouts import MEDIUM
+
+
+def test_health_ready_metrics(api):
+    assert httpx.get(f"{api.url}/health").json() == {"status": "ok"}
+    ready = httpx.get(f"{api.url}/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"redis": "ok", "kubernetes": "ok", "object_store": "ok"}
+    httpx.get(f"{api.url}/v1/jobs")  # a 401, counted
+    text = httpx.get(f"{api.url}/metrics").text
+    assert 'sf_api_requests_total{method="GET",route="/v1/jobs",status="401"}' in text
+    for name in ("sf_api_request_seconds_bucket", "sf_api_quota_refusals_total", "sf_api_jobs_created_total"):
+        assert name in text
+
+
+def test_security_headers_and_request_ids(api):
+    r = httpx.get(f"{api.url}/v1/jobs", headers={"X-Request-ID": "abc-123"})
+    assert r.headers["X-Request-ID"] == "abc-123" and r.json()["request_id"] == "abc-123"
+    assert r.headers["Strict-Transport-Security"].startswith("max-age=")
+    assert r.headers["X-Content-Type-Options"] == "nosniff" and r.headers["X-Frame-Options"] == "DENY"
+    assert "default-src 'none'" in r.headers["Content-Security-Policy"]
+    generated = httpx.get(f"{api.url}/health", headers={"X-Request-ID": "bad id!" * 10}).headers["X-Request-ID"]
+    assert len(generated) == 32 and generated.isalnum()
+    docs = httpx.get(f"{api.url}/docs")
+    assert docs.status_code == 200 and "cdn.jsdelivr.net" in docs.headers["Content-Security-Policy"]
+    spec = httpx.get(f"{api.url}/openapi.json").json()
+    op = spec["paths"]["/v1/depth-batches"]["post"]
+    assert op["operationId"] == "jobs-create_depth_batch"
+    assert op["requestBody"]["content"]["application/json"]["examples"]
+
+
+def test_secrets_and_keys_never_logged(api, admin, make_tenant, caplog):
+    caplog.set_level(logging.DEBUG)
+    t = make_tenant("pro")
+    leaked_key = admin.post("/v1/admin/keys", json={"tenant": t.id}).json()["key"]
+    with t.client() as c:
+        c.get("/v1/jobs", headers={"X-API-Key": leaked_key})
+        c.post("/v1/depth-batches", json=t.depth_spec())
+        c.post("/v1/billing/portal")
+    httpx.get(f"{api.url}/v1/jobs", headers={"Authorization": f"Bearer {leaked_key}x"})
+    # Something that logs a key by mistake is redacted too.
+    logging.getLogger("spatialforge.apiserver.test").warning("oops %s and %s", t.key, SECRET_KEY)
+    text = caplog.text + "\n".join(r.getMessage() for r in caplog.records)
+    assert "tenant=" in text and "[REDACTED]" in text  # request lines were logged
+    for secret in (t.key, leaked_key, SECRET_KEY, STRIPE_KEY, STRIPE_WEBHOOK_SECRET):
+        assert secret not in text
+    assert "sf_live_" not in text.replace("[REDACTED]", "")
+
+
+@pytest.mark.parametrize("overrides, problem", [
+    ({"secret_key": None}, "secret_key is missing"),
+    ({"secret_key": "changeme"}, "secret_key is an example"),
+    ({"secret_key": "short-but-random-Xy7"}, "at least 32 bytes"),
+    ({"secret_key": "x" * 40}, "secret_key is an example"),
+    ({"stripe_webhook_secret": "whsec_xxx"}, "stripe_webhook_secret is an example"),
+    ({"stripe_api_key": None}, "stripe_api_key is missing"),
+])
+def test_refuses_to_start_with_weak_secrets(make_settings, overrides, problem):
+    from spatialforge.apiserver.main import create_app
+
+    with pytest.raises(ValidationError, match=problem):
+        make_settings(**overrides)
+    good = make_settings().model_dump()
+    good.update(overrides)
+    good["dev_mode"] = True
+    assert create_app(Settings(**good))  # dev mode accepts it (with a warning)
+
+
+def test_redis_down_is_503_with_a_reason_and_creates_nothing(api, make_tenant, redis_server, cluster):
+    t = make_tenant("pro")
+    redis_server.down()
+    try:
+        ready = httpx.get(f"{api.url}/readyz", timeout=10)
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["redis"].startswith("unavailable")
+        assert "redis" in ready.json()["reason"] and ready.json()["checks"]["kubernetes"] == "ok"
+        with t.client() as c:
+            r = c.post("/v1/depth-batches", json=t.depth_spec())
+            assert r.status_code == 503, r.text
+            assert "Redis" in r.json()["error"]["message"] and r.headers["Retry-After"]
+        assert cluster.list("depthbatches", t.namespace) == []
+        assert httpx.get(f"{api.url}/health").status_code == 200  # alive, just not ready
+    finally:
+        redis_server.up()
+    wait_until("ready again", lambda: httpx.get(f"{api.url}/readyz").status_code == 200, MEDIUM)
+    with t.client() as c:  # data survived the restart (snapshot on shutdown)
+        assert c.post("/v1/depth-batches", json=t.depth_spec()).status_code == 202
