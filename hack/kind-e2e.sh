@@ -19,9 +19,9 @@ BUCKET="spatialforge-demo"
 MINIO_IMAGE="${MINIO_IMAGE:-minio/minio:RELEASE.2025-04-22T22-12-26Z}"
 MINIO_MC_IMAGE="${MINIO_MC_IMAGE:-minio/mc:RELEASE.2025-04-16T18-13-26Z}"
 TIMEOUT="${E2E_TIMEOUT:-900}"
-# The REST flow: endpoints of the front end (align with apiserver/api/routes when they settle).
-API_JOBS_PATH="${API_JOBS_PATH:-/v1/depthbatches}"
-API_KEY_HEADER="${API_KEY_HEADER:-Authorization}"
+# The REST flow (apiserver/api/routes/jobs.py): tenant "e2e" lives in namespace sf-e2e.
+API_TENANT="e2e"
+NS_API_TENANT="sf-${API_TENANT}"
 
 e2e_require() {
   if ! command -v docker >/dev/null; then
@@ -72,7 +72,8 @@ e2e_minio() {
   local user=spatialforge pass
   pass="$(head -c 18 /dev/urandom | base64 | tr -d '/+=')"
   local ns
-  for ns in "${NS_SYSTEM}" "${NS_TENANT}"; do
+  kubectl create namespace "${NS_API_TENANT}" --dry-run=client -o yaml | kubectl apply -f -
+  for ns in "${NS_SYSTEM}" "${NS_TENANT}" "${NS_API_TENANT}"; do
     kubectl -n "${ns}" create secret generic spatialforge-objectstore \
       --from-literal=AWS_ACCESS_KEY_ID="${user}" --from-literal=AWS_SECRET_ACCESS_KEY="${pass}" \
       --from-literal=AWS_ENDPOINT_URL="http://minio.${NS_SYSTEM}:9000" --from-literal=AWS_DEFAULT_REGION=us-east-1 \
@@ -115,10 +116,10 @@ YAML
   kill "${pf}"
 }
 
+rnd() { head -c 24 /dev/urandom | base64 | tr -d '/+='; }
+
 e2e_secrets() {
   # The front end's secrets, by reference only (random values for the test).
-  local rnd
-  rnd() { head -c 24 /dev/urandom | base64 | tr -d '/+='; }
   kubectl -n "${NS_SYSTEM}" create secret generic spatialforge-stripe \
     --from-literal=api-key="sk_test_$(rnd)" --from-literal=webhook-secret="whsec_$(rnd)" \
     --dry-run=client -o yaml | kubectl apply -f -
@@ -132,17 +133,17 @@ e2e_install() {
     --set operator.image.tag="${TAG}" --set apiserver.image.tag="${TAG}" --set runner.image.tag="${TAG}" \
     --set runner.envFromSecret=spatialforge-objectstore --set apiserver.objectStore.endpoint="http://minio.${NS_SYSTEM}:9000" \
     --set redis.enabled=true --set networkPolicy.enabled=false \
-    --set-json "runner.tenantNamespaces=[\"${NS_TENANT}\"]" --wait --timeout 10m
+    --set-json "runner.tenantNamespaces=[\"${NS_TENANT}\",\"${NS_API_TENANT}\"]" --wait --timeout 10m
   "${HELM}" test spatialforge -n "${NS_SYSTEM}" --timeout 2m
 }
 
 e2e_wait_succeeded() {
-  local kind=$1 name=$2 phase="" deadline=$((SECONDS + TIMEOUT))
+  local kind=$1 name=$2 ns=${3:-${NS_TENANT}} phase="" deadline=$((SECONDS + TIMEOUT))
   while ((SECONDS < deadline)); do
-    phase="$(kubectl -n "${NS_TENANT}" get "${kind}" "${name}" -o jsonpath='{.status.phase}' 2>/dev/null || true)"
+    phase="$(kubectl -n "${ns}" get "${kind}" "${name}" -o jsonpath='{.status.phase}' 2>/dev/null || true)"
     case ${phase} in
       Succeeded) log_info "${kind}/${name}: Succeeded"; return 0 ;;
-      Failed|Cancelled) kubectl -n "${NS_TENANT}" describe "${kind}" "${name}" >&2; log_fatal "${kind}/${name}: ${phase}" ;;
+      Failed|Cancelled) kubectl -n "${ns}" describe "${kind}" "${name}" >&2; log_fatal "${kind}/${name}: ${phase}" ;;
     esac
     sleep 5
   done
@@ -153,29 +154,34 @@ e2e_samples() {
   log_info "running both samples"
   kubectl -n "${NS_TENANT}" apply -f "${REPO_ROOT}/crds/samples/depthbatch.yaml" -f "${REPO_ROOT}/crds/samples/reconstructionjob.yaml"
   e2e_wait_succeeded depthbatch sample-depth
-  e2e_wait_succeeded reconstructionjob "$(yq_name "${REPO_ROOT}/crds/samples/reconstructionjob.yaml")"
+  e2e_wait_succeeded reconstructionjob "$(sample_name "${REPO_ROOT}/crds/samples/reconstructionjob.yaml")"
 }
 
-yq_name() { sed -n 's/^  name: //p' "$1" | head -n1; }
+sample_name() { sed -n 's/^  name: //p' "$1" | head -n1; }
 
 e2e_rest() {
-  log_info "REST flow: create a DepthBatch through the front end"
+  log_info "REST flow: an API key, a DepthBatch over REST, polled to Succeeded"
   kubectl -n "${NS_SYSTEM}" port-forward svc/spatialforge-apiserver 18000:80 >/dev/null 2>&1 &
-  local pf=$! key body
+  local pf=$! key body job name
   wait_for_port 127.0.0.1 18000 30 apiserver-port-forward
-  key="$(kubectl -n "${NS_SYSTEM}" exec deploy/spatialforge-apiserver -- python -m spatialforge.apiserver.cli create-key --tenant "${NS_TENANT}")"
-  body="$(python3 -c 'import json,yaml,sys; d=yaml.safe_load(open(sys.argv[1])); print(json.dumps({"name": "rest-depth", "spec": d["spec"]}))' \
+  key="$(kubectl -n "${NS_SYSTEM}" exec deploy/spatialforge-apiserver -- \
+    python -m spatialforge.apiserver.cli keys create "${API_TENANT}" --test |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')"
+  body="$(python3 -c 'import json,yaml,sys; print(json.dumps(yaml.safe_load(open(sys.argv[1]))["spec"]))' \
     "${REPO_ROOT}/crds/samples/depthbatch.yaml")"
-  curl -fsS -X POST "http://127.0.0.1:18000${API_JOBS_PATH}" -H "${API_KEY_HEADER}: Bearer ${key}" \
-    -H 'Content-Type: application/json' -d "${body}"
-  echo
+  job="$(curl -fsS -X POST "http://127.0.0.1:18000/v1/depth-batches" -H "Authorization: Bearer ${key}" \
+    -H 'Content-Type: application/json' -d "${body}")"
   kill "${pf}"
-  e2e_wait_succeeded depthbatch rest-depth
+  name="$(printf '%s' "${job}" | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j.get("name") or j["id"])')"
+  e2e_wait_succeeded depthbatch "${name}" "${NS_API_TENANT}"
 }
 
 e2e_report() {
   log_info "results:"
-  kubectl -n "${NS_TENANT}" get spatialforge -o custom-columns=KIND:.kind,NAME:.metadata.name,PHASE:.status.phase,MANIFEST:.status.manifestUri
+  local ns
+  for ns in "${NS_TENANT}" "${NS_API_TENANT}"; do
+    kubectl -n "${ns}" get spatialforge -o custom-columns=KIND:.kind,NAME:.metadata.name,PHASE:.status.phase,MANIFEST:.status.manifestUri
+  done
 }
 
 e2e_down() {
