@@ -157,11 +157,14 @@ class ServerThread:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def start(self) -> ServerThread:
+    def start(self, *, ready: bool = True) -> ServerThread:
+        """Start serving; wait for /readyz 200 (or, with ready=False, for the socket only)."""
         self.thread.start()
         deadline = time.monotonic() + MEDIUM
         last = None
         while time.monotonic() < deadline:
+            if self.server.started and not ready:
+                return self
             if self.server.started:
                 try:
                     last = httpx.get(f"{self.url}/readyz", timeout=5)

@@ -99,3 +99,53 @@ def test_redis_down_is_503_with_a_reason_and_creates_nothing(api, make_tenant, r
     wait_until("ready again", lambda: httpx.get(f"{api.url}/readyz").status_code == 200, MEDIUM)
     with t.client() as c:  # data survived the restart (snapshot on shutdown)
         assert c.post("/v1/depth-batches", json=t.depth_spec()).status_code == 202
+
+
+def test_json_log_lines_carry_the_request_id(api):
+    import io
+    import json
+
+    from spatialforge.apiserver.core.logging import JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    access = logging.getLogger("spatialforge.apiserver.access")
+    access.addHandler(handler)
+    try:
+        httpx.get(f"{api.url}/v1/jobs", headers={"X-Request-ID": "json-line-1"})
+    finally:
+        access.removeHandler(handler)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    line = next(entry for entry in lines if entry["request_id"] == "json-line-1")
+    assert line["level"] == "info" and "/v1/jobs 401" in line["msg"] and line["ts"].endswith("Z")
+
+
+def test_kubernetes_down_is_503_refunded_and_per_ip_webhook_limit(make_settings, make_tenant, cluster, tmp_path):
+    import yaml
+
+    from tests.apiserver.conftest import ServerThread, free_port
+
+    t = make_tenant("pro")
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    for entry in config["clusters"]:
+        entry["cluster"]["server"] = f"https://127.0.0.1:{free_port()}"  # nothing listens there
+    dead = tmp_path / "kubeconfig"
+    dead.write_text(yaml.safe_dump(config))
+    server = ServerThread(make_settings(kubeconfig=str(dead), stripe_webhook_per_ip_per_minute=2)).start(ready=False)
+    try:
+        ready = httpx.get(f"{server.url}/readyz", timeout=10)
+        assert ready.status_code == 503 and ready.json()["checks"]["kubernetes"].startswith("unavailable")
+        assert "kubernetes" in ready.json()["reason"] and ready.json()["checks"]["redis"] == "ok"
+        with httpx.Client(base_url=server.url, headers=t.headers, timeout=30) as c:
+            before = c.get("/v1/usage").json()["units_used"]
+            r = c.post("/v1/depth-batches", json=t.depth_spec(3))
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "unavailable" and r.headers["Retry-After"]
+            assert c.get("/v1/usage").json()["units_used"] == before  # the charge was refunded
+        assert cluster.list("depthbatches", t.namespace) == []
+
+        codes = [httpx.post(f"{server.url}/v1/billing/webhooks", content=b"{}").status_code for _ in range(3)]
+        assert codes[-1] == 429, codes
+    finally:
+        server.stop()
