@@ -12,8 +12,8 @@ help: ## List the targets
 install: ## Debian packages and the Python package with every extra
 	hack/install.sh
 
-tools: ## Build the control plane, etcd and MinIO once into ~/.cache/spatialforge
-	hack/build-tools.sh etcd kube minio
+tools: ## Build the control plane, etcd, MinIO, helm and stripe-mock once into ~/.cache/spatialforge
+	hack/build-tools.sh etcd kube minio helm stripe-mock
 
 test: install tools ## The whole suite on real servers (control plane, MinIO), started once
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)

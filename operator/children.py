@@ -101,10 +101,13 @@ def build_job(res: Resource, settings: OperatorSettings, *, suspend: bool) -> di
         "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "cache", "emptyDir": {}}],
     }
     placement = spec.placement
-    if placement.node_selector:
-        pod_spec["nodeSelector"] = dict(placement.node_selector)
-    if placement.tolerations:
-        pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in placement.tolerations]
+    node_selector = {**settings.runner_node_selector, **placement.node_selector}
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    tolerations = [*settings.runner_tolerations,
+                   *(t.model_dump(by_alias=True, exclude_none=True) for t in placement.tolerations)]
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
     if placement.priority_class_name:
         pod_spec["priorityClassName"] = placement.priority_class_name
     if settings.runner_runtime_class:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -22,6 +24,11 @@ class OperatorSettings(BaseSettings):
     runner_env_from_secret: str | None = None
     """Secret whose keys become runner env (object-store endpoint and credentials)."""
     runner_runtime_class: str | None = None
+    runner_node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels every runner pod requires (JSON in env), e.g. the GPU node pool's; a
+    resource's own `placement.nodeSelector` adds to and overrides these."""
+    runner_tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    """Tolerations every runner pod gets (JSON in env), e.g. for tainted GPU nodes."""
     gpu_resource: str = "nvidia.com/gpu"
     unschedulable_timeout_seconds: float = 300.0
     """A runner pod unschedulable this long fails its resource (fail fast)."""

@@ -11,7 +11,7 @@ from tests.chart.conftest import CHART, Helm, find, pod_spec
 
 SELECTOR_KEYS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component")
 # Env the chart passes for values the operator does not read yet (docs/operations.md, "Known gaps").
-PENDING_OPERATOR_SUPPORT = {"SPATIALFORGE_RUNNER_NODE_SELECTOR", "SPATIALFORGE_RUNNER_TOLERATIONS"}
+PENDING_OPERATOR_SUPPORT: set[str] = set()
 
 
 @pytest.fixture(params=["default", "full"])

@@ -52,3 +52,20 @@ def test_kueue_queue_label_and_suspend() -> None:
 def test_cpu_only_requests_no_gpu() -> None:
     res = load(depth_batch("d", gpus=0), DepthBatch)
     assert "nvidia.com/gpu" not in build_job(res, SETTINGS, suspend=False)["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+
+
+def test_deployment_placement_defaults_merge_with_the_spec() -> None:
+    settings = OperatorSettings(runner_node_selector={"pool": "gpu", "zone": "a"},
+                                runner_tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+    res = load(depth_batch("d", placement={"gpus": 1, "nodeSelector": {"zone": "b"},
+                                           "tolerations": [{"key": "spot", "operator": "Exists"}]}), DepthBatch)
+    pod = build_job(res, settings, suspend=False)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "gpu", "zone": "b"}
+    assert [t["key"] for t in pod["tolerations"]] == ["nvidia.com/gpu", "spot"]
+
+
+def test_placement_defaults_parse_from_env(monkeypatch) -> None:
+    monkeypatch.setenv("SPATIALFORGE_RUNNER_NODE_SELECTOR", '{"pool": "gpu"}')
+    monkeypatch.setenv("SPATIALFORGE_RUNNER_TOLERATIONS", '[{"key": "gpu", "operator": "Exists"}]')
+    s = OperatorSettings()
+    assert s.runner_node_selector == {"pool": "gpu"} and s.runner_tolerations[0]["key"] == "gpu"
