@@ -166,3 +166,17 @@ def test_python_client_and_cli_upload_submit_follow_download(make_tenant, minio,
     assert '"phase": "Succeeded"' in result.output
     result = runner.invoke(client_cli, ["list", "--kind", "ReconstructionJob"], env=env)
     assert result.exit_code == 0 and '"count": 1' in result.output
+
+
+def test_plan_gpu_limit_reaches_the_operator_queue_position_shown(make_tenant, cluster):
+    t = make_tenant("pro", seconds=600, gpu_limit=1)
+    assert cluster.get("namespace", t.namespace, "")["metadata"]["annotations"][ANNOTATION_GPU_LIMIT] == "1"
+    with t.client() as c:
+        first = c.post("/v1/depth-batches", json=t.depth_spec(placement={"gpus": 1})).json()
+        _wait_phase(c, first["id"], "Running")
+        second = c.post("/v1/depth-batches", json=t.depth_spec(placement={"gpus": 1})).json()
+        queued = _wait_phase(c, second["id"], "Queued")
+        assert queued["queue_position"] == 1 and queued["estimated_start_time"]
+        assert queued["reason"]
+        for job in (first, second):
+            assert c.delete(f"/v1/jobs/{job['id']}").status_code == 202

@@ -9,6 +9,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import redis
 
 from spatialforge.apiserver.services.webhooks import SIGNATURE_HEADER, UnsafeTarget, check_target
 from spatialforge.client import verify_webhook
@@ -42,7 +43,7 @@ class Receiver:
         self.server.shutdown()
 
 
-def test_completion_webhook_is_signed_and_retried(make_tenant):
+def test_completion_webhook_is_signed_and_retried(make_tenant, make_settings):
     receiver = Receiver(fail=2)
     try:
         t = make_tenant("pro", seconds=1)
@@ -60,9 +61,11 @@ def test_completion_webhook_is_signed_and_retried(make_tenant):
             verify_webhook(body, headers[SIGNATURE_HEADER], "whsec_wrong")
         with pytest.raises(ValueError):
             verify_webhook(body.replace(b"Succeeded", b"Failed"), headers[SIGNATURE_HEADER], secret)
-        # Delivered once: no further calls after the success.
-        n = len(receiver.calls)
-        assert n == 3
+        # Delivered once, on the third attempt, and recorded so (no further calls).
+        rc = redis.Redis.from_url(make_settings().redis_url, decode_responses=True)
+        uid = event["id"].removeprefix("evt_")
+        wait_until("delivery recorded", lambda: rc.get(f"webhook:sent:{uid}") == "delivered:3")
+        assert len(receiver.calls) == 3
     finally:
         receiver.close()
 
