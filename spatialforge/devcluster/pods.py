@@ -35,6 +35,7 @@ class Kubelet:
         self.fallback = fallback
         self.state_dir = state_dir
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.deleting: set[str] = set()  # pods whose deletion is being confirmed
         self.attempts: Counter[tuple[str, str, str]] = Counter()
         self.server = api.configuration.host
         self.ca_file = api.configuration.ssl_ca_cert or ""
@@ -81,8 +82,11 @@ class Kubelet:
             return
         uid = pod["metadata"]["uid"]
         if pod["metadata"].get("deletionTimestamp"):
-            self._forget(pod)
-            asyncio.create_task(self._confirm_deletion(pod))
+            if uid in self.deleting:
+                return
+            self.deleting.add(uid)
+            stopping = self._forget(pod)
+            asyncio.create_task(self._confirm_deletion(pod, stopping))
             return
         if pod.get("status", {}).get("phase") in ("Succeeded", "Failed") or uid in self.tasks:
             return
@@ -90,14 +94,18 @@ class Kubelet:
         self.tasks[uid] = task
         task.add_done_callback(lambda _t, uid=uid: None)
 
-    def _forget(self, pod: dict[str, Any]) -> None:
+    def _forget(self, pod: dict[str, Any]) -> asyncio.Task[None] | None:
+        """Stop playing a pod (a process gets its graceful termination); the task, if any."""
         task = self.tasks.pop(pod["metadata"]["uid"], None)
         if task is not None and not task.done():
             task.cancel()
+        return task
 
-    async def _confirm_deletion(self, pod: dict[str, Any]) -> None:
-        """No kubelet confirms graceful deletion here, so finish it with grace period 0."""
+    async def _confirm_deletion(self, pod: dict[str, Any], stopping: asyncio.Task[None] | None) -> None:
+        """Once the pod's process (if any) has stopped, finish the deletion with grace period 0."""
         meta = pod["metadata"]
+        if stopping is not None:
+            await asyncio.wait({stopping})
         try:
             await self.core.delete_namespaced_pod(
                 meta["name"], meta["namespace"], grace_period_seconds=0,
@@ -106,6 +114,8 @@ class Kubelet:
         except ApiException as exc:
             if exc.status not in (404, 409):
                 log.warning("force delete of %s/%s failed: %s", meta["namespace"], meta["name"], exc.reason)
+        finally:
+            self.deleting.discard(meta["uid"])
 
     async def _behaviour(self, pod: dict[str, Any]) -> rules.Behaviour:
         meta = pod["metadata"]

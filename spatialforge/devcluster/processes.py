@@ -2,7 +2,9 @@
 
 The pod's command, args and env are used as given (`python` means this interpreter); the
 process gets a kubeconfig holding a token minted for the pod's service account, so its
-RBAC is exercised exactly as in a cluster.
+RBAC is exercised exactly as in a cluster. Declared container ports get free host ports
+(`ports.py`), since every process shares this machine's network. A deleted pod's process gets
+SIGTERM, then SIGKILL after its grace period (capped at `MAX_GRACE_SECONDS`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ from typing import Any
 
 from kubernetes_asyncio import client
 
+from spatialforge.devcluster import ports
+
 log = logging.getLogger(__name__)
 TOKEN_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
 TERMINATION_LOG_ENV = "SPATIALFORGE_TERMINATION_LOG"
+MAX_GRACE_SECONDS = 10.0
 
 
 @dataclass
@@ -151,17 +156,29 @@ async def run(core: client.CoreV1Api, pod: dict[str, Any], state_dir: Path, serv
         for k, v in env.items():
             if v == mount or v.startswith(mount + "/"):
                 env[k] = str(local) + v[len(mount):]
-    log_path = workdir / "container.log"
-    with log_path.open("ab") as out:
-        proc = await asyncio.create_subprocess_exec(
-            *_argv(container), env=env, cwd=workdir, stdout=out, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            code = await proc.wait()
-        except asyncio.CancelledError:
-            _kill(proc)
-            raise
+    argv = _argv(container)
+    mapping = ports.allocate(container)
+    try:
+        if mapping:
+            env = ports.rewrite_env(env, mapping)
+            argv = ports.rewrite_argv(argv, mapping)
+            await core.patch_namespaced_pod(meta["name"], meta["namespace"],
+                                            {"metadata": {"annotations": {ports.ANNOTATION: ports.annotation_value(mapping)}}})
+        log_path = workdir / "container.log"
+        with log_path.open("ab") as out:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, env=env, cwd=workdir, stdout=out, stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+            try:
+                code = await proc.wait()
+            except asyncio.CancelledError:
+                grace = pod["spec"].get("terminationGracePeriodSeconds")
+                grace = MAX_GRACE_SECONDS if grace is None else min(float(grace), MAX_GRACE_SECONDS)
+                await asyncio.shield(_terminate(proc, grace))
+                raise
+    finally:
+        ports.release(mapping)
     message = termination_log.read_text()[:4096].strip() if termination_log.exists() else ""
     if not message and code != 0:
         message = _tail(log_path)
@@ -173,9 +190,21 @@ async def run(core: client.CoreV1Api, pod: dict[str, Any], state_dir: Path, serv
     return Outcome(code, message, reason)
 
 
-def _kill(proc: asyncio.subprocess.Process) -> None:
+async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """As a kubelet stops a container: SIGTERM, then SIGKILL once the grace period is over."""
+    if grace > 0 and proc.returncode is None:
+        _signal(proc, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except TimeoutError:
+            pass
+    _signal(proc, signal.SIGKILL)  # the whole session: children too
+    await proc.wait()
+
+
+def _signal(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, sig)
     except ProcessLookupError:
         pass
 
