@@ -128,7 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="SpatialForge API", version="0.1.0", lifespan=lifespan, openapi_tags=TAGS,
                   description="Monocular depth and video-to-3D jobs as Kubernetes custom resources.",
                   generate_unique_id_function=lambda route: f"{route.tags[0] if route.tags else 'api'}-{route.name}")
-    app.dependency_overrides[get_settings] = lambda: settings
+    app.state.settings = settings
     _install_handlers(app)
     app.include_router(api_router)
     if settings.cors_origins:

@@ -31,15 +31,20 @@ class Services:
     metrics: Any
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+async def app_settings(request: Request) -> Settings:
+    """The settings `create_app` was given (tests swap them with app.dependency_overrides)."""
+    return getattr(request.app.state, "settings", None) or get_settings()
+
+
+SettingsDep = Annotated[Settings, Depends(app_settings)]
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_redis(services: ServicesDep) -> Redis:
+async def get_redis(services: ServicesDep) -> Redis:
     return services.redis
 
 

@@ -251,8 +251,10 @@ def admin(api: ServerThread, admin_key: str) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def make_tenant(api: ServerThread, admin: httpx.Client, behaviour) -> Callable[..., Tenant]:
-    """A fresh tenant with a key and a plan; its pods succeed after `seconds`."""
+def make_tenant(api: ServerThread, admin: httpx.Client, behaviour, cluster: Cluster) -> Iterator[Callable[..., Tenant]]:
+    """A fresh tenant with a key and a plan; its pods succeed after `seconds`. Its namespace
+    (and so its resources) is deleted after the test."""
+    made: list[str] = []
 
     def make(plan: str = "pro", *, seconds: float = 1, **limits: Any) -> Tenant:
         tenant = f"t{uuid.uuid4().hex[:10]}"
@@ -262,10 +264,13 @@ def make_tenant(api: ServerThread, admin: httpx.Client, behaviour) -> Callable[.
         r = admin.put(f"/v1/admin/tenants/{tenant}/plan", json={"plan": plan, **limits})
         assert r.status_code == 200, r.text
         namespace = f"sf-{tenant}"
+        made.append(namespace)
         behaviour.set(namespace, seconds=seconds)
         return Tenant(tenant, created["key"], created["key_id"], namespace, f"s3://{BUCKET}/tenants/{tenant}/", api)
 
-    return make
+    yield make
+    if made:
+        cluster.kubectl("delete", "namespace", *made, "--wait=false", check=False)
 
 
 def wait_until(what: str, probe: Callable[[], Any], timeout: float = SHORT, interval: float = 0.2) -> Any:
