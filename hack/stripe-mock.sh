@@ -28,7 +28,9 @@ stripe_mock_up() {
   fi
   mkdir -p "${STRIPE_MOCK_DIR}"
   log_info "starting stripe-mock on 127.0.0.1:${port}"
-  proc_start stripe-mock "${STRIPE_MOCK_BIN}" -http-addr "127.0.0.1:${port}"
+  # Given only an HTTP address, stripe-mock also opens HTTPS on :12112; pin that to a free
+  # loopback port too, so parallel sessions never collide.
+  proc_start stripe-mock "${STRIPE_MOCK_BIN}" -http-addr "127.0.0.1:${port}" -https-addr "127.0.0.1:$(free_port)"
   wait_for_port 127.0.0.1 "${port}" 60 stripe-mock
   echo "export SPATIALFORGE_API_STRIPE_API_BASE=http://127.0.0.1:${port}" >"${STRIPE_MOCK_ENV_FILE}"
   stripe_mock_env

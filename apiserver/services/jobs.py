@@ -179,6 +179,9 @@ class JobService:
         if first_hash != body_hash:
             raise ApiError(422, "idempotency_key_reused", "this Idempotency-Key was used with a different request")
         for _ in range(50):  # the first request may still be creating it
+            stone = await self.redis.get(f"tombstone:{ns}:{name}")
+            if stone:  # created, then cancelled
+                return Submitted(json.loads(stone), True, {"Idempotent-Replayed": "true"})
             obj = self.cache.get(ns, name) or await self.kube.read(kind, ns, name)
             if obj:
                 return Submitted(summary(obj), True, {"Idempotent-Replayed": "true"})
@@ -190,7 +193,7 @@ class JobService:
         """(live object, tombstone summary); a job of another tenant is never found."""
         ns = self.namespace(tenant)
         obj = self.cache.get(ns, job_id)
-        if obj is not None:
+        if obj is not None and not obj["metadata"].get("deletionTimestamp"):
             return obj, None
         stone = await self.redis.get(f"tombstone:{ns}:{job_id}")
         return None, (json.loads(stone) if stone else None)

@@ -62,7 +62,8 @@ class Tenants:
         now = str(int(time.time()))
         async with self.redis.pipeline(transaction=True) as p:
             p.hset(f"apikey:{digest}", mapping={"tenant": tenant, "role": role, "created": now, "revoked": "",
-                                                "key_id": kid, "name": name, "hash": digest})
+                                                "key_id": kid, "name": name, "hash": digest,
+                                                "live": "1" if live else ""})
             p.set(f"keyid:{kid}", digest)
             p.sadd(f"tenant:{tenant}:keys", kid)
             p.sadd("tenants", tenant)
@@ -105,7 +106,7 @@ class Tenants:
         if not record or record.get("revoked"):
             return None
         issued = await self.create_key(record["tenant"], role=record.get("role", "user"),
-                                       live=True, name=record.get("name", ""))
+                                       live=bool(record.get("live", "1")), name=record.get("name", ""))
         await self.revoke(kid)
         return issued
 

@@ -103,6 +103,12 @@ def test_idempotency_key_returns_the_first_job(make_tenant, cluster):
         assert c.get("/v1/usage").json()["units_used"] == 1  # charged once
         other = c.post("/v1/depth-batches", json=t.depth_spec(3), headers=headers)
         assert other.status_code == 422 and other.json()["error"]["code"] == "idempotency_key_reused"
+        # After a cancel, the retry still answers with the first (now cancelled) job.
+        job_id = responses[0].json()["id"]
+        assert c.delete(f"/v1/jobs/{job_id}").status_code == 202
+        again = c.post("/v1/depth-batches", json=t.depth_spec(), headers=headers)
+        assert again.status_code == 202 and again.json()["id"] == job_id and again.json()["phase"] == "Cancelled"
+        assert c.get("/v1/usage").json()["units_used"] == 1
 
 
 def test_another_tenants_job_is_404_for_every_verb(make_tenant):

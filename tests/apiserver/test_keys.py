@@ -30,7 +30,7 @@ def test_key_lifecycle_and_only_hashes_stored(api, admin, make_settings):
         assert all(key not in str(v) for v in values), name
 
     listed = admin.get("/v1/admin/keys", params={"tenant": "keys-acme"}).json()
-    assert [k["key_id"] for k in listed["data"]] == [created["key_id"]]
+    assert [k["key_id"] for k in listed["data"]] == [created["key_id"]] and listed["count"] == 1
     assert "key" not in listed["data"][0] and key not in str(listed)
 
     for headers in ({"X-API-Key": key}, {"Authorization": f"Bearer {key}"}):
@@ -42,6 +42,10 @@ def test_key_lifecycle_and_only_hashes_stored(api, admin, make_settings):
     assert new_key != key and rotated.json()["tenant"] == "keys-acme"
     assert httpx.get(f"{api.url}/v1/usage", headers={"X-API-Key": key}).status_code == 401
     assert httpx.get(f"{api.url}/v1/usage", headers={"X-API-Key": new_key}).status_code == 200
+
+    test_key = admin.post("/v1/admin/keys", json={"tenant": "keys-acme", "live": False}).json()
+    assert test_key["key"].startswith("sf_test_")
+    assert admin.post(f"/v1/admin/keys/{test_key['key_id']}/rotate").json()["key"].startswith("sf_test_")
 
     revoked = admin.delete(f"/v1/admin/keys/{rotated.json()['key_id']}")
     assert revoked.status_code == 200 and revoked.json()["revoked"]

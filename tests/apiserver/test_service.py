@@ -121,7 +121,7 @@ def test_json_log_lines_carry_the_request_id(api):
     assert line["level"] == "info" and "/v1/jobs 401" in line["msg"] and line["ts"].endswith("Z")
 
 
-def test_kubernetes_down_is_503_refunded_and_per_ip_webhook_limit(make_settings, make_tenant, cluster, tmp_path):
+def test_kubernetes_down_is_503_refunded_per_ip_webhook_limit_cors(make_settings, make_tenant, cluster, tmp_path):
     import yaml
 
     from tests.apiserver.conftest import ServerThread, free_port
@@ -132,8 +132,15 @@ def test_kubernetes_down_is_503_refunded_and_per_ip_webhook_limit(make_settings,
         entry["cluster"]["server"] = f"https://127.0.0.1:{free_port()}"  # nothing listens there
     dead = tmp_path / "kubeconfig"
     dead.write_text(yaml.safe_dump(config))
-    server = ServerThread(make_settings(kubeconfig=str(dead), stripe_webhook_per_ip_per_minute=2)).start(ready=False)
+    server = ServerThread(make_settings(kubeconfig=str(dead), stripe_webhook_per_ip_per_minute=2,
+                                        cors_origins=["https://app.example"])).start(ready=False)
     try:
+        pre = httpx.options(f"{server.url}/v1/jobs", headers={"Origin": "https://app.example",
+                                                               "Access-Control-Request-Method": "GET"})
+        assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "https://app.example"
+        other = httpx.options(f"{server.url}/v1/jobs", headers={"Origin": "https://evil.example",
+                                                                 "Access-Control-Request-Method": "GET"})
+        assert "access-control-allow-origin" not in other.headers
         ready = httpx.get(f"{server.url}/readyz", timeout=10)
         assert ready.status_code == 503 and ready.json()["checks"]["kubernetes"].startswith("unavailable")
         assert "kubernetes" in ready.json()["reason"] and ready.json()["checks"]["redis"] == "ok"
