@@ -56,9 +56,22 @@ def _register_optional() -> None:
     """Commands whose dependencies live in optional extras register only when installed."""
     try:
         from spatialforge.runner.cli import run_command
+
+        main.add_command(run_command, name="run")
     except ImportError:
-        return
-    main.add_command(run_command, name="run")
+        pass
+    try:
+        from spatialforge.apiserver.cli import apiserver_cli
+
+        main.add_command(apiserver_cli, name="api")
+    except ImportError:
+        pass
+    try:
+        from spatialforge.client.cli import client_cli
+
+        main.add_command(client_cli, name="client")
+    except ImportError:
+        pass
 
 
 _register_optional()
