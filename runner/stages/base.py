@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from spatialforge.crds import layout
+from spatialforge.crds.constants import API_VERSION
 from spatialforge.crds.v1alpha1.common import DepthModel
 from spatialforge.runner.devices import DeviceChoice, choose_device
 from spatialforge.runner.progress import Progress
@@ -86,3 +88,15 @@ class Stage(Protocol):
     kind: str
 
     def run(self, spec: Any, ctx: RunContext) -> StageResult: ...
+
+
+def manifest_header(kind: str, ctx: RunContext) -> dict[str, Any]:
+    """The fields every shard manifest starts with, whatever the kind."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": kind,
+        "namespace": ctx.namespace,
+        "name": ctx.name,
+        "shard": {"index": ctx.shard_index, "count": ctx.shard_count},
+        "createdAt": dt.datetime.now(dt.timezone.utc).isoformat(),
+    }

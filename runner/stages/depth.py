@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
-import datetime as dt
 import io
 import json
 import os
@@ -20,12 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from spatialforge.crds.constants import API_VERSION
 from spatialforge.crds.layout import shard_of
 from spatialforge.crds.v1alpha1.depthbatch import DepthBatchSpec, DepthFormat
 from spatialforge.runner.images import DecodedImage, check_size, decode_image, heuristic_focal_px, is_image_name
 from spatialforge.runner.inputs import expand
-from spatialforge.runner.stages.base import RunContext, StageResult
+from spatialforge.runner.stages.base import RunContext, StageResult, manifest_header
 from spatialforge.runner.storage import ObjectInfo, join_uri
 
 
@@ -175,12 +173,7 @@ class DepthStage:
         seconds = time.monotonic() - started
         ckpt = estimator.checkpoint
         manifest = {
-            "apiVersion": API_VERSION,
-            "kind": self.kind,
-            "namespace": ctx.namespace,
-            "name": ctx.name,
-            "shard": {"index": ctx.shard_index, "count": ctx.shard_count},
-            "createdAt": dt.datetime.now(dt.timezone.utc).isoformat(),
+            **manifest_header(self.kind, ctx),
             "model": {
                 "checkpoint": ckpt.name,
                 "licence": ckpt.licence,

@@ -6,7 +6,6 @@ formats ask), then `manifest.json`. Timings per stage go into the manifest (and 
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import tempfile
 import time
@@ -16,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from spatialforge.crds.constants import API_VERSION
 from spatialforge.crds.v1alpha1.reconstructionjob import QualityPreset, ReconstructionFormat, ReconstructionJobSpec
 from spatialforge.runner.errors import EmptyReconstructionError, InputNotFoundError, InvalidVideoError
 from spatialforge.runner.geometry.camera import Camera, resolve_camera
@@ -24,7 +22,7 @@ from spatialforge.runner.geometry.fusion import FusionResult, fuse
 from spatialforge.runner.geometry.keyframes import Keyframe, KeyframeSelector
 from spatialforge.runner.geometry.poses import PoseResult, estimate_poses
 from spatialforge.runner.images import is_image_name
-from spatialforge.runner.stages.base import RunContext, StageResult
+from spatialforge.runner.stages.base import RunContext, StageResult, manifest_header
 from spatialforge.runner.storage import join_uri
 from spatialforge.runner.storage.local import file_path
 from spatialforge.runner.video import VIDEO_EXTENSIONS, ImageSequenceSource, VideoSource
@@ -217,12 +215,7 @@ class ReconstructStage:
             uri = join_uri(prefix, "trajectory.json")
             outputs["trajectory"] = {"uri": uri, "sha256": store.put(uri, data, content_type="application/json"), "bytes": len(data)}
         manifest = {
-            "apiVersion": API_VERSION,
-            "kind": self.kind,
-            "namespace": ctx.namespace,
-            "name": ctx.name,
-            "shard": {"index": ctx.shard_index, "count": ctx.shard_count},
-            "createdAt": dt.datetime.now(dt.timezone.utc).isoformat(),
+            **manifest_header(self.kind, ctx),
             "input": spec.input,
             "model": {"size": spec.model.size.value, "variant": spec.model.variant.value},
             "intrinsics": camera.as_dict(),
