@@ -54,14 +54,20 @@ def apiserver_cli() -> None:
 @apiserver_cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-def serve(host: str, port: int) -> None:
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Worker processes sharing the port (each with its own watch cache and clients).")
+def serve(host: str, port: int, workers: int) -> None:
     """Serve the API (settings from SPATIALFORGE_API_* environment variables)."""
     import uvicorn
 
     from spatialforge.apiserver.main import create_app
 
-    app = create_app(_settings())
-    uvicorn.run(app, host=host, port=port, log_config=None, proxy_headers=False)
+    app = create_app(_settings())  # validates the settings (and refuses weak secrets) before forking
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port, log_config=None, proxy_headers=False, access_log=False)
+    else:
+        uvicorn.run("spatialforge.apiserver.main:create_app", factory=True, workers=workers, host=host, port=port,
+                    log_config=None, proxy_headers=False, access_log=False)
 
 
 @apiserver_cli.group()

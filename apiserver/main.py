@@ -8,6 +8,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -22,6 +24,7 @@ from spatialforge.apiserver.core.errors import ApiError
 from spatialforge.apiserver.core.metrics import Metrics
 from spatialforge.apiserver.middleware import ServiceMiddleware
 from spatialforge.apiserver.services.billing import Billing, configure_stripe
+from spatialforge.apiserver.services.gate import Gate
 from spatialforge.apiserver.services.jobs import JobService
 from spatialforge.apiserver.services.kube import JobCache, Kube, make_api_client
 from spatialforge.apiserver.services.quotas import Quotas
@@ -87,8 +90,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        # Pooled connections go stale when Redis restarts; a connection error is retried on a
+        # fresh connection (a timeout is not: the command may have run).
         redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=2,
-                                        socket_connect_timeout=1)
+                                        socket_connect_timeout=1, retry_on_error=[aioredis.ConnectionError],
+                                        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2))
         api = await make_api_client(settings.kubeconfig)
         kube = Kube(api)
         cache = JobCache(kube)
@@ -103,8 +109,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         webhooks = WebhookSender(redis, settings.hmac_key(), settings.webhook_allow,
                                  attempts=settings.webhook_max_attempts, backoff=settings.webhook_backoff_seconds,
                                  timeout=settings.webhook_timeout_seconds, metrics=metrics)
+        gate = Gate(redis, settings.hmac_key(), settings.previous_hmac_key())
         services = Services(settings=settings, redis=redis, kube=kube, cache=cache, storage=storage, tenants=tenants,
-                            quotas=quotas, billing=None, webhooks=webhooks, jobs=None, metrics=metrics)
+                            gate=gate, quotas=quotas, billing=None, webhooks=webhooks, jobs=None, metrics=metrics)
 
         async def plan_changed(tenant: str) -> None:
             await services.jobs.apply_plan(tenant)

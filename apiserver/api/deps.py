@@ -24,6 +24,7 @@ class Services:
     cache: Any
     storage: Any
     tenants: Any
+    gate: Any
     quotas: Any
     billing: Any
     webhooks: Any
@@ -68,15 +69,15 @@ async def current_principal(request: Request, services: ServicesDep) -> Principa
     if not key:
         raise ApiError(401, "unauthenticated", "send an API key as X-API-Key or Authorization: Bearer",
                        {"WWW-Authenticate": "Bearer"})
-    principal = await services.tenants.authenticate(key)
+    admission = await services.gate.admit(key)  # one Redis round trip: key, plan, rate
+    principal = admission.principal
     if principal is None:
         raise ApiError(401, "invalid_key", "the API key is invalid or revoked", {"WWW-Authenticate": "Bearer"})
-    if principal.role != "admin":
-        plan = await services.tenants.plan(principal.tenant)
-        decision = await services.quotas.check(f"tenant:{principal.tenant}", rate_limit=plan.rate_per_minute)
+    decision = admission.decision
+    if decision is not None:
         if not decision.allowed:
             services.metrics.refusals.labels("rate").inc()
-            raise ApiError(429, "rate_limited", f"more than {plan.rate_per_minute} requests per minute",
+            raise ApiError(429, "rate_limited", f"more than {decision.limit} requests per minute",
                            {**decision.headers, "Retry-After": str(decision.reset)})
         sf_logging.response_headers.get().update(decision.headers)
     request.state.tenant = principal.tenant

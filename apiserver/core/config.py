@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     """Allow missing or example secrets (a warning is logged). Never in production."""
     secret_key: SecretStr | None = None
     """Server secret for API-key HMACs and webhook-secret derivation (at least 32 bytes)."""
+    previous_secret_key: SecretStr | None = None
+    """The secret before a rotation: keys hashed under it are still accepted, and re-hashed
+    under secret_key when used. Remove it once the grace period is over."""
     redis_url: str = "redis://127.0.0.1:16379/0"
     kubeconfig: str | None = None
     """Kubeconfig path; absent means in-cluster configuration."""
@@ -87,6 +90,9 @@ class Settings(BaseSettings):
         key = self.secret_key.get_secret_value() if self.secret_key else ""
         if key and len(key.encode()) < MIN_SECRET_BYTES:
             problems.append(f"secret_key must be at least {MIN_SECRET_BYTES} bytes")
+        previous = self.previous_secret_key.get_secret_value() if self.previous_secret_key else ""
+        if previous and (len(previous.encode()) < MIN_SECRET_BYTES or _looks_like_example(previous)):
+            problems.append(f"previous_secret_key must be at least {MIN_SECRET_BYTES} bytes and not an example value")
         if problems:
             raise ValueError("refusing to start: " + "; ".join(problems)
                              + " (set SPATIALFORGE_API_DEV_MODE=1 only for local development)")
@@ -95,7 +101,8 @@ class Settings(BaseSettings):
     def secret_values(self) -> list[str]:
         """Every configured secret, for the log redaction filter."""
         out = []
-        for name in ("secret_key", "stripe_api_key", "stripe_webhook_secret", "s3_secret_access_key"):
+        for name in ("secret_key", "previous_secret_key", "stripe_api_key", "stripe_webhook_secret",
+                     "s3_secret_access_key"):
             value = getattr(self, name)
             if value is not None and value.get_secret_value():
                 out.append(value.get_secret_value())
@@ -105,6 +112,12 @@ class Settings(BaseSettings):
         if self.secret_key is not None and self.secret_key.get_secret_value():
             return self.secret_key.get_secret_value().encode()
         return b"spatialforge-dev-mode-only-secret-key!"  # dev mode only (validator above)
+
+    def previous_hmac_key(self) -> bytes | None:
+        """The pre-rotation secret, while a rotation's grace period lasts."""
+        if self.previous_secret_key is not None and self.previous_secret_key.get_secret_value():
+            return self.previous_secret_key.get_secret_value().encode()
+        return None
 
 
 @lru_cache

@@ -71,15 +71,6 @@ class Tenants:
             await p.execute()
         return IssuedKey(key=key, key_id=kid, tenant=tenant, role=role)
 
-    async def authenticate(self, key: str) -> Principal | None:
-        if not security.well_formed(key):
-            return None
-        digest = security.hash_key(self.secret, key)
-        record = await self.redis.hgetall(f"apikey:{digest}")
-        if not record or not security.same(record.get("hash", ""), digest) or record.get("revoked"):
-            return None
-        return Principal(tenant=record["tenant"], role=record.get("role", "user"), key_id=record["key_id"])
-
     async def list_keys(self, tenant: str | None = None) -> list[dict[str, str]]:
         tenants = [tenant] if tenant else sorted(await self.redis.smembers("tenants"))
         out = []
@@ -116,10 +107,11 @@ class Tenants:
 
     async def plan(self, tenant: str) -> plans.Plan:
         info = await self.info(tenant)
-        return plans.effective(self._effective_name(info), info)
+        return plans.effective(self.effective_name(info), info)
 
     @staticmethod
-    def _effective_name(info: dict[str, str]) -> str:
+    def effective_name(info: dict[str, str]) -> str:
+        """The plan in force: free once a payment grace period has run out."""
         grace = info.get("grace_until")
         if grace and float(grace) < time.time():
             return "free"

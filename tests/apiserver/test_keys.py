@@ -113,3 +113,56 @@ def test_cli_keys_plans_usage(api, make_settings, cluster, monkeypatch):
     # A placeholder secret refuses, naming the problem.
     bad = runner.invoke(apiserver_cli, ["keys", "list"], env={**env, "SPATIALFORGE_API_SECRET_KEY": "changeme"})
     assert bad.exit_code != 0 and "secret_key" in bad.output
+
+
+def test_hmac_secret_rotation_keeps_keys_working(api, make_settings):
+    """Rotation with a grace period: under (new secret, previous = old) a key issued under the
+    old secret still authenticates and is re-hashed under the new one on use, so it keeps
+    working once the previous secret is removed; a key never used in the grace period does not."""
+    import secrets as pysecrets
+
+    from spatialforge.apiserver.services.tenants import Tenants
+    from tests.apiserver.conftest import ServerThread, run
+
+    new_secret = pysecrets.token_urlsafe(48)
+    settings = make_settings()
+    rc = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    tenant = "rotation-acme"
+
+    async def issue() -> tuple[str, str, str, str]:
+        import redis.asyncio as aioredis
+        r = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        try:
+            tenants = Tenants(r, settings.hmac_key())  # the old secret: the session's SECRET_KEY
+            used, unused, revoked = [await tenants.create_key(tenant) for _ in range(3)]
+            await tenants.revoke(revoked.key_id)
+            return used.key, used.key_id, unused.key, revoked.key
+        finally:
+            await r.aclose()
+
+    used, used_id, unused, revoked = run(issue())
+    old_digest = hash_key(SECRET_KEY.encode(), used)
+    new_digest = hash_key(new_secret.encode(), used)
+
+    during = ServerThread(make_settings(secret_key=new_secret, previous_secret_key=SECRET_KEY)).start()
+    try:
+        r = httpx.get(f"{during.url}/v1/usage", headers={"X-API-Key": used})
+        assert r.status_code == 200 and r.json()["tenant"] == tenant, r.text
+        assert not rc.exists(f"apikey:{old_digest}") and rc.hget(f"apikey:{new_digest}", "key_id") == used_id
+        assert rc.get(f"keyid:{used_id}") == new_digest
+        assert httpx.get(f"{during.url}/v1/usage", headers={"X-API-Key": used}).status_code == 200
+        # A key revoked before the rotation stays revoked, and is not re-hashed.
+        assert httpx.get(f"{during.url}/v1/usage", headers={"X-API-Key": revoked}).status_code == 401
+        assert not rc.exists(f"apikey:{hash_key(new_secret.encode(), revoked)}")
+    finally:
+        during.stop()
+
+    after = ServerThread(make_settings(secret_key=new_secret)).start()
+    try:
+        assert httpx.get(f"{after.url}/v1/usage", headers={"X-API-Key": used}).status_code == 200
+        r = httpx.get(f"{after.url}/v1/usage", headers={"X-API-Key": unused})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_key"
+    finally:
+        after.stop()
+    # The session's server (old secret only) no longer knows the re-hashed key.
+    assert httpx.get(f"{api.url}/v1/usage", headers={"X-API-Key": used}).status_code == 401

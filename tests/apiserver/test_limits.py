@@ -80,3 +80,18 @@ def test_rate_limit_per_minute(make_tenant):
         assert r.json()["error"]["code"] == "rate_limited"
         assert 0 < int(r.headers["Retry-After"]) <= 60 and r.headers["X-RateLimit-Remaining"] == "0"
         assert c.post("/v1/depth-batches", json=t.depth_spec()).status_code == 429
+
+
+def test_rate_falls_to_the_free_plan_when_payment_grace_ran_out(make_tenant, make_settings):
+    """The per-minute rate is decided in Redis with the key lookup: a pro tenant whose grace
+    period is over is rated as free (60/min) even before anything rewrites its plan."""
+    import time
+
+    import redis
+
+    t = make_tenant("pro")
+    rc = redis.Redis.from_url(make_settings().redis_url, decode_responses=True)
+    with t.client() as c:
+        assert c.get("/v1/jobs").headers["X-RateLimit-Limit"] == "1200"
+        rc.hset(f"tenant:{t.id}", "grace_until", str(time.time() - 1))
+        assert c.get("/v1/jobs").headers["X-RateLimit-Limit"] == "60"
