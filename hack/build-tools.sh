@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the real servers the tests talk to from the Go module proxy, once, into
 # $SF_CACHE/bin/<tool>-<version>/. Usage: hack/build-tools.sh [kube|etcd|minio|stripe-mock|helm|all]...
+# shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 command -v go >/dev/null || log_fatal "Go is required to build the control plane (https://go.dev/dl/)"
@@ -16,7 +17,7 @@ build_kube() {
   mkdir -p "${mod}" "${out}"
   local staging="v0.${KUBE_VERSION#v1.}"
   (
-    cd "${mod}"
+    cd "${mod}" || exit 1
     go mod download -json "k8s.io/kubernetes@${KUBE_VERSION}" >/dev/null 2>&1 ||
       log_fatal "k8s.io/kubernetes ${KUBE_VERSION} cannot be fetched from the Go module proxy ($(go env GOPROXY)); check KUBE_VERSION in hack/lib.sh and the network"
     local gomod
@@ -51,7 +52,7 @@ build_etcd() {
   log_info "building etcd ${ETCD_VERSION}"
   mkdir -p "${mod}" "${out}"
   (
-    cd "${mod}"
+    cd "${mod}" || exit 1
     cat >main.go <<'GO'
 package main
 
@@ -80,7 +81,8 @@ build_simple() {
   mkdir -p "${out}"
   GOBIN="${out}" go install -ldflags "-s -w" "${pkg}@${version}" ||
     log_fatal "building ${name} ${version} from ${pkg} failed"
-  local built="${out}/$(basename "${pkg}")"
+  local built
+  built="${out}/$(basename "${pkg}")"
   [[ ${built} == "${out}/${name}" ]] || mv "${built}" "${out}/${name}"
 }
 

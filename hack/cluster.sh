@@ -7,6 +7,7 @@
 #   hack/cluster.sh reset    down, then wipe the state directory
 #   hack/cluster.sh status   what runs, and whether the API answers
 #   hack/cluster.sh env      the exports a shell needs (KUBECONFIG, PATH)
+# shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 API_PORT="${SF_API_PORT:-16443}"
@@ -33,7 +34,7 @@ cluster_pki() {
   command -v openssl >/dev/null || log_fatal "openssl is required (apt-get install openssl)"
   mkdir -p "${PKI}"
   (
-    cd "${PKI}"
+    cd "${PKI}" || exit 1
     umask 077
     openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=spatialforge-dev-ca" \
       -keyout ca.key -out ca.crt 2>/dev/null
@@ -191,6 +192,9 @@ case "${1:-}" in
   reset) cluster_down; rm -rf "${SF_STATE:?}/etcd" "${SF_STATE}/pki" "${SF_STATE}/logs" "${KUBECONFIG_PATH}" ;;
   status) cluster_status ;;
   build) cluster_build ;;
-  env) printf 'export KUBECONFIG=%q\nexport PATH=%q:$PATH\n' "${KUBECONFIG_PATH}" "${KUBE_DIR}" ;;
+  env)
+    # $PATH stays literal: it expands in the shell that evals these lines.
+    # shellcheck disable=SC2016
+    printf 'export KUBECONFIG=%q\nexport PATH=%q:$PATH\n' "${KUBECONFIG_PATH}" "${KUBE_DIR}" ;;
   *) echo "usage: $0 up|down|reset|status|build|env" >&2; exit 2 ;;
 esac

@@ -2,6 +2,7 @@
 # The whole product on this machine, for real: the local control plane, MinIO, the operator,
 # and both samples applied with kubectl, run by the runner as local processes (through the
 # node agent), watched to Succeeded, and their results listed from MinIO.
+# shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 PYTHON="${PYTHON:-python3}"
 NS=spatialforge-demo

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the project needs on this machine: a few Debian packages and the Python
 # package with every extra. Idempotent; fast when everything is there.
+# shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PYTHON="${PYTHON:-python3}"

@@ -5,6 +5,7 @@
 #   hack/minio.sh env    print the env a client needs (export lines)
 # Root credentials come from MINIO_ROOT_USER / MINIO_ROOT_PASSWORD (dev defaults below);
 # the port from MINIO_PORT (default 19000). The binary is built by `hack/build-tools.sh minio`.
+# shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 MINIO_BIN="$(tool_path minio "${MINIO_VERSION}")"

@@ -4,6 +4,7 @@
 #   hack/redis.sh down   stop it (it saves its data to $SF_STATE/redis/dump.rdb first)
 #   hack/redis.sh env    print the env a client needs (export lines)
 # The port comes from REDIS_PORT (default 16379); REDIS_SERVER overrides the binary.
+# shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 REDIS_BIN="${REDIS_SERVER:-$(command -v redis-server || echo /usr/bin/redis-server)}"

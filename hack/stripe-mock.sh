@@ -5,6 +5,7 @@
 #   hack/stripe-mock.sh env    print the env a client needs (export lines)
 # The port comes from STRIPE_MOCK_PORT (default 12111). The binary is built by
 # `bash hack/build-tools.sh stripe-mock` (github.com/stripe/stripe-mock at STRIPE_MOCK_VERSION).
+# shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 STRIPE_MOCK_BIN="$(tool_path stripe-mock "${STRIPE_MOCK_VERSION}")"
