@@ -108,7 +108,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         quotas = Quotas(redis)
         webhooks = WebhookSender(redis, settings.hmac_key(), settings.webhook_allow,
                                  attempts=settings.webhook_max_attempts, backoff=settings.webhook_backoff_seconds,
-                                 timeout=settings.webhook_timeout_seconds, metrics=metrics)
+                                 timeout=settings.webhook_timeout_seconds, metrics=metrics,
+                                 poll=settings.webhook_poll_seconds, lease=settings.webhook_lease_seconds,
+                                 concurrency=settings.webhook_concurrency)
         gate = Gate(redis, settings.hmac_key(), settings.previous_hmac_key())
         services = Services(settings=settings, redis=redis, kube=kube, cache=cache, storage=storage, tenants=tenants,
                             gate=gate, quotas=quotas, billing=None, webhooks=webhooks, jobs=None, metrics=metrics)
@@ -123,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         cache.listeners.append(services.jobs.on_terminal)
         app.state.services = services
         cache.start()
+        webhooks.start()  # delivers due webhooks from Redis, including those a stopped replica left
         log.info("front end started")
         try:
             yield

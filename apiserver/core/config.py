@@ -75,6 +75,13 @@ class Settings(BaseSettings):
     stripe_webhook_per_ip_per_minute: int = Field(default=120, ge=1)
     log_json: bool = True
 
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    """How often the webhook worker looks for due deliveries in Redis (it also wakes on its own enqueues)."""
+    webhook_lease_seconds: float = Field(default=30.0, gt=0)
+    """How long a claimed delivery is its claimer's; then another worker retries it (at least timeout + 1 s)."""
+    webhook_concurrency: int = Field(default=16, ge=1)
+    """Deliveries in flight per process."""
+
     @model_validator(mode="after")
     def _refuse_weak_secrets(self) -> Self:
         if self.dev_mode:

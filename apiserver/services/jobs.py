@@ -270,4 +270,8 @@ class JobService:
             job = summary(obj)
             if phase == "Cancelled":
                 job["reason"] = "CancelledByUser"
-            self.webhooks.schedule(tenant, meta["uid"], url, webhooks_mod.event_body(obj, job))
+            try:  # recorded in Redis before the first attempt; the webhook worker delivers it
+                await self.webhooks.enqueue(tenant, meta["uid"], url, webhooks_mod.event_body(obj, job))
+            except Exception:
+                log.exception("webhook for %s/%s could not be queued; a later start that lists the job "
+                              "as finished queues it", meta.get("namespace"), meta.get("name"))

@@ -1,8 +1,25 @@
-"""Completion webhooks: SSRF-checked targets, Stripe-style signatures, retries with backoff.
+"""Completion webhooks: SSRF-checked targets, Stripe-style signatures, durable retries with backoff.
 
 A target must be http(s) and every address its host resolves to must be public, unless the
 host or the address is allow-listed (`webhook_allow`: hostnames or CIDRs). The check runs
 when the job is submitted and again before every delivery (DNS may change in between).
+
+Deliveries live in Redis, not in the process, so a restart (or another replica) carries on
+where a stopped one left off:
+
+    webhook:sent:{uid}       "pending" | "delivered:<n>" | "failed" | "refused" (7 days);
+                             SET NX of "pending" is the once-per-uid enqueue
+    webhook:delivery:{uid}   hash: tenant, url, body, attempts, next_at, created, lease, last_error
+    webhook:due              sorted set of uids by the time they are due (or their lease ends)
+    webhook:failures:{t}     list of the tenant's given-up deliveries (JSON, newest first, 100)
+
+A worker claims due uids with one Lua script that moves their score to now + lease and
+writes a fresh lease token into the hash; it then POSTs and settles with a second script
+that only acts while the token is still its own. A claimer that dies mid-attempt is retried
+by whoever claims the uid once its lease runs out; a claimer whose lease ran out cannot
+record anything. An attempt is bounded by `timeout` and the lease is longer than that, so
+two replicas never both POST the same event unless a process is frozen for longer than its
+lease (receivers should still de-duplicate on the event id, as for any webhook).
 """
 
 from __future__ import annotations
@@ -11,6 +28,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import secrets
 import socket
 import time
 from typing import Any
@@ -75,9 +93,74 @@ def event_body(obj: dict[str, Any], summary: dict[str, Any]) -> bytes:
     return json.dumps(event, separators=(",", ":"), sort_keys=True).encode()
 
 
+DUE_KEY = "webhook:due"
+RECORD_TTL = 7 * 86400
+FAILURES_KEPT = 100
+FAILURES_TTL = 30 * 86400
+
+
+def sent_key(uid: str) -> str:
+    return f"webhook:sent:{uid}"
+
+
+def delivery_key(uid: str) -> str:
+    return f"webhook:delivery:{uid}"
+
+
+def failures_key(tenant: str) -> str:
+    return f"webhook:failures:{tenant}"
+
+
+# KEYS sent, delivery, due; ARGV ttl, tenant, url, body, now, uid
+_ENQUEUE = """
+if not redis.call('SET', KEYS[1], 'pending', 'NX', 'EX', ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[2], 'tenant', ARGV[2], 'url', ARGV[3], 'body', ARGV[4], 'attempts', 0,
+           'next_at', ARGV[5], 'created', ARGV[5], 'lease', '', 'last_error', '')
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
+return 1
+"""
+
+# KEYS due; ARGV now, lease_until, limit, token, delivery key prefix.
+# Returns {uid, attempts, uid, attempts, ...}; uids whose hash is gone are dropped.
+_CLAIM = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, id in ipairs(ids) do
+  local key = ARGV[5] .. id
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('ZADD', KEYS[1], ARGV[2], id)
+    redis.call('HSET', key, 'lease', ARGV[4])
+    out[#out + 1] = id
+    out[#out + 1] = redis.call('HINCRBY', key, 'attempts', 1)
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
+"""
+
+# KEYS due, delivery, sent; ARGV uid, token, 'retry'|'done', next_at|final record, ttl, last_error
+_SETTLE = """
+if redis.call('HGET', KEYS[2], 'lease') ~= ARGV[2] then return 0 end
+if ARGV[3] == 'retry' then
+  redis.call('HSET', KEYS[2], 'lease', '', 'next_at', ARGV[4], 'last_error', ARGV[6])
+  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+else
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('DEL', KEYS[2])
+  redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[5])
+end
+return 1
+"""
+
+
 class WebhookSender:
+    """Enqueues completion events in Redis and delivers due ones from a background worker."""
+
     def __init__(self, redis: Redis, secret: bytes, allow: list[str], *, attempts: int, backoff: float,
-                 timeout: float, metrics: Any) -> None:
+                 timeout: float, metrics: Any, poll: float = 1.0, lease: float = 30.0,
+                 concurrency: int = 16) -> None:
         self.redis = redis
         self.secret = secret
         self.allow = allow
@@ -85,45 +168,141 @@ class WebhookSender:
         self.backoff = backoff
         self.timeout = timeout
         self.metrics = metrics
+        self.poll = poll
+        # The lease must outlive an attempt (bounded by `timeout`), or a second claimer could POST too.
+        self.lease = max(lease, timeout + 1.0)
+        self.concurrency = concurrency
         self.tasks: set[asyncio.Task[None]] = set()
         self.http = httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+        self._enqueue = redis.register_script(_ENQUEUE)
+        self._claim = redis.register_script(_CLAIM)
+        self._settle = redis.register_script(_SETTLE)
+        self._wake = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
 
-    def schedule(self, tenant: str, uid: str, url: str, body: bytes) -> None:
-        task = asyncio.create_task(self._deliver(tenant, uid, url, body))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+    # --- enqueue --------------------------------------------------------------------------
+    async def enqueue(self, tenant: str, uid: str, url: str, body: bytes) -> bool:
+        """Record the delivery in Redis (once per resource uid, across replicas and restarts);
+        the worker of whichever replica claims it first delivers it."""
+        now = time.time()
+        added = await self._enqueue(keys=[sent_key(uid), delivery_key(uid), DUE_KEY],
+                                    args=[RECORD_TTL, tenant, url, body.decode(), repr(now), uid])
+        if added:
+            self._wake.set()
+        return bool(added)
 
-    async def _deliver(self, tenant: str, uid: str, url: str, body: bytes) -> None:
-        # Once per resource uid, across replicas and restarts.
-        if not await self.redis.set(f"webhook:sent:{uid}", "pending", nx=True, ex=7 * 86400):
-            return
-        secret = security.tenant_webhook_secret(self.secret, tenant)
-        for attempt in range(1, self.attempts + 1):
+    # --- worker ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._run(), name="webhook-worker")
+
+    async def _run(self) -> None:
+        while True:
+            delay = self.poll
             try:
-                await check_target(url, self.allow)
-                headers = {"Content-Type": "application/json", "User-Agent": "SpatialForge-Webhooks/1",
-                           SIGNATURE_HEADER: security.sign_payload(secret, body)}
-                response = await self.http.post(url, content=body, headers=headers)
-                if 200 <= response.status_code < 300:
-                    await self.redis.set(f"webhook:sent:{uid}", f"delivered:{attempt}", ex=7 * 86400)
-                    self.metrics.webhooks.labels("delivered").inc()
-                    return
-                reason = f"HTTP {response.status_code}"
+                await self.run_once()
+                first = await self.redis.zrange(DUE_KEY, 0, 0, withscores=True)
+                if first and len(self.tasks) < self.concurrency:
+                    delay = min(self.poll, max(0.0, first[0][1] - time.time()))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis down: keep trying, quietly
+                log.warning("webhook worker: %s", type(exc).__name__)
+            if delay > 0:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                except TimeoutError:
+                    pass
+            self._wake.clear()
+
+    async def run_once(self) -> int:
+        """Claim what is due (up to the free delivery slots) and start delivering it."""
+        slots = self.concurrency - len(self.tasks)
+        if slots <= 0:
+            return 0
+        now = time.time()
+        token = secrets.token_hex(8)
+        claimed = await self._claim(keys=[DUE_KEY], args=[repr(now), repr(now + self.lease), slots, token,
+                                                          delivery_key("")])
+        pairs = list(zip(claimed[0::2], claimed[1::2]))
+        for uid, attempt in pairs:
+            task = asyncio.create_task(self._deliver(uid, int(attempt), token))
+            self.tasks.add(task)
+            task.add_done_callback(self._done)
+        return len(pairs)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self._wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("webhook delivery crashed: %r", task.exception())
+
+    async def _attempt(self, tenant: str, url: str, body: bytes) -> str | None:
+        """One POST; None when delivered, else why not. Raises UnsafeTarget."""
+        await check_target(url, self.allow)
+        secret = security.tenant_webhook_secret(self.secret, tenant)
+        headers = {"Content-Type": "application/json", "User-Agent": "SpatialForge-Webhooks/1",
+                   SIGNATURE_HEADER: security.sign_payload(secret, body)}
+        response = await self.http.post(url, content=body, headers=headers)
+        if 200 <= response.status_code < 300:
+            return None
+        return f"HTTP {response.status_code}"
+
+    async def _deliver(self, uid: str, attempt: int, token: str) -> None:
+        record = await self.redis.hgetall(delivery_key(uid))
+        tenant, url, body = record.get("tenant", ""), record.get("url", ""), record.get("body", "").encode()
+        keys = [DUE_KEY, delivery_key(uid), sent_key(uid)]
+        reason: str | None
+        if attempt > self.attempts:  # earlier claimers died after the last attempt
+            reason = record.get("last_error") or "claimer lost"
+        else:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    reason = await self._attempt(tenant, url, body)
             except UnsafeTarget as exc:
                 log.warning("webhook for %s refused: %s", uid, exc)
-                self.metrics.webhooks.labels("refused").inc()
-                await self.redis.set(f"webhook:sent:{uid}", "refused", ex=7 * 86400)
+                if await self._settle(keys=keys, args=[uid, token, "done", "refused", RECORD_TTL, ""]):
+                    self.metrics.webhooks.labels("refused").inc()
+                    await self._record_failure(tenant, uid, url, attempt, f"refused: {exc}")
                 return
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, TimeoutError) as exc:
                 reason = type(exc).__name__
-            self.metrics.webhooks.labels("retry").inc()
+            if reason is None:
+                if await self._settle(keys=keys, args=[uid, token, "done", f"delivered:{attempt}", RECORD_TTL, ""]):
+                    self.metrics.webhooks.labels("delivered").inc()
+                else:
+                    log.warning("webhook for %s delivered after its lease ran out", uid)
+                return
             log.info("webhook for %s attempt %d failed (%s)", uid, attempt, reason)
-            if attempt < self.attempts:
-                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
-        self.metrics.webhooks.labels("failed").inc()
-        await self.redis.set(f"webhook:sent:{uid}", "failed", ex=7 * 86400)
+        if attempt < self.attempts:
+            due = time.time() + self.backoff * 2 ** (attempt - 1)
+            if await self._settle(keys=keys, args=[uid, token, "retry", repr(due), RECORD_TTL, reason]):
+                self.metrics.webhooks.labels("retry").inc()
+            return
+        if await self._settle(keys=keys, args=[uid, token, "done", "failed", RECORD_TTL, reason]):
+            self.metrics.webhooks.labels("failed").inc()
+            log.warning("webhook for %s (tenant %s) given up after %d attempts (%s)",
+                        uid, tenant, min(attempt, self.attempts), reason)
+            await self._record_failure(tenant, uid, url, min(attempt, self.attempts), reason)
+
+    async def _record_failure(self, tenant: str, uid: str, url: str, attempts: int, reason: str) -> None:
+        entry = json.dumps({"event_id": f"evt_{uid}", "url": url, "attempts": attempts, "last_error": reason,
+                            "at": int(time.time())}, sort_keys=True)
+        async with self.redis.pipeline(transaction=True) as p:
+            p.lpush(failures_key(tenant), entry)
+            p.ltrim(failures_key(tenant), 0, FAILURES_KEPT - 1)
+            p.expire(failures_key(tenant), FAILURES_TTL)
+            await p.execute()
 
     async def close(self) -> None:
+        """Stop claiming; let attempts in flight finish (each is bounded by `timeout`), then
+        cancel what is left (its lease runs out and another claimer retries it)."""
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=self.timeout + 1.0)
         for t in list(self.tasks):
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

@@ -1,26 +1,39 @@
 """Completion webhooks: signed, retried with backoff, and refused for private, loopback and
-link-local targets unless allow-listed (the local receiver's 127.0.0.1/32 is)."""
+link-local targets unless allow-listed (the local receiver's 127.0.0.1/32 is). Deliveries live
+in Redis: a delivery pending when a front end stops is delivered by the next one, two workers
+deliver each event once, a dead claimer's delivery is retried after its lease, and a delivery
+that keeps failing is given up and recorded for the tenant."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import threading
+import time
+import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
+import httpx
 import pytest
 import redis
+import redis.asyncio as aioredis
 
-from spatialforge.apiserver.services.webhooks import SIGNATURE_HEADER, UnsafeTarget, check_target
+from spatialforge.apiserver.core import security
+from spatialforge.apiserver.core.metrics import Metrics
+from spatialforge.apiserver.services import webhooks as wh
+from spatialforge.apiserver.services.tenants import Tenants
+from spatialforge.apiserver.services.webhooks import SIGNATURE_HEADER, UnsafeTarget, WebhookSender, check_target
 from spatialforge.client import verify_webhook
-from tests.apiserver.conftest import wait_until
-from tests.timeouts import MEDIUM
+from tests.apiserver.conftest import ServerThread, wait_until
+from tests.timeouts import MEDIUM, SHORT
 
 
 class Receiver:
     """A local HTTP receiver that fails the first `fail` deliveries with 500."""
 
-    def __init__(self, fail: int) -> None:
+    def __init__(self, fail: int, delay: float = 0.0) -> None:
         self.fail = fail
         self.calls: list[tuple[dict[str, str], bytes]] = []
         outer = self
@@ -29,6 +42,7 @@ class Receiver:
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 outer.calls.append((dict(self.headers), body))
+                time.sleep(delay)
                 self.send_response(500 if len(outer.calls) <= outer.fail else 204)
                 self.end_headers()
 
@@ -95,3 +109,213 @@ def test_check_target_needs_the_allow_list_for_loopback():
         await check_target("https://93.184.215.14/hook", [])  # a public address
 
     asyncio.run(go())
+
+
+def _db(url: str, db: int) -> str:
+    return url.rsplit("/", 1)[0] + f"/{db}"
+
+
+def test_delivery_pending_at_stop_is_delivered_by_a_new_instance(make_settings, behaviour, cluster):
+    """A front end makes the first attempt (500) and stops during the backoff; a new instance
+    over the same Redis delivers the event. Redis database 1 keeps the session's front end
+    (database 0) from delivering it first; the job is cancelled, so only the instance that
+    cancels it sees it end."""
+    receiver = Receiver(fail=1)
+    settings = make_settings(redis_url=_db(make_settings().redis_url, 1), webhook_backoff_seconds=5,
+                             webhook_poll_seconds=0.1, webhook_timeout_seconds=1)
+    rc = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    rc.flushdb()
+    tenant = f"t{uuid.uuid4().hex[:10]}"
+    namespace = f"sf-{tenant}"
+    behaviour.set(namespace, seconds=300)  # still running when it is cancelled
+
+    async def make_key() -> str:
+        r = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        try:
+            tenants = Tenants(r, settings.hmac_key())
+            key = (await tenants.create_key(tenant)).key
+            await tenants.set_plan(tenant, "pro")
+            return key
+        finally:
+            await r.aclose()
+
+    headers = {"X-API-Key": asyncio.run(make_key())}
+    first = ServerThread(settings).start()
+    second = None
+    try:
+        with httpx.Client(base_url=first.url, headers=headers, timeout=30) as c:
+            spec = {"inputs": [f"s3://sf-api-tests/tenants/{tenant}/inputs/a.jpg"],
+                    "output": {"uri": f"s3://sf-api-tests/tenants/{tenant}/results"}, "placement": {"gpus": 0}}
+            job = c.post("/v1/depth-batches", json=spec, params={"webhook_url": receiver.url})
+            assert job.status_code == 202, job.text
+            job_id = job.json()["id"]
+            assert c.delete(f"/v1/jobs/{job_id}").json()["phase"] == "Cancelled"
+
+        def mine() -> list[tuple[dict[str, str], bytes]]:
+            return [(h, b) for h, b in receiver.calls if json.loads(b)["data"]["id"] == job_id]
+
+        wait_until("the first attempt", lambda: len(mine()) >= 1, SHORT)
+        uid = json.loads(mine()[0][1])["id"].removeprefix("evt_")
+        wait_until("the retry to be scheduled", lambda: rc.hget(f"webhook:delivery:{uid}", "last_error"))
+        first.stop()
+        assert not first.thread.is_alive()
+        # Stopped during the backoff: still pending in Redis, with one attempt made.
+        assert rc.get(f"webhook:sent:{uid}") == "pending"
+        assert rc.hget(f"webhook:delivery:{uid}", "attempts") == "1"
+        assert rc.hget(f"webhook:delivery:{uid}", "last_error") == "HTTP 500"
+        assert rc.zscore("webhook:due", uid) is not None
+        assert len(mine()) == 1
+
+        second = ServerThread(settings).start()
+        wait_until("delivery by the new instance", lambda: rc.get(f"webhook:sent:{uid}") == "delivered:2", MEDIUM)
+        assert len(mine()) == 2
+        event = verify_webhook(mine()[1][1], mine()[1][0][SIGNATURE_HEADER],
+                               security.tenant_webhook_secret(settings.hmac_key(), tenant))
+        assert event["type"] == "job.cancelled" and event["data"]["id"] == job_id
+        assert mine()[0][1] == mine()[1][1]  # the same event, re-signed
+        assert rc.zscore("webhook:due", uid) is None and not rc.exists(f"webhook:delivery:{uid}")
+    finally:
+        if second is not None:
+            second.stop()
+        if first.thread.is_alive():
+            first.stop()
+        receiver.close()
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        rc.flushdb()
+
+
+async def _until(what: str, probe: Callable[[], Any], timeout: float = SHORT) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def _sender(url: str, **kw: Any) -> WebhookSender:
+    values = dict(attempts=4, backoff=0.1, timeout=2.0, poll=0.1, lease=3.0)
+    values.update(kw)
+    r = aioredis.Redis.from_url(url, decode_responses=True)
+    return WebhookSender(r, b"s" * 40, ["127.0.0.1/32"], metrics=Metrics(), **values)
+
+
+def _count(sender: WebhookSender, result: str) -> float:
+    return sender.metrics.registry.get_sample_value("sf_api_webhook_deliveries_total", {"result": result}) or 0.0
+
+
+def _body(uid: str) -> bytes:
+    return json.dumps({"id": f"evt_{uid}", "type": "job.succeeded", "data": {"id": uid}}).encode()
+
+
+async def _close(*senders: WebhookSender) -> None:
+    for s in senders:
+        await s.close()
+        await s.redis.aclose()
+
+
+def test_two_workers_deliver_each_event_once(redis_server):
+    url = _db(redis_server.env["SPATIALFORGE_API_REDIS_URL"], 2)
+    receiver = Receiver(fail=0, delay=0.05)
+
+    async def go() -> None:
+        a, b = _sender(url), _sender(url)
+        await a.redis.flushdb()
+        uids = [uuid.uuid4().hex for _ in range(30)]
+        try:
+            # Both replicas see every job end; each event is queued once.
+            added = [await s.enqueue("acme", u, receiver.url, _body(u)) for u in uids for s in (a, b)]
+            assert sum(added) == len(uids)
+            a.start()
+            b.start()
+            await _until("all delivered", lambda: _all_delivered(a, uids), MEDIUM)
+            await asyncio.sleep(0.3)  # a duplicate would arrive now
+            ids = [json.loads(body)["id"] for _, body in receiver.calls]
+            assert sorted(ids) == sorted(f"evt_{u}" for u in uids)
+            assert _count(a, "delivered") + _count(b, "delivered") == len(uids)
+            assert await a.redis.zcard(wh.DUE_KEY) == 0
+        finally:
+            await a.redis.flushdb()
+            await _close(a, b)
+
+    try:
+        asyncio.run(go())
+    finally:
+        receiver.close()
+
+
+async def _all_delivered(sender: WebhookSender, uids: list[str]) -> bool:
+    values = await sender.redis.mget([wh.sent_key(u) for u in uids])
+    return all(v == "delivered:1" for v in values)
+
+
+def test_a_dead_claimers_delivery_is_retried_after_its_lease(redis_server):
+    url = _db(redis_server.env["SPATIALFORGE_API_REDIS_URL"], 2)
+    receiver = Receiver(fail=0)
+
+    async def go() -> None:
+        dead, live = _sender(url, lease=1.5, timeout=0.5), _sender(url, lease=1.5, timeout=0.5)
+        await dead.redis.flushdb()
+        uid = uuid.uuid4().hex
+        try:
+            assert await dead.enqueue("acme", uid, receiver.url, _body(uid))
+            # A replica claims it and dies before attempting (its worker never runs).
+            claimed_at = time.time()
+            claimed = await dead._claim(keys=[wh.DUE_KEY], args=[repr(claimed_at), repr(claimed_at + dead.lease),
+                                                                  1, "dead-token", wh.delivery_key("")])
+            assert claimed == [uid, 1]
+            live.start()
+            await asyncio.sleep(0.5)
+            assert receiver.calls == [] and await live.redis.get(wh.sent_key(uid)) == "pending"  # leased
+            await _until("delivery after the lease", lambda: _all_delivered_at(live, uid, "delivered:2"))
+            assert time.time() - claimed_at >= dead.lease
+            assert len(receiver.calls) == 1
+            # The dead claimer's token no longer settles anything.
+            keys = [wh.DUE_KEY, wh.delivery_key(uid), wh.sent_key(uid)]
+            assert await dead._settle(keys=keys, args=[uid, "dead-token", "done", "failed", 60, ""]) == 0
+            assert await live.redis.get(wh.sent_key(uid)) == "delivered:2"
+        finally:
+            await dead.redis.flushdb()
+            await _close(dead, live)
+
+    try:
+        asyncio.run(go())
+    finally:
+        receiver.close()
+
+
+async def _all_delivered_at(sender: WebhookSender, uid: str, value: str) -> bool:
+    return await sender.redis.get(wh.sent_key(uid)) == value
+
+
+def test_delivery_is_given_up_after_max_attempts_and_recorded(redis_server):
+    url = _db(redis_server.env["SPATIALFORGE_API_REDIS_URL"], 2)
+    receiver = Receiver(fail=10**6)
+
+    async def go() -> None:
+        s = _sender(url, attempts=3, backoff=0.05)
+        await s.redis.flushdb()
+        failing, unsafe = uuid.uuid4().hex, uuid.uuid4().hex
+        try:
+            await s.enqueue("acme", failing, receiver.url, _body(failing))
+            await s.enqueue("acme", unsafe, "http://127.0.0.2:9/x", _body(unsafe))  # not allow-listed
+            s.start()
+            await _until("given up", lambda: _all_delivered_at(s, failing, "failed"))
+            await _until("refused", lambda: _all_delivered_at(s, unsafe, "refused"))
+            assert len(receiver.calls) == 3
+            assert _count(s, "failed") == 1 and _count(s, "refused") == 1 and _count(s, "retry") == 2
+            records = {r["event_id"]: r for r in map(json.loads, await s.redis.lrange(wh.failures_key("acme"), 0, -1))}
+            assert records[f"evt_{failing}"]["attempts"] == 3
+            assert records[f"evt_{failing}"]["last_error"] == "HTTP 500"
+            assert records[f"evt_{unsafe}"]["last_error"].startswith("refused: ")
+            assert await s.redis.zcard(wh.DUE_KEY) == 0 and not await s.redis.exists(wh.delivery_key(failing))
+        finally:
+            await s.redis.flushdb()
+            await _close(s)
+
+    try:
+        asyncio.run(go())
+    finally:
+        receiver.close()
