@@ -126,10 +126,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.services = services
         cache.start()
         webhooks.start()  # delivers due webhooks from Redis, including those a stopped replica left
+        grace = services.billing.grace_sweeper(settings.grace_sweep_seconds)  # degrades expired grace periods
+        grace.start()
         log.info("front end started")
         try:
             yield
         finally:
+            await grace.stop()
             await cache.stop()
             await webhooks.close()
             await redis.aclose()

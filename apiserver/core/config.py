@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     """How long a claimed delivery is its claimer's; then another worker retries it (at least timeout + 1 s)."""
     webhook_concurrency: int = Field(default=16, ge=1)
     """Deliveries in flight per process."""
+    grace_sweep_seconds: float = Field(default=30.0, gt=0)
+    """How often each replica degrades tenants whose payment grace period has run out."""
 
     @model_validator(mode="after")
     def _refuse_weak_secrets(self) -> Self:

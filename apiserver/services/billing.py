@@ -4,10 +4,19 @@ The `stripe` library is configured once (`stripe.api_key`, `stripe.api_base`: st
 tests). Usage of every finished job is reported once per resource uid: a Redis claim makes
 it once across replicas and restarts, and the meter event carries the uid as its
 `identifier`, which Stripe itself de-duplicates.
+
+Payment grace: invoice.payment_failed sets the tenant's `grace_until` and indexes the tenant
+in the sorted set `grace:due` (score = grace_until). `end_grace` degrades a tenant whose grace
+ran out to free and re-applies its GPU limit; it runs lazily on the tenant's requests and from
+`GraceSweeper`, a periodic task that claims due tenants from the index (a Lua script moves
+their score to now + lease, so one replica handles each), so a tenant who never calls the API
+is degraded too. A `SET NX grace:applied:<tenant>:<grace_until>` makes the downgrade happen
+once per grace period, whichever path and replica gets there first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -15,6 +24,7 @@ import time
 from typing import Any
 
 import stripe
+from prometheus_client import Counter
 from starlette.concurrency import run_in_threadpool
 
 from spatialforge.apiserver.core.config import Settings
@@ -25,6 +35,30 @@ log = logging.getLogger("spatialforge.apiserver.billing")
 EVENT_TTL = 60 * 86400
 HANDLED_EVENTS = ("checkout.session.completed", "customer.subscription.updated", "customer.subscription.deleted",
                   "invoice.paid", "invoice.payment_failed")
+GRACE_DUE = "grace:due"  # sorted set: tenant -> grace_until (or the end of a sweeper's lease)
+GRACE_LEASE = 120.0  # a sweeper that dies holding a tenant leaves it to the next sweep after this
+GRACE_APPLY_TTL = 60  # the once-per-grace-period claim; expires so a crashed applier is retried
+GRACE_RETRY = 10.0  # a downgrade whose GPU-limit write failed is retried by the sweep after this
+
+
+def grace_reapply_key(tenant: str) -> str:
+    """Set while a tenant was degraded but its namespace still shows the old GPU limit."""
+    return f"grace:reapply:{tenant}"
+
+# KEYS due; ARGV now, lease_until, limit -> the claimed members
+_GRACE_CLAIM = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
+return ids
+"""
+
+# KEYS due; ARGV member, lease_until, new score ('' removes) -> 1 if the lease was still ours
+_GRACE_SETTLE = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+if ARGV[3] == '' then redis.call('ZREM', KEYS[1], ARGV[1]) else redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) end
+return 1
+"""
 
 
 class BillingError(RuntimeError):
@@ -46,6 +80,10 @@ class Billing:
         self.plan_changed = plan_changed  # async (tenant) -> None: re-applies the GPU limit
         self.metrics = metrics
         self.price_to_plan = {price: plan for plan, price in settings.stripe_prices.items()}
+        if not hasattr(metrics, "grace_downgrades"):
+            metrics.grace_downgrades = Counter("sf_api_grace_downgrades_total",
+                                               "Tenants degraded to free after their payment grace period",
+                                               ["via"], registry=metrics.registry)
 
     # --- sessions -------------------------------------------------------------------------
     async def customer(self, tenant: str) -> str:
@@ -107,7 +145,8 @@ class Billing:
     async def _set_plan(self, tenant: str, plan: str) -> None:
         info = await self.tenants.info(tenant)
         overrides = {k: int(info[k]) if info.get(k) else None for k in ("units", "rate", "gpus")}
-        await self.tenants.set_plan(tenant, plan, **overrides)
+        await self.tenants.set_plan(tenant, plan, **overrides)  # also ends any grace period
+        await self.redis.zrem(GRACE_DUE, tenant)
         await self.plan_changed(tenant)
         log.info("tenant %s now on plan %s", tenant, plan)
 
@@ -140,12 +179,49 @@ class Billing:
             await self._set_plan(tenant, "free")
         elif kind == "invoice.paid":
             await self.tenants.clear_fields(tenant, "grace_until")
+            await self.redis.zrem(GRACE_DUE, tenant)
             await self.plan_changed(tenant)
         elif kind == "invoice.payment_failed":
             info = await self.tenants.info(tenant)
-            if not info.get("grace_until"):
-                await self.tenants.set_fields(tenant, grace_until=str(time.time() + self.settings.payment_grace_seconds))
+            grace = info.get("grace_until")
+            if not grace:
+                grace = str(time.time() + self.settings.payment_grace_seconds)
+                await self.tenants.set_fields(tenant, grace_until=grace)
+            await self.redis.zadd(GRACE_DUE, {tenant: float(grace)})  # the sweep's index
         return "handled"
+
+    # --- payment grace --------------------------------------------------------------------
+    def grace_sweeper(self, interval: float) -> GraceSweeper:
+        """The periodic task (start/stop it) that ends expired grace periods nobody requested."""
+        return GraceSweeper(self, interval)
+
+    async def end_grace(self, tenant: str, *, via: str) -> bool:
+        """If the tenant's payment grace ran out, degrade it to free (and write its GPU limit
+        to its namespace) once; True when this call did it. `via`: "request" or "sweep"."""
+        info = await self.tenants.info(tenant)
+        grace = info.get("grace_until")
+        if not grace or float(grace) >= time.time():
+            return False
+        if info.get("plan", "free") == "free":  # nothing to degrade; just end the grace period
+            await self.tenants.clear_fields(tenant, "grace_until")
+            return False
+        claim = f"grace:applied:{tenant}:{grace}"
+        if not await self.redis.set(claim, via, nx=True, ex=GRACE_APPLY_TTL):
+            return False  # another request or replica is applying it
+        try:
+            await self.tenants.set_plan(tenant, "free")
+        except BaseException:
+            await self.redis.delete(claim)
+            raise
+        self.metrics.grace_downgrades.labels(via).inc()
+        log.warning("tenant %s: payment grace period over, plan degraded to free (%s)", tenant, via)
+        try:
+            await self.plan_changed(tenant)
+        except BaseException:  # the plan is free, the namespace not yet: the sweep writes it later
+            await self.redis.set(grace_reapply_key(tenant), "1", ex=7 * 86400)
+            await self.redis.zadd(GRACE_DUE, {tenant: time.time() + GRACE_RETRY})
+            raise
+        return True
 
     # --- usage ----------------------------------------------------------------------------
     async def report_usage(self, tenant: str, uid: str, gpu_seconds: float, phase: str) -> str:
@@ -176,3 +252,63 @@ class Billing:
             raise
         self.metrics.usage_reports.labels("reported").inc()
         return "reported"
+
+
+class GraceSweeper:
+    """Every `interval` seconds, degrade the tenants whose grace period ran out (from the
+    `grace:due` index, never a scan of all tenants). Safe with several replicas: a claim moves
+    a tenant's score to the end of a lease, and only the lease holder settles it."""
+
+    def __init__(self, billing: Billing, interval: float, *, lease: float = GRACE_LEASE, batch: int = 100) -> None:
+        self.billing = billing
+        self.redis = billing.redis
+        self.interval = interval
+        self.lease = lease
+        self.batch = batch
+        self._claim = self.redis.register_script(_GRACE_CLAIM)
+        self._settle = self.redis.register_script(_GRACE_SETTLE)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="grace-sweeper")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("grace sweep failed (%s); next one in %.0fs", type(exc).__name__, self.interval)
+            await asyncio.sleep(self.interval)
+
+    async def sweep(self) -> int:
+        """One pass; returns how many tenants this call degraded."""
+        done = 0
+        while True:
+            now = time.time()
+            lease_until = repr(now + self.lease)
+            tenants = await self._claim(keys=[GRACE_DUE], args=[repr(now), lease_until, self.batch])
+            for tenant in tenants:
+                try:
+                    if await self.redis.exists(grace_reapply_key(tenant)):  # degraded, GPU limit not written
+                        await self.billing.plan_changed(tenant)
+                        await self.redis.delete(grace_reapply_key(tenant))
+                    done += await self.billing.end_grace(tenant, via="sweep")
+                except Exception:
+                    log.exception("grace downgrade of tenant %s failed; retried after the lease", tenant)
+                    continue
+                grace = (await self.billing.tenants.info(tenant)).get("grace_until")
+                if grace and float(grace) < time.time():
+                    continue  # someone else is applying it: look again when our lease ends
+                # Gone (degraded, paid, plan changed) or a later grace period: settle the entry.
+                await self._settle(keys=[GRACE_DUE], args=[tenant, lease_until, grace or ""])
+            if len(tenants) < self.batch:
+                return done

@@ -104,9 +104,8 @@ class JobService:
         return plan
 
     async def current_plan(self, tenant: str) -> plans_mod.Plan:
-        if await self.tenants.grace_expired(tenant):  # payment grace over: degrade now
-            await self.tenants.set_plan(tenant, "free")
-            return await self.apply_plan(tenant)
+        # Payment grace over: degrade now (the same path as the periodic sweep, billing.end_grace).
+        await self.billing.end_grace(tenant, via="request")
         return await self.tenants.plan(tenant)
 
     # --- submit ---------------------------------------------------------------------------

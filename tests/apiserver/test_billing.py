@@ -14,7 +14,7 @@ import redis
 
 from spatialforge.crds.constants import ANNOTATION_GPU_LIMIT
 from tests.apiserver.conftest import STRIPE_WEBHOOK_SECRET, ServerThread, wait_until
-from tests.timeouts import MEDIUM
+from tests.timeouts import MEDIUM, SHORT
 
 
 def _signed(event: dict, secret: str = STRIPE_WEBHOOK_SECRET, ts: int | None = None) -> tuple[bytes, dict]:
@@ -144,3 +144,108 @@ def test_usage_reported_once_per_job_across_a_restart(api, make_tenant, make_set
             assert c.get(f"/v1/jobs/{job['id']}").json()["phase"] == "Succeeded"  # from its own cache
     finally:
         second.stop()
+
+
+def _downgrades(*servers: ServerThread) -> dict[str, float]:
+    """sf_api_grace_downgrades_total by `via`, summed over the servers' /metrics."""
+    out = {"sweep": 0.0, "request": 0.0}
+    for server in servers:
+        for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+            if line.startswith("sf_api_grace_downgrades_total{"):
+                labels, value = line.rsplit(" ", 1)
+                via = labels.split('via="', 1)[1].split('"', 1)[0]
+                out[via] += float(value)
+    return out
+
+
+def test_grace_expiry_degrades_without_a_request(api, make_tenant, make_settings, cluster):
+    """Two more front ends sweep every 0.1 s; three tenants whose 2 s grace runs out are degraded
+    (plan free, namespace GPU limit 1) exactly once each, by a sweep, with no request of theirs.
+    A tenant whose grace has not run out keeps its plan and limit."""
+    settings = make_settings(payment_grace_seconds=2, grace_sweep_seconds=0.1)
+    replicas = [ServerThread(settings).start(), ServerThread(settings).start()]
+    rc = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        expiring = [make_tenant("pro") for _ in range(3)]
+        keeps = make_tenant("pro")
+        for t in [*expiring, keeps]:
+            wait_until("the pro GPU limit", lambda: cluster.get("namespace", t.namespace, "")["metadata"]
+                       .get("annotations", {}).get(ANNOTATION_GPU_LIMIT) == "16")
+            rc.set(f"stripe:customer:cus_{t.id}", t.id)
+        before = _downgrades(api, *replicas)
+        for t in expiring:  # grace of 2 s (the replicas' setting)
+            failed = _event("invoice.payment_failed", {"id": "in_g", "object": "invoice", "customer": f"cus_{t.id}"})
+            assert _post(replicas[0], failed).json()["result"] == "handled"
+            assert rc.hget(f"tenant:{t.id}", "plan") == "pro"
+        failed = _event("invoice.payment_failed", {"id": "in_k", "object": "invoice", "customer": f"cus_{keeps.id}"})
+        assert _post(api, failed).json()["result"] == "handled"  # grace of 7 days
+        for t in expiring:
+            assert rc.zscore("grace:due", t.id) == float(rc.hget(f"tenant:{t.id}", "grace_until"))
+
+        for t in expiring:  # no request of the tenant's in between
+            wait_until(f"{t.id}'s namespace GPU limit to drop", lambda: cluster.get("namespace", t.namespace, "")
+                       ["metadata"]["annotations"][ANNOTATION_GPU_LIMIT] == "1", SHORT)
+            assert rc.hget(f"tenant:{t.id}", "plan") == "free"
+            assert rc.hget(f"tenant:{t.id}", "grace_until") is None
+            assert rc.zscore("grace:due", t.id) is None
+        time.sleep(0.5)  # further sweeps (two replicas, 0.1 s apart) must not degrade anyone again
+        after = _downgrades(api, *replicas)
+        assert after["sweep"] - before["sweep"] == len(expiring)
+        assert after["request"] == before["request"]
+
+        assert rc.hget(f"tenant:{keeps.id}", "plan") == "pro"
+        assert cluster.get("namespace", keeps.namespace, "")["metadata"]["annotations"][ANNOTATION_GPU_LIMIT] == "16"
+        assert rc.zscore("grace:due", keeps.id) > time.time() + 6 * 86400
+        assert _plan(expiring[0])["plan"] == "free"
+    finally:
+        for server in replicas:
+            server.stop()
+
+
+def test_a_failed_gpu_limit_write_after_the_downgrade_is_retried_by_the_sweep(make_settings):
+    """The plan moved to free but the namespace write failed (Kubernetes API down): the tenant
+    is re-filed in grace:due with a marker, and the next sweep writes the limit once."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from spatialforge.apiserver.core.metrics import Metrics
+    from spatialforge.apiserver.services import billing as billing_mod
+    from spatialforge.apiserver.services.tenants import Tenants
+
+    settings = make_settings(redis_url=make_settings().redis_url.rsplit("/", 1)[0] + "/3")
+    calls: list[str] = []
+
+    async def plan_changed(tenant: str) -> None:
+        calls.append(tenant)
+        if len(calls) == 1:
+            raise OSError("Kubernetes API unreachable")
+
+    async def go() -> None:
+        r = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        await r.flushdb()
+        try:
+            tenants = Tenants(r, settings.hmac_key())
+            billing = billing_mod.Billing(settings, tenants, plan_changed, Metrics())
+            sweeper = billing.grace_sweeper(0.1)
+            await tenants.set_plan("acme", "pro")
+            await tenants.set_fields("acme", grace_until=str(time.time() - 1))
+            await r.zadd(billing_mod.GRACE_DUE, {"acme": time.time() - 1})
+            assert await sweeper.sweep() == 0  # the write failed
+            assert (await tenants.info("acme"))["plan"] == "free" and calls == ["acme"]
+            assert await r.exists(billing_mod.grace_reapply_key("acme"))
+            retry_at = await r.zscore(billing_mod.GRACE_DUE, "acme")
+            assert time.time() < retry_at <= time.time() + billing_mod.GRACE_RETRY
+            await r.zadd(billing_mod.GRACE_DUE, {"acme": time.time() - 1})  # as if the retry time had come
+            await sweeper.sweep()
+            assert calls == ["acme", "acme"]
+            assert not await r.exists(billing_mod.grace_reapply_key("acme"))
+            assert await r.zscore(billing_mod.GRACE_DUE, "acme") is None
+            await sweeper.sweep()
+            assert calls == ["acme", "acme"]  # nothing more to do
+            assert billing.metrics.registry.get_sample_value("sf_api_grace_downgrades_total", {"via": "sweep"}) == 1
+        finally:
+            await r.flushdb()
+            await r.aclose()
+
+    asyncio.run(go())
