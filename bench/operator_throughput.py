@@ -29,6 +29,7 @@ from kubernetes_asyncio import client, config
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from spatialforge.kubeclient import tuned  # noqa: E402
 from tests.cluster import STATE, start_cluster  # noqa: E402
 from tests.operator_process import OperatorProcess  # noqa: E402
 
@@ -92,7 +93,8 @@ def resource_body(i: int) -> dict:
 
 async def main(count: int, rate: float, latency_count: int) -> dict:
     plane, _ = start_cluster()
-    api = await config.new_client_from_config(config_file=str(plane.kubeconfig))
+    # The raw baseline uses the same client tuning as the operator (see spatialforge/kubeclient.py).
+    api = tuned(await config.new_client_from_config(config_file=str(plane.kubeconfig)))
     api.configuration.connection_pool_maxsize = 64
     core, batch, custom = client.CoreV1Api(api), client.BatchV1Api(api), client.CustomObjectsApi(api)
     run = uuid.uuid4().hex[:6]

@@ -12,6 +12,7 @@ import kopf
 from kubernetes_asyncio import config as kube_config
 
 from spatialforge.crds import constants as c
+from spatialforge.kubeclient import tuned
 from spatialforge.operator.cache import Cache, owner_key
 from spatialforge.operator.kube import Kube
 from spatialforge.operator.reconciler import Reconciler
@@ -52,8 +53,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.networking.request_timeout = 60
 
     op_settings: OperatorSettings = memo.get("settings") or OperatorSettings()
-    api = await kube_config.new_client_from_config(config_file=op_settings.kubeconfig) \
-        if op_settings.kubeconfig else await _incluster()
+    api = tuned(await kube_config.new_client_from_config(config_file=op_settings.kubeconfig)
+                if op_settings.kubeconfig else await _incluster())
     api.configuration.connection_pool_maxsize = 32  # type: ignore[attr-defined]
     kube, cache = Kube(api), Cache()
     # Fill the cache before the first reconcile, so nothing is decided on half a picture.

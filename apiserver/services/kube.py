@@ -16,6 +16,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from spatialforge.crds import DepthBatch, ReconstructionJob
 from spatialforge.crds.constants import ANNOTATION_GPU_LIMIT, GROUP, LABEL_TENANT, VERSION
+from spatialforge.kubeclient import tuned
 
 log = logging.getLogger("spatialforge.apiserver.kube")
 
@@ -34,7 +35,7 @@ async def make_api_client(kubeconfig: str | None) -> client.ApiClient:
         await config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
     else:
         config.load_incluster_config(client_configuration=cfg)
-    return client.ApiClient(cfg)
+    return tuned(client.ApiClient(cfg))
 
 
 def _rv(obj: dict[str, Any]) -> int:

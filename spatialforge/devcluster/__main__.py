@@ -14,6 +14,7 @@ from kubernetes_asyncio import config
 from spatialforge.devcluster.behaviour import Behaviour
 from spatialforge.devcluster.nodes import keep_ready
 from spatialforge.devcluster.pods import Kubelet
+from spatialforge.kubeclient import tuned
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def amain(args: argparse.Namespace) -> None:
-    api = await config.new_client_from_config(config_file=args.kubeconfig)
+    api = tuned(await config.new_client_from_config(config_file=args.kubeconfig))
     api.configuration.connection_pool_maxsize = 64  # type: ignore[attr-defined]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
