@@ -166,6 +166,19 @@ class UsagePublic(BaseModel):
     jobs: dict[str, int]
 
 
+class WebhookFailurePublic(BaseModel):
+    event_id: str = Field(examples=["evt_5b1d7c52-3f0e-4a8e-9a43-0c1f6f3b2a10"])
+    url: str = Field(examples=["https://hooks.example.com/spatialforge"])
+    attempts: int = Field(examples=[6])
+    last_error: str = Field(examples=["HTTP 500"])
+    at: int = Field(description="When the delivery was given up (unix seconds)", examples=[1795430400])
+
+
+class WebhookFailuresPublic(BaseModel):
+    data: list[WebhookFailurePublic]
+    count: int
+
+
 # --- billing ------------------------------------------------------------------------------
 
 

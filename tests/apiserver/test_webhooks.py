@@ -84,6 +84,26 @@ def test_completion_webhook_is_signed_and_retried(make_tenant, make_settings):
         receiver.close()
 
 
+def test_given_up_delivery_is_listed_for_its_tenant_only(make_tenant):
+    """A target that always fails: after webhook_max_attempts (4 in tests) the delivery is given
+    up and shows in GET /v1/webhooks/failures of its own tenant, not another's."""
+    receiver = Receiver(fail=10**6)
+    try:
+        t, other = make_tenant("pro", seconds=1), make_tenant("pro")
+        with t.client() as c:
+            job = c.post("/v1/depth-batches", json=t.depth_spec(), params={"webhook_url": receiver.url}).json()
+            got = wait_until("the failure listed", lambda: c.get("/v1/webhooks/failures").json()["data"], MEDIUM)
+        assert len(receiver.calls) == 4
+        (failure,) = got
+        event_id = json.loads(receiver.calls[0][1])["id"]
+        assert failure["event_id"] == event_id and event_id.startswith("evt_") and job["id"]
+        assert failure["url"] == receiver.url and failure["attempts"] == 4 and "500" in failure["last_error"]
+        with other.client() as c:
+            assert c.get("/v1/webhooks/failures").json() == {"data": [], "count": 0}
+    finally:
+        receiver.close()
+
+
 def test_ssrf_targets_are_refused_at_submit(make_tenant, cluster):
     t = make_tenant("pro")
     targets = ["http://127.0.0.2:8080/x", "http://10.0.0.5/x", "http://192.168.1.10/x", "http://172.16.0.1/x",

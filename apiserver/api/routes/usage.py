@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 
 from spatialforge.apiserver.api.deps import ApiKeyDep, ServicesDep
 from spatialforge.apiserver.core import security
-from spatialforge.apiserver.schemas import PlanPublic, UsagePublic
+from spatialforge.apiserver.schemas import PlanPublic, UsagePublic, WebhookFailuresPublic
 from spatialforge.apiserver.services import usage as usage_service
+from spatialforge.apiserver.services.webhooks import failures_key
 
 router = APIRouter(tags=["usage"])
 
@@ -29,3 +33,13 @@ async def read_plan(principal: ApiKeyDep, services: ServicesDep) -> dict:
 async def webhook_secret(principal: ApiKeyDep, services: ServicesDep) -> dict[str, str]:
     """The secret completion webhooks are signed with (header SpatialForge-Signature: t=...,v1=...)."""
     return {"secret": security.tenant_webhook_secret(services.settings.hmac_key(), principal.tenant)}
+
+
+@router.get("/v1/webhooks/failures", response_model=WebhookFailuresPublic)
+async def webhook_failures(principal: ApiKeyDep, services: ServicesDep,
+                           limit: Annotated[int, Query(ge=1, le=100)] = 20) -> dict:
+    """Completion webhooks given up after every attempt (or refused as unsafe), newest first;
+    kept 30 days, the last 100."""
+    raw = await services.redis.lrange(failures_key(principal.tenant), 0, limit - 1)
+    data = [json.loads(r) for r in raw]
+    return {"data": data, "count": len(data)}
