@@ -19,6 +19,7 @@ from spatialforge.devcluster import processes
 log = logging.getLogger(__name__)
 NAME_LABEL = "spatialforge.io/name"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+CONFIG_RETRY_SECONDS = 2.0  # a pod waiting for a Secret or ConfigMap tries again this often
 
 
 def _now() -> str:
@@ -134,6 +135,34 @@ class Kubelet:
         meta = pod["metadata"]
         await self.core.patch_namespaced_pod_status(meta["name"], meta["namespace"], {"status": status})
 
+    async def _run_process(self, pod: dict[str, Any], container: str) -> processes.Outcome:
+        """Run the container as a process. It is Running once started and Ready as its readiness
+        probe says (probes.py). A missing Secret or ConfigMap (or key) leaves the pod Pending
+        with CreateContainerConfigError, retried as a kubelet does."""
+        started = _now()  # of the current attempt; read by on_status
+
+        async def on_status(ready: bool) -> None:
+            await self._patch(pod, _running(container, started, ready=ready))
+
+        while True:
+            started = _now()
+            try:
+                outcome = await processes.run(self.core, pod, self.state_dir, self.server, self.ca_file, on_status)
+                outcome.started = started
+                return outcome
+            except processes.ConfigError as exc:
+                log.info("pod %s/%s waits: %s", pod["metadata"]["namespace"], pod["metadata"]["name"], exc)
+                await self._patch(pod, {
+                    "phase": "Pending",
+                    "conditions": [_cond("PodScheduled", "True"), _cond("Initialized", "True"),
+                                   _cond("ContainersReady", "False"), _cond("Ready", "False")],
+                    "containerStatuses": [_container(container, {"waiting": {
+                        "reason": "CreateContainerConfigError", "message": str(exc)}}, ready=False)],
+                })
+                await asyncio.sleep(CONFIG_RETRY_SECONDS)
+            except (ValueError, ApiException) as exc:
+                return processes.Outcome(128, f"dev agent could not start the container: {exc}", "StartError")
+
     async def _play(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
         container = pod["spec"]["containers"][0]["name"]
@@ -153,19 +182,11 @@ class Kubelet:
                                                                              "message": how.message or how.waiting_reason}}, ready=False)],
                 })
                 return
-            await self._patch(pod, {
-                "phase": "Running", "startTime": started, "podIP": "127.0.0.1", "hostIP": "127.0.0.1",
-                "podIPs": [{"ip": "127.0.0.1"}],
-                "conditions": [_cond("PodScheduled", "True"), _cond("Initialized", "True"),
-                               _cond("ContainersReady", "True"), _cond("Ready", "True")],
-                "containerStatuses": [_container(container, {"running": {"startedAt": started}}, ready=True)],
-            })
             if how.mode == "process":
-                try:
-                    outcome = await processes.run(self.core, pod, self.state_dir, self.server, self.ca_file)
-                except (ValueError, ApiException) as exc:
-                    outcome = processes.Outcome(128, f"dev agent could not start the container: {exc}", "StartError")
+                outcome = await self._run_process(pod, container)
+                started = outcome.started or started
             else:
+                await self._patch(pod, _running(container, started, ready=True))
                 await asyncio.sleep(how.seconds)
                 code = how.exit_code_for(attempt)
                 outcome = processes.Outcome(code, how.message, "Completed" if code == 0 else ("OOMKilled" if code == 137 else "Error"))
@@ -186,6 +207,17 @@ class Kubelet:
             log.exception("playing pod %s/%s failed", meta["namespace"], meta["name"])
         finally:
             self.tasks.pop(meta["uid"], None)
+
+
+def _running(container: str, started: str, *, ready: bool) -> dict[str, Any]:
+    flag = "True" if ready else "False"
+    return {
+        "phase": "Running", "startTime": started, "podIP": "127.0.0.1", "hostIP": "127.0.0.1",
+        "podIPs": [{"ip": "127.0.0.1"}],
+        "conditions": [_cond("PodScheduled", "True"), _cond("Initialized", "True"),
+                       _cond("ContainersReady", flag), _cond("Ready", flag)],
+        "containerStatuses": [_container(container, {"running": {"startedAt": started}}, ready=ready)],
+    }
 
 
 def _cond(type_: str, status: str, reason: str | None = None) -> dict[str, Any]:

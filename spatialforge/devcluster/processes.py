@@ -1,10 +1,13 @@
 """Run a pod's container as a real local process, the way a kubelet would run it.
 
-The pod's command, args and env are used as given (`python` means this interpreter); the
-process gets a kubeconfig holding a token minted for the pod's service account, so its
-RBAC is exercised exactly as in a cluster. Declared container ports get free host ports
-(`ports.py`), since every process shares this machine's network. A deleted pod's process gets
-SIGTERM, then SIGKILL after its grace period (capped at `MAX_GRACE_SECONDS`).
+The pod's command, args and env are used as given (`python` means this interpreter; `$(VAR)`
+references are expanded as a kubelet does); the process gets a kubeconfig holding a token
+minted for the pod's service account, in KUBECONFIG, so its RBAC is exercised exactly as in
+a cluster. Env references marked `optional` may be missing; a missing required Secret,
+ConfigMap or key raises ConfigError (the kubelet's CreateContainerConfigError). Declared
+container ports get free host ports (`ports.py`), since every process shares this machine's
+network; readiness comes from the container's own probes (`probes.py`). A deleted pod's
+process gets SIGTERM, then SIGKILL after its grace period (capped at `MAX_GRACE_SECONDS`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import base64
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -21,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
 
-from spatialforge.devcluster import ports
+from spatialforge.devcluster import ports, probes
+from spatialforge.devcluster.probes import StatusCallback
 
 log = logging.getLogger(__name__)
 TOKEN_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
@@ -35,6 +41,7 @@ class Outcome:
     exit_code: int
     message: str
     reason: str
+    started: str | None = None  # when the container started (set by the caller)
 
 
 def _field(pod: dict[str, Any], path: str) -> str:
@@ -57,32 +64,74 @@ def _field(pod: dict[str, Any], path: str) -> str:
     raise ValueError(f"unsupported fieldRef {path}")
 
 
-async def _env(core: client.CoreV1Api, pod: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
+_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def expand(value: str, env: dict[str, str]) -> str:
+    """Kubernetes' `$(VAR)` references: replaced when VAR is defined, kept as written when not;
+    `$$` is an escaped `$`."""
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        return env.get(m.group(1), m.group(0))
+    return _REF.sub(sub, value)
+
+
+class ConfigError(Exception):
+    """A Secret or ConfigMap (or a key of one) the container's env needs is missing: the
+    kubelet's CreateContainerConfigError. The pod waits and the start is retried."""
+
+
+async def _read(core: client.CoreV1Api, kind: str, name: str, namespace: str, optional: bool) -> dict[str, str] | None:
+    """The data of a Secret (decoded) or ConfigMap; None when it is missing and optional."""
+    try:
+        if kind == "secret":
+            obj = await core.read_namespaced_secret(name, namespace)
+            return {k: base64.b64decode(v).decode() for k, v in (obj.data or {}).items()}
+        obj = await core.read_namespaced_config_map(name, namespace)
+        return dict(obj.data or {})
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        if optional:
+            return None
+        raise ConfigError(f'{kind} "{name}" not found') from None
+
+
+async def _env(core: client.CoreV1Api, pod: dict[str, Any], container: dict[str, Any],
+               base: dict[str, str] | None = None) -> dict[str, str]:
+    """The container's env as a kubelet builds it: `optional` references may be missing,
+    others raise ConfigError; `$(VAR)` in a value refers to `base` (what the agent provides
+    to every pod, like the service variables a kubelet adds) or to a variable defined before it."""
     namespace = pod["metadata"]["namespace"]
+    base = base or {}
     env: dict[str, str] = {}
     for source in container.get("envFrom") or []:
         prefix = source.get("prefix", "")
-        if "secretRef" in source:
-            secret = await core.read_namespaced_secret(source["secretRef"]["name"], namespace)
-            env.update({prefix + k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()})
-        elif "configMapRef" in source:
-            cm = await core.read_namespaced_config_map(source["configMapRef"]["name"], namespace)
-            env.update({prefix + k: v for k, v in (cm.data or {}).items()})
+        for field, kind in (("secretRef", "secret"), ("configMapRef", "configmap")):
+            if field in source:
+                ref = source[field]
+                data = await _read(core, kind, ref["name"], namespace, bool(ref.get("optional")))
+                env.update({prefix + k: v for k, v in (data or {}).items()})
     for item in container.get("env") or []:
         if "value" in item:
-            env[item["name"]] = item.get("value") or ""
+            env[item["name"]] = expand(item.get("value") or "", {**base, **env})
             continue
         source = item.get("valueFrom") or {}
         if "fieldRef" in source:
             env[item["name"]] = _field(pod, source["fieldRef"]["fieldPath"])
-        elif "secretKeyRef" in source:
-            ref = source["secretKeyRef"]
-            secret = await core.read_namespaced_secret(ref["name"], namespace)
-            env[item["name"]] = base64.b64decode((secret.data or {})[ref["key"]]).decode()
-        elif "configMapKeyRef" in source:
-            ref = source["configMapKeyRef"]
-            cm = await core.read_namespaced_config_map(ref["name"], namespace)
-            env[item["name"]] = (cm.data or {})[ref["key"]]
+            continue
+        for field, kind in (("secretKeyRef", "secret"), ("configMapKeyRef", "configmap")):
+            if field in source:
+                ref = source[field]
+                optional = bool(ref.get("optional"))
+                data = await _read(core, kind, ref["name"], namespace, optional)
+                if data is None:
+                    break
+                if ref["key"] in data:
+                    env[item["name"]] = data[ref["key"]]
+                elif not optional:
+                    raise ConfigError(f"couldn't find key {ref['key']} in {kind} {namespace}/{ref['name']}")
     return env
 
 
@@ -111,8 +160,8 @@ async def _service_account_kubeconfig(core: client.CoreV1Api, pod: dict[str, Any
     return path
 
 
-def _argv(container: dict[str, Any]) -> list[str]:
-    argv = list(container.get("command") or []) + list(container.get("args") or [])
+def _argv(container: dict[str, Any], env: dict[str, str] | None = None) -> list[str]:
+    argv = [expand(a, env or {}) for a in list(container.get("command") or []) + list(container.get("args") or [])]
     if not argv:
         raise ValueError(f"container {container['name']} has no command; the dev agent cannot run images")
     if argv[0] in ("python", "python3"):
@@ -122,8 +171,13 @@ def _argv(container: dict[str, Any]) -> list[str]:
     return argv
 
 
-async def run(core: client.CoreV1Api, pod: dict[str, Any], state_dir: Path, server: str, ca_file: str) -> Outcome:
-    """Run the pod's first container to completion; cancellation kills it (pod deleted)."""
+async def run(core: client.CoreV1Api, pod: dict[str, Any], state_dir: Path, server: str, ca_file: str,
+              on_status: StatusCallback | None = None) -> Outcome:
+    """Run the pod's first container to completion; cancellation kills it (pod deleted).
+
+    `on_status(ready)` is awaited once the process has started (ready only when the container
+    has no readiness probe) and again whenever its readiness probe result changes. Raises
+    ConfigError, before starting anything, when the env's references are missing."""
     meta = pod["metadata"]
     container = pod["spec"]["containers"][0]
     workdir = state_dir / "pods" / meta["uid"]
@@ -143,7 +197,7 @@ async def run(core: client.CoreV1Api, pod: dict[str, Any], state_dir: Path, serv
     for passthrough in ("SPATIALFORGE_MODEL_DIR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "OMP_NUM_THREADS"):
         if passthrough in os.environ:
             env[passthrough] = os.environ[passthrough]
-    env.update(await _env(core, pod, container))
+    env.update(await _env(core, pod, container, env))
     # There is no container filesystem here: an emptyDir mounted where this machine has no
     # such folder (e.g. /cache) becomes a per-pod folder, and env values pointing into it
     # follow. Paths this machine has (e.g. /tmp) are shared with it, as processes share them.
@@ -156,7 +210,7 @@ async def run(core: client.CoreV1Api, pod: dict[str, Any], state_dir: Path, serv
         for k, v in env.items():
             if v == mount or v.startswith(mount + "/"):
                 env[k] = str(local) + v[len(mount):]
-    argv = _argv(container)
+    argv = _argv(container, env)
     mapping = ports.allocate(container)
     try:
         if mapping:
@@ -170,6 +224,7 @@ async def run(core: client.CoreV1Api, pod: dict[str, Any], state_dir: Path, serv
                 *argv, env=env, cwd=workdir, stdout=out, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
             )
+            prober = asyncio.create_task(probes.readiness(container, mapping, on_status)) if on_status else None
             try:
                 code = await proc.wait()
             except asyncio.CancelledError:
@@ -177,6 +232,10 @@ async def run(core: client.CoreV1Api, pod: dict[str, Any], state_dir: Path, serv
                 grace = MAX_GRACE_SECONDS if grace is None else min(float(grace), MAX_GRACE_SECONDS)
                 await asyncio.shield(_terminate(proc, grace))
                 raise
+            finally:
+                if prober is not None:
+                    prober.cancel()
+                    await asyncio.gather(prober, return_exceptions=True)
     finally:
         ports.release(mapping)
     message = termination_log.read_text()[:4096].strip() if termination_log.exists() else ""
