@@ -1,6 +1,7 @@
 """helm install into the local plane, upgrade with a changed value, roll back, uninstall: only
-the CRDs remain. Pods are not waited for (the dev node agent simulates their runs; running
-the operator image as a local process needs the image mapping described in docs/operations.md)."""
+the CRDs remain. Checks the objects only: the pods are simulated by the dev node agent, and
+the front end has no Secrets or dependencies here. tests/chart/test_install_live.py runs the
+operator and front-end pods as local processes and sends work through both."""
 
 from __future__ import annotations
 
