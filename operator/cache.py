@@ -64,6 +64,8 @@ class Cache:
     jobs: dict[Key, dict[str, Any]] = field(default_factory=dict)
     pods: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
     namespace_limits: dict[str, int] = field(default_factory=dict)
+    terminating: set[str] = field(default_factory=set)
+    """Namespaces being deleted: nothing new can be created in them."""
 
     def put_resource(self, obj: dict[str, Any], deleted: bool = False) -> Key:
         obj = slim(obj)
@@ -118,8 +120,13 @@ class Cache:
         return key
 
     def put_namespace(self, obj: dict[str, Any], deleted: bool = False) -> bool:
-        """Record a namespace's GPU limit annotation; True when the limit changed."""
+        """Record a namespace's GPU limit annotation (and whether it is being deleted); True
+        when the limit changed."""
         name = obj["metadata"]["name"]
+        if not deleted and obj["metadata"].get("deletionTimestamp"):
+            self.terminating.add(name)
+        else:
+            self.terminating.discard(name)
         raw = (obj["metadata"].get("annotations") or {}).get(c.ANNOTATION_GPU_LIMIT)
         limit: int | None = None
         if raw is not None and not deleted:

@@ -5,6 +5,7 @@ The handlers hold no logic: every decision is in `reconciler.py`, computed from 
 
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Any
 
@@ -67,6 +68,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         cache.put_pod(pod)
     for ns in await kube.list_namespaces():
         cache.put_namespace(ns)
+    tune_gc()
     reconciler = Reconciler(kube, cache, op_settings)
     memo.api, memo.kube, memo.cache, memo.reconciler = api, kube, cache, reconciler
     reconciler.start()
@@ -74,6 +76,16 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         reconciler.enqueue(key)
     reconciler.poke_admission()
     log.info("operator started: %d resources, %d jobs in cache", len(cache.resources), len(cache.jobs))
+
+
+def tune_gc() -> None:
+    """The cache holds thousands of long-lived dicts, and CPython's default thresholds run a
+    full collection over all of them every second or so under a steady event stream (pauses of
+    100-300 ms at 2,000 resources, measured with gc.callbacks). What start-up loaded is moved
+    out of the collector's reach, and young collections run less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1_000)
 
 
 async def _incluster() -> Any:
@@ -95,9 +107,13 @@ def _ready(memo: kopf.Memo) -> bool:
     return memo.get("reconciler") is not None
 
 
+# The event handlers are coroutines on purpose: Kopf runs plain functions in a thread pool,
+# where touching the cache raced with the admission pass iterating it ("dictionary changed
+# size during iteration"), and asyncio.Event.set / Queue.put_nowait from a thread do not wake
+# the loop, so an admission pass started only at the next unrelated wake-up (stalls of ~1 s).
 @kopf.on.event(c.GROUP, c.VERSION, "depthbatches")
 @kopf.on.event(c.GROUP, c.VERSION, "reconstructionjobs")
-def resource_event(event: dict[str, Any], resource: kopf.Resource, memo: kopf.Memo, **_: Any) -> None:
+async def resource_event(event: dict[str, Any], resource: kopf.Resource, memo: kopf.Memo, **_: Any) -> None:
     if not _ready(memo) or event.get("type") is None and not event.get("object"):
         return
     obj = dict(event["object"])
@@ -114,7 +130,7 @@ def _spec_or_meta_changed(obj: dict[str, Any]) -> bool:
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
-def job_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+async def job_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
     if not _ready(memo) or not event.get("object"):
         return
     key = memo.cache.put_job(dict(event["object"]), deleted=event.get("type") == "DELETED")
@@ -125,7 +141,7 @@ def job_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
-def pod_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+async def pod_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
     if not _ready(memo) or not event.get("object"):
         return
     key = memo.cache.put_pod(dict(event["object"]), deleted=event.get("type") == "DELETED")
@@ -134,7 +150,7 @@ def pod_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event("", "v1", "namespaces")
-def namespace_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+async def namespace_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
     if not _ready(memo) or not event.get("object"):
         return
     if memo.cache.put_namespace(dict(event["object"]), deleted=event.get("type") == "DELETED"):

@@ -7,6 +7,7 @@ fast at thousands of objects and lets pure code consume exactly what the API ret
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from kubernetes_asyncio import client
@@ -168,11 +169,28 @@ class Kube:
     async def list_namespaces(self) -> list[dict[str, Any]]:
         return (await _json(self.core.list_namespace(_preload_content=False)))["items"]
 
-    async def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def list_configmap(self, namespace: str, name: str) -> tuple[dict[str, Any] | None, str]:
+        """The named ConfigMap (or None) and the list's resourceVersion to watch from. Listing
+        by `metadata.name` is what RBAC needs to allow list/watch restricted to that name."""
+        page = await _json(self.core.list_namespaced_config_map(
+            namespace, field_selector=f"metadata.name={name}", _preload_content=False))
+        return (page["items"][0] if page["items"] else None), page["metadata"]["resourceVersion"]
+
+    async def watch_configmap(self, namespace: str, name: str, resource_version: str,
+                              timeout_seconds: int = 240) -> AsyncIterator[dict[str, Any]]:
+        """Watch events ({"type", "object"}) of the named ConfigMap, until the server ends the
+        watch (bounded, like Kopf's watches, against silently stalled streams)."""
         try:
-            return await _json(self.core.read_namespaced_config_map(name, namespace, _preload_content=False))
-        except NotFound:
-            return None
+            resp = await self.core.list_namespaced_config_map(
+                namespace, field_selector=f"metadata.name={name}", watch=True, resource_version=resource_version,
+                allow_watch_bookmarks=True, timeout_seconds=timeout_seconds, _preload_content=False,
+                _request_timeout=timeout_seconds + 30)
+        except ApiException as exc:
+            _raise(exc)
+            raise
+        async with resp:
+            while line := await resp.content.readline():
+                yield json.loads(line)
 
     # -- events ----------------------------------------------------------------------------
     async def event(self, obj: dict[str, Any], type_: str, reason: str, message: str, now: str) -> None:

@@ -61,7 +61,7 @@ class Reconciler:
         self.queue_info: dict[Key, admission.Queued] = {}
         self.admitting: set[Key] = set()
         self.global_budget: int | None = None
-        self._budget_read_at = 0.0
+        self.budget_known = asyncio.Event()  # no admission before the budget has been read
         self.avg_run_seconds = settings.avg_run_seconds
         self.tasks: list[asyncio.Task[None]] = []
         self.runner_identities: set[str] = set()  # namespaces whose runner SA and Role exist
@@ -84,6 +84,7 @@ class Reconciler:
         self.tasks = [asyncio.create_task(self._worker(i)) for i in range(self.settings.workers)]
         self.tasks.append(asyncio.create_task(self._admission_loop()))
         self.tasks.append(asyncio.create_task(self._resync_loop()))
+        self.tasks.append(asyncio.create_task(self._budget_loop()))
 
     async def stop(self) -> None:
         for t in self.tasks:
@@ -131,17 +132,41 @@ class Reconciler:
             metrics.RESOURCES.labels(kind=kind, phase=phase).set(n)
 
     # -- admission -----------------------------------------------------------------------
-    async def _read_budget(self) -> None:
-        if time.monotonic() - self._budget_read_at < 1.0:
-            return
-        cm = await self.kube.get_configmap(self.settings.namespace, self.settings.quota_configmap)
+    def _apply_budget(self, cm: dict[str, Any] | None) -> None:
         raw = ((cm or {}).get("data") or {}).get("gpuBudget")
         try:
-            self.global_budget = int(raw) if raw not in (None, "") else None
+            budget = int(raw) if raw not in (None, "") else None
         except ValueError:
             log.error("ignoring unparsable gpuBudget %r in ConfigMap %s", raw, self.settings.quota_configmap)
-            self.global_budget = None
-        self._budget_read_at = time.monotonic()
+            budget = None
+        if budget != self.global_budget or not self.budget_known.is_set():
+            log.info("global GPU budget: %s", "unlimited" if budget is None else budget)
+            self.global_budget = budget
+            self.budget_known.set()
+            self.poke_admission()
+
+    async def _budget_loop(self) -> None:
+        """Follow the quota ConfigMap with a watch (list, then watch from the list's version),
+        so a changed budget applies to the very next admission pass."""
+        ns, name = self.settings.namespace, self.settings.quota_configmap
+        while True:
+            try:
+                cm, rv = await self.kube.list_configmap(ns, name)
+                self._apply_budget(cm)
+                async for event in self.kube.watch_configmap(ns, name, rv):
+                    obj = event.get("object") or {}
+                    if event.get("type") == "ERROR":  # e.g. 410 Gone: list again
+                        break
+                    rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
+                    if event.get("type") in ("ADDED", "MODIFIED"):
+                        self._apply_budget(obj)
+                    elif event.get("type") == "DELETED":
+                        self._apply_budget(None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("watching ConfigMap %s/%s failed (%s); retrying", ns, name, exc)
+                await asyncio.sleep(2)
 
     async def _admission_loop(self) -> None:
         while True:
@@ -166,14 +191,15 @@ class Reconciler:
                 continue
             job = self.cache.job_of(key)
             if spec.get("queueName"):
-                if job is None and not spec.get("suspend") and key not in self.admitting:
+                if job is None and not spec.get("suspend") and key not in self.admitting \
+                        and key[1] not in self.cache.terminating:
                     kueue.append(key)
                 continue
             if job is not None and (_job_condition(job, "Complete") or _job_condition(job, "Failed")):
                 continue
             admitted = key in self.admitting or (job is not None and not (job.get("spec") or {}).get("suspend"))
-            if spec.get("suspend") and not admitted:
-                continue
+            if (spec.get("suspend") or key[1] in self.cache.terminating) and not admitted:
+                continue  # (a terminating namespace refuses new Jobs; what runs there still holds GPUs)
             placement = spec.get("placement") or {}
             demand = int(placement.get("gpus", 1)) * (int(spec.get("parallelism", 1)) if key[0] == "DepthBatch" else 1)
             out.append(admission.Candidate(key=key, namespace=key[1], priority=int(spec.get("priority", 0)),
@@ -182,7 +208,7 @@ class Reconciler:
         return out, kueue
 
     async def admit_pass(self) -> None:
-        await self._read_budget()
+        await self.budget_known.wait()
         limits = admission.Limits(self.global_budget, dict(self.cache.namespace_limits))
         candidates, kueue = self._candidates()
         decision = admission.decide(candidates, limits, now=dt.datetime.now(dt.UTC),

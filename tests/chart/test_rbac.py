@@ -58,7 +58,8 @@ OPERATOR_MAY = [
     ("list", "pods", None, None), ("watch", "pods", None, None), ("list", "pods", TENANT, None),
     ("list", "namespaces", None, None), ("watch", "namespaces", None, None),
     ("create", "events", TENANT, None), ("list", "events", TENANT, None),
-    ("get", "configmaps/spatialforge-quotas", NS, None),
+    ("get", "configmaps/spatialforge-quotas", NS, None), ("watch", "configmaps/spatialforge-quotas", NS, None),
+    ("list", "configmaps/spatialforge-quotas", NS, None),
     ("create", "leases.coordination.k8s.io", NS, None), ("get", "leases.coordination.k8s.io/spatialforge-operator", NS, None),
     ("update", "leases.coordination.k8s.io/spatialforge-operator", NS, None),
     ("patch", "leases.coordination.k8s.io/spatialforge-operator", NS, None),
@@ -68,7 +69,8 @@ OPERATOR_MAY = [
 ]
 OPERATOR_MAY_NOT = [
     ("get", "secrets", None, None), ("list", "secrets", NS, None), ("get", "configmaps", TENANT, None),
-    ("get", "configmaps/other", NS, None), ("create", "pods", TENANT, None), ("delete", "pods", TENANT, None),
+    ("get", "configmaps/other", NS, None), ("list", "configmaps", NS, None), ("watch", "configmaps", NS, None),
+    ("create", "pods", TENANT, None), ("delete", "pods", TENANT, None),
     ("patch", "pods", TENANT, None), ("update", "leases.coordination.k8s.io/other", NS, None),
     ("get", "leases.coordination.k8s.io", TENANT, None), ("patch", "namespaces", None, None),
     ("create", "clusterroles.rbac.authorization.k8s.io", None, None), ("create", "deployments.apps", TENANT, None),

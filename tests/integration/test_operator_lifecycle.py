@@ -24,11 +24,18 @@ def status(cluster: Cluster, kind: str, name: str, ns: str) -> dict[str, Any]:
 
 
 def wait_phase(cluster: Cluster, kind: str, name: str, ns: str, phase: str, timeout: float = timeouts.MEDIUM) -> dict[str, Any]:
+    last: dict[str, Any] = {}
+
     def probe() -> dict[str, Any] | None:
         st = status(cluster, kind, name, ns)
+        last.clear()
+        last.update(st)
         return st if st.get("phase") == phase else None
 
-    return wait_for(f"{kind}/{name} to be {phase}", probe, timeout)
+    try:
+        return wait_for(f"{kind}/{name} to be {phase}", probe, timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; its last status: {last}") from None
 
 
 def condition(st: dict[str, Any], type_: str) -> dict[str, Any]:

@@ -1,0 +1,33 @@
+"""Which resources compete for GPUs in an admission pass (no API calls involved)."""
+
+import asyncio
+
+from spatialforge.operator import handlers
+from spatialforge.operator.cache import Cache
+from spatialforge.operator.reconciler import Reconciler
+from spatialforge.operator.settings import OperatorSettings
+
+
+def resource(name: str, namespace: str) -> dict:
+    return {"apiVersion": "spatialforge.io/v1alpha1", "kind": "DepthBatch",
+            "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}", "resourceVersion": "1",
+                         "creationTimestamp": "2026-01-01T00:00:00Z", "generation": 1},
+            "spec": {"inputs": ["s3://b/in/"], "output": {"uri": "s3://b/out"}, "placement": {"gpus": 1}}}
+
+
+def test_resources_of_a_terminating_namespace_are_not_admitted() -> None:
+    cache = Cache()
+    r = Reconciler(kube=None, cache=cache, settings=OperatorSettings())  # type: ignore[arg-type]
+    cache.put_resource(resource("a", "live"))
+    cache.put_resource(resource("b", "going"))
+    cache.put_namespace({"metadata": {"name": "going", "deletionTimestamp": "2026-01-01T00:00:01Z"}})
+    assert [c.key[1] for c in r._candidates()[0]] == ["live"]
+    cache.put_namespace({"metadata": {"name": "going"}}, deleted=True)
+    assert "going" not in cache.terminating
+
+
+def test_event_handlers_are_coroutines() -> None:
+    """Kopf runs plain functions in a thread pool; ours touch the cache and asyncio objects,
+    which must only happen on the event loop."""
+    for fn in (handlers.resource_event, handlers.job_event, handlers.pod_event, handlers.namespace_event):
+        assert asyncio.iscoroutinefunction(fn), fn.__name__
