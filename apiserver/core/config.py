@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Secrets that appear in docs, samples and tutorials: never acceptable outside dev mode.
@@ -35,8 +35,10 @@ class Settings(BaseSettings):
     """The secret before a rotation: keys hashed under it are still accepted, and re-hashed
     under secret_key when used. Remove it once the grace period is over."""
     redis_url: str = "redis://127.0.0.1:16379/0"
-    kubeconfig: str | None = None
-    """Kubeconfig path; absent means in-cluster configuration."""
+    kubeconfig: str | None = Field(default=None,
+                                   validation_alias=AliasChoices("SPATIALFORGE_API_KUBECONFIG", "KUBECONFIG", "kubeconfig"))
+    """Kubeconfig path (SPATIALFORGE_API_KUBECONFIG, else KUBECONFIG, as kubectl and the
+    operator read it); absent means in-cluster configuration."""
     namespace_prefix: str = "sf-"
     """Tenant namespace = prefix + tenant id."""
 

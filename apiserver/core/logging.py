@@ -34,8 +34,12 @@ class RedactFilter(logging.Filter):
             message = record.getMessage()
         except Exception:
             message = str(record.msg)
-        record.msg = self._clean(message)
-        record.args = ()
+        cleaned = self._clean(message)
+        if cleaned != message:
+            # Only a record that held a secret loses its args: formatters that read them
+            # (uvicorn's access log) keep working for everything else.
+            record.msg = cleaned
+            record.args = ()
         if record.exc_info:
             record.exc_text = self._clean(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None

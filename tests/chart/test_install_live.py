@@ -13,10 +13,9 @@ rolls the operator replicas, the new ones still run work, and the front ends sti
 `helm uninstall` leaves only the CRDs and no local process.
 
 The front end's dependencies are real local servers started by hack/ (Redis, stripe-mock,
-MinIO) on free ports, referenced by the Secrets the chart expects. The front end finds the
-API through `apiserver.extraEnv` SPATIALFORGE_API_KUBECONFIG=$(KUBECONFIG): the agent expands
-`$(VAR)` as a kubelet does, and gives every process a kubeconfig for its pod's service
-account (the front end has no in-cluster config here; see docs/operations.md, Known gaps).
+MinIO) on free ports, referenced by the Secrets the chart expects. The agent gives every
+process KUBECONFIG, a kubeconfig for its pod's service account (there is no in-cluster config
+here); the operator and the front end both read it, so the chart's values are the defaults.
 A chart pod that does not get ready: its output is in
 $SPATIALFORGE_STATE/devcluster/pods/<uid>/container.log, the agent's in logs/node-agent.log.
 """
@@ -105,14 +104,10 @@ def _front_end_secrets(cluster: Cluster, backing: dict[str, str], api_secret: st
 
 
 def _front_end_args(backing: dict[str, str]) -> list[str]:
-    # Outside a cluster the front end needs a kubeconfig path (it has no in-cluster config);
-    # the agent provides KUBECONFIG with the pod's service-account token, expanded here.
-    extra_env = [{"name": "SPATIALFORGE_API_KUBECONFIG", "value": "$(KUBECONFIG)"}]
     return ["--set", "apiserver.enabled=true", "--set", "apiserver.rbac.manageTenantNamespaces=true",
             "--set", f"apiserver.objectStore.endpoint={backing['SPATIALFORGE_S3_ENDPOINT']}",
             "--set", f"apiserver.objectStore.bucket={BUCKET}",
-            "--set", f"apiserver.stripe.apiBase={backing['SPATIALFORGE_API_STRIPE_API_BASE']}",
-            "--set-json", "apiserver.extraEnv=" + json.dumps(extra_env)]
+            "--set", f"apiserver.stripe.apiBase={backing['SPATIALFORGE_API_STRIPE_API_BASE']}"]
 
 
 def _front_end_pods(cluster: Cluster) -> list[dict[str, Any]]:
