@@ -84,6 +84,10 @@ class Kube:
             GROUP, VERSION, namespace, PLURALS[kind], name, {"status": status},
             _content_type=MERGE, _preload_content=False))
 
+    async def get_resource(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        return await _json(self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURALS[kind], name, _preload_content=False))
+
     async def patch_resource(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         return await _json(self.custom.patch_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURALS[kind], name, patch, _content_type=MERGE, _preload_content=False))
@@ -163,7 +167,7 @@ class Kube:
                 await create(namespace, body)
             except ApiException as exc:
                 if exc.status != 409:
-                    raise
+                    _raise(exc)
 
     # -- limits ----------------------------------------------------------------------------
     async def list_namespaces(self) -> list[dict[str, Any]]:

@@ -101,7 +101,8 @@ class Reconciler:
             try:
                 await self.reconcile(key)
             except (ConflictError, NotFound):
-                self.enqueue_later(key, 0.2)
+                if not await self._forget_if_gone(key):
+                    self.enqueue_later(key, 0.2)
             except Exception:
                 log.exception("reconcile of %s/%s/%s failed; retrying", *key)
                 self.enqueue_later(key, 2.0)
@@ -111,6 +112,22 @@ class Reconciler:
                 if key in self.dirty_keys:
                     self.dirty_keys.discard(key)
                     self.enqueue(key)
+
+    async def _forget_if_gone(self, key: Key) -> bool:
+        """Drop a resource the API server no longer has. Kopf's watch starts after our start-up
+        listing, so a resource deleted in between (say, with its namespace) never gets a
+        DELETED event; without this it would be retried forever."""
+        try:
+            await self.kube.get_resource(*key)
+        except NotFound:
+            obj = self.cache.resources.get(key)
+            if obj is not None:
+                self.cache.put_resource(obj, deleted=True)
+                log.info("%s/%s/%s is gone; forgotten", *key)
+            return True
+        except Exception:
+            return False
+        return False
 
     async def _resync_loop(self) -> None:
         """Periodic pass over resources with pods: time-based rules (fail fast, GPU-seconds)
@@ -233,6 +250,9 @@ class Reconciler:
             async with sem:
                 try:
                     await self._admit(key, suspend=for_kueue)
+                except NotFound:
+                    if not await self._forget_if_gone(key):
+                        log.warning("creating the Job of %s/%s/%s: something it needs is gone; retrying", *key)
                 except Exception:
                     log.exception("creating the Job of %s/%s/%s failed", *key)
                 finally:

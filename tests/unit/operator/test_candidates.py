@@ -31,3 +31,23 @@ def test_event_handlers_are_coroutines() -> None:
     which must only happen on the event loop."""
     for fn in (handlers.resource_event, handlers.job_event, handlers.pod_event, handlers.namespace_event):
         assert asyncio.iscoroutinefunction(fn), fn.__name__
+
+
+def test_a_resource_the_api_server_no_longer_has_is_forgotten() -> None:
+    """Deleted between the start-up listing and Kopf's watch: no DELETED event ever comes."""
+    from spatialforge.operator.kube import NotFound
+
+    class Kube:
+        def __init__(self, present: set[str]) -> None:
+            self.present = present
+
+        async def get_resource(self, kind: str, namespace: str, name: str) -> dict:
+            if name not in self.present:
+                raise NotFound(name)
+            return {}
+
+    cache = Cache()
+    r = Reconciler(kube=Kube({"kept"}), cache=cache, settings=OperatorSettings())  # type: ignore[arg-type]
+    gone, kept = cache.put_resource(resource("gone", "ns")), cache.put_resource(resource("kept", "ns"))
+    assert asyncio.run(r._forget_if_gone(gone)) is True and gone not in cache.resources
+    assert asyncio.run(r._forget_if_gone(kept)) is False and kept in cache.resources
