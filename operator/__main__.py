@@ -14,10 +14,8 @@ import socket
 
 import kopf
 from aiohttp import web
-from kubernetes_asyncio import config as kube_config
 from prometheus_client import start_http_server
 
-from spatialforge.kubeclient import tuned
 from spatialforge.operator import handlers  # noqa: F401  (registers the Kopf handlers)
 from spatialforge.operator import metrics
 from spatialforge.operator.leader import LeaderElector
@@ -52,8 +50,7 @@ async def run(settings: OperatorSettings) -> int:
     lost = asyncio.Event()
     tasks: list[asyncio.Task[object]] = []
     if settings.leader_election:
-        api = elector_api = tuned(await kube_config.new_client_from_config(config_file=settings.kubeconfig)
-                                  if settings.kubeconfig else await handlers._incluster())
+        api = elector_api = await handlers.api_client(settings)
         identity = settings.identity or f"{socket.gethostname()}-{os.getpid()}"
         elector = LeaderElector(api, settings.namespace, settings.lease_name, identity, settings.lease_duration_seconds)
         state["role"] = "standby"

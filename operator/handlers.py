@@ -54,8 +54,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.networking.request_timeout = 60
 
     op_settings: OperatorSettings = memo.get("settings") or OperatorSettings()
-    api = tuned(await kube_config.new_client_from_config(config_file=op_settings.kubeconfig)
-                if op_settings.kubeconfig else await _incluster())
+    api = await api_client(op_settings)
     api.configuration.connection_pool_maxsize = 32  # type: ignore[attr-defined]
     kube, cache = Kube(api), Cache()
     # Fill the cache before the first reconcile, so nothing is decided on half a picture.
@@ -88,11 +87,14 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 50, 1_000)
 
 
-async def _incluster() -> Any:
+async def api_client(settings: OperatorSettings) -> Any:
+    """A kubernetes_asyncio client from KUBECONFIG or the pod's service account, tuned."""
+    if settings.kubeconfig:
+        return tuned(await kube_config.new_client_from_config(config_file=settings.kubeconfig))
     from kubernetes_asyncio import client
 
     kube_config.load_incluster_config()
-    return client.ApiClient()
+    return tuned(client.ApiClient())
 
 
 @kopf.on.cleanup()

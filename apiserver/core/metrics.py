@@ -17,3 +17,5 @@ class Metrics:
         self.webhooks = Counter("sf_api_webhook_deliveries_total", "Completion webhook outcomes", ["result"], registry=r)
         self.stripe_events = Counter("sf_api_stripe_events_total", "Stripe webhook events", ["type", "result"], registry=r)
         self.usage_reports = Counter("sf_api_usage_reports_total", "Usage reports of finished jobs", ["result"], registry=r)
+        self.grace_downgrades = Counter("sf_api_grace_downgrades_total",
+                                        "Tenants degraded to free after their payment grace period", ["via"], registry=r)

@@ -24,7 +24,6 @@ import time
 from typing import Any
 
 import stripe
-from prometheus_client import Counter
 from starlette.concurrency import run_in_threadpool
 
 from spatialforge.apiserver.core.config import Settings
@@ -80,10 +79,6 @@ class Billing:
         self.plan_changed = plan_changed  # async (tenant) -> None: re-applies the GPU limit
         self.metrics = metrics
         self.price_to_plan = {price: plan for plan, price in settings.stripe_prices.items()}
-        if not hasattr(metrics, "grace_downgrades"):
-            metrics.grace_downgrades = Counter("sf_api_grace_downgrades_total",
-                                               "Tenants degraded to free after their payment grace period",
-                                               ["via"], registry=metrics.registry)
 
     # --- sessions -------------------------------------------------------------------------
     async def customer(self, tenant: str) -> str:

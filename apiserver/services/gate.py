@@ -11,21 +11,20 @@ the grace period keep working after the previous secret is removed.
 
 from __future__ import annotations
 
-import datetime as dt
-import hmac
+import time
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
 from spatialforge.apiserver.core import security
 from spatialforge.apiserver.services import plans
-from spatialforge.apiserver.services.quotas import WINDOW, Decision, _headers
-from spatialforge.apiserver.services.tenants import Principal, Tenants
+from spatialforge.apiserver.services.quotas import WINDOW, Decision, rate_decision
+from spatialforge.apiserver.services.tenants import Principal
 
 # KEYS[1] apikey:{hash under the current secret}, KEYS[2] apikey:{hash under the previous
 # secret} (or the same key when there is none).
 # ARGV now (unix s), window (s), current hash, then plan name / default rate pairs.
-# Returns {status, hash, tenant, role, key_id, plan, rate, grace_until, units, gpus, used, limit}
+# Returns {status, hash, tenant, role, key_id, used, limit}
 # with status 0 unknown or revoked, 1 admitted, 2 over the rate (nothing charged).
 _ADMIT = """
 local fields = {'hash', 'tenant', 'role', 'key_id', 'revoked'}
@@ -42,9 +41,9 @@ if not rec[1] and KEYS[2] ~= KEYS[1] then
 end
 if not rec[1] or (rec[5] and rec[5] ~= '') then return {0} end
 local tenant, role = rec[2], rec[3]
-local t = redis.call('HMGET', 'tenant:' .. tenant, 'plan', 'rate', 'grace_until', 'units', 'gpus')
-local out = {1, rec[1], tenant, role, rec[4], t[1] or '', t[2] or '', t[3] or '', t[4] or '', t[5] or '', 0, 0}
+local out = {1, rec[1], tenant, role, rec[4], 0, 0}
 if role == 'admin' then return out end
+local t = redis.call('HMGET', 'tenant:' .. tenant, 'plan', 'rate', 'grace_until')
 local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local name = t[1] or 'free'
 if t[3] and t[3] ~= '' and tonumber(t[3]) < now then name = 'free' end
@@ -59,14 +58,13 @@ if not rate then
 end
 local rk = 'rl:tenant:' .. tenant .. ':' .. math.floor(now / window)
 local used = tonumber(redis.call('GET', rk) or '0')
-out[12] = rate
-if used >= rate then out[1] = 2; out[11] = used; return out end
+out[7] = rate
+if used >= rate then out[1] = 2; out[6] = used; return out end
 used = redis.call('INCR', rk)
 if used == 1 then redis.call('EXPIRE', rk, window + 5) end
-out[11] = used
+out[6] = used
 return out
 """
-_INFO_FIELDS = ("plan", "rate", "grace_until", "units", "gpus")
 # The plan's own rate, used when the tenant has no override; a plan missing here rates as free.
 _RATES = [x for name, plan in plans.PLANS.items() for x in (name, plan.rate_per_minute)]
 
@@ -75,7 +73,6 @@ _RATES = [x for name, plan in plans.PLANS.items() for x in (name, plan.rate_per_
 class Admission:
     principal: Principal | None
     """None: the key is unknown, revoked or malformed."""
-    plan: plans.Plan | None = None
     decision: Decision | None = None
     """The rate decision (None for admin keys, which have no rate limit)."""
 
@@ -91,19 +88,13 @@ class Gate:
             return Admission(None)
         digest = security.hash_key(self.secret, key)
         previous = security.hash_key(self.previous_secret, key) if self.previous_secret else digest
-        now = dt.datetime.now(dt.UTC)
-        epoch = int(now.timestamp())
+        epoch = int(time.time())
         got = await self._script(keys=[f"apikey:{digest}", f"apikey:{previous}"],
                                  args=[epoch, WINDOW, digest, *_RATES])
-        if int(got[0]) == 0 or not hmac.compare_digest(str(got[1]).encode(), digest.encode()):
+        if int(got[0]) == 0 or not security.same(str(got[1]), digest):
             return Admission(None)
         status, _, tenant, role, kid = got[:5]
-        info = {k: v for k, v in zip(_INFO_FIELDS, got[5:10], strict=True) if v != ""}
         principal = Principal(tenant=tenant, role=role or "user", key_id=kid)
-        plan = plans.effective(Tenants.effective_name(info), info)
         if role == "admin":
-            return Admission(principal, plan)
-        used, limit = int(got[10]), int(got[11])
-        reset = WINDOW - epoch % WINDOW
-        return Admission(principal, plan, Decision(int(status) == 1, "ok" if int(status) == 1 else "rate",
-                                                   limit, limit - used, reset, _headers(limit, limit - used, reset)))
+            return Admission(principal)
+        return Admission(principal, rate_decision(int(status) == 1, int(got[6]), int(got[5]), WINDOW - epoch % WINDOW))

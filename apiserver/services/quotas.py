@@ -78,8 +78,7 @@ class Quotas:
         keys = [rate_key, usage_key(tenant or subject, month(now))]
         ok, used, units = await self._script(keys=keys, args=[rate_limit, WINDOW + 5, cost, unit_limit])
         if ok == 0:
-            headers = _headers(rate_limit, 0, reset)
-            return Decision(False, "rate", rate_limit, 0, reset, headers)
+            return rate_decision(False, rate_limit, used, reset)
         if ok == -1:
             to_month_end = _seconds_to_month_end(now)
             headers = _headers(unit_limit, max(0, unit_limit - units), to_month_end)
@@ -87,12 +86,18 @@ class Quotas:
         if cost > 0:
             headers = _headers(unit_limit, max(0, unit_limit - units), _seconds_to_month_end(now))
             return Decision(True, "ok", unit_limit, unit_limit - units, _seconds_to_month_end(now), headers)
-        return Decision(True, "ok", rate_limit, rate_limit - used, reset, _headers(rate_limit, rate_limit - used, reset))
+        return rate_decision(True, rate_limit, used, reset)
 
     async def refund(self, tenant: str, cost: int) -> None:
         """Give units back when a charged request could not create its job."""
         if cost:
             await self.redis.hincrby(usage_key(tenant), "units", -cost)
+
+
+def rate_decision(allowed: bool, limit: int, used: int, reset: int) -> Decision:
+    """A per-minute window's decision: `used` requests counted so far, `reset` seconds left."""
+    remaining = max(0, limit - used) if allowed else 0
+    return Decision(allowed, "ok" if allowed else "rate", limit, remaining, reset, _headers(limit, remaining, reset))
 
 
 def _headers(limit: int, remaining: int, reset: int) -> dict[str, str]:

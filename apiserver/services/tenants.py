@@ -107,20 +107,15 @@ class Tenants:
 
     async def plan(self, tenant: str) -> plans.Plan:
         info = await self.info(tenant)
-        return plans.effective(self.effective_name(info), info)
+        return plans.effective(self._effective_name(info), info)
 
     @staticmethod
-    def effective_name(info: dict[str, str]) -> str:
+    def _effective_name(info: dict[str, str]) -> str:
         """The plan in force: free once a payment grace period has run out."""
         grace = info.get("grace_until")
         if grace and float(grace) < time.time():
             return "free"
         return info.get("plan", "free")
-
-    async def grace_expired(self, tenant: str) -> bool:
-        info = await self.info(tenant)
-        grace = info.get("grace_until")
-        return bool(grace) and float(grace) < time.time() and info.get("plan", "free") != "free"
 
     async def set_plan(self, tenant: str, plan: str, *, units: int | None = None, rate: int | None = None,
                        gpus: int | None = None) -> plans.Plan:

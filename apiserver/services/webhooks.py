@@ -285,6 +285,10 @@ class WebhookSender:
                         uid, tenant, min(attempt, self.attempts), reason)
             await self._record_failure(tenant, uid, url, min(attempt, self.attempts), reason)
 
+    async def failures(self, tenant: str, limit: int) -> list[dict[str, Any]]:
+        """The tenant's given-up deliveries, newest first."""
+        return [json.loads(r) for r in await self.redis.lrange(failures_key(tenant), 0, limit - 1)]
+
     async def _record_failure(self, tenant: str, uid: str, url: str, attempts: int, reason: str) -> None:
         entry = json.dumps({"event_id": f"evt_{uid}", "url": url, "attempts": attempts, "last_error": reason,
                             "at": int(time.time())}, sort_keys=True)

@@ -230,6 +230,14 @@ def _body(uid: str) -> bytes:
     return json.dumps({"id": f"evt_{uid}", "type": "job.succeeded", "data": {"id": uid}}).encode()
 
 
+def _run(go: Any, receiver: Receiver) -> None:
+    """Run a worker-level scenario on a fresh loop; the receiver stops whatever happens."""
+    try:
+        asyncio.run(go())
+    finally:
+        receiver.close()
+
+
 async def _close(*senders: WebhookSender) -> None:
     for s in senders:
         await s.close()
@@ -260,10 +268,7 @@ def test_two_workers_deliver_each_event_once(redis_server):
             await a.redis.flushdb()
             await _close(a, b)
 
-    try:
-        asyncio.run(go())
-    finally:
-        receiver.close()
+    _run(go, receiver)
 
 
 async def _all_delivered(sender: WebhookSender, uids: list[str]) -> bool:
@@ -300,10 +305,7 @@ def test_a_dead_claimers_delivery_is_retried_after_its_lease(redis_server):
             await dead.redis.flushdb()
             await _close(dead, live)
 
-    try:
-        asyncio.run(go())
-    finally:
-        receiver.close()
+    _run(go, receiver)
 
 
 async def _all_delivered_at(sender: WebhookSender, uid: str, value: str) -> bool:
@@ -335,7 +337,4 @@ def test_delivery_is_given_up_after_max_attempts_and_recorded(redis_server):
             await s.redis.flushdb()
             await _close(s)
 
-    try:
-        asyncio.run(go())
-    finally:
-        receiver.close()
+    _run(go, receiver)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -11,7 +10,6 @@ from spatialforge.apiserver.api.deps import ApiKeyDep, ServicesDep
 from spatialforge.apiserver.core import security
 from spatialforge.apiserver.schemas import PlanPublic, UsagePublic, WebhookFailuresPublic
 from spatialforge.apiserver.services import usage as usage_service
-from spatialforge.apiserver.services.webhooks import failures_key
 
 router = APIRouter(tags=["usage"])
 
@@ -40,6 +38,5 @@ async def webhook_failures(principal: ApiKeyDep, services: ServicesDep,
                            limit: Annotated[int, Query(ge=1, le=100)] = 20) -> dict:
     """Completion webhooks given up after every attempt (or refused as unsafe), newest first;
     kept 30 days, the last 100."""
-    raw = await services.redis.lrange(failures_key(principal.tenant), 0, limit - 1)
-    data = [json.loads(r) for r in raw]
+    data = await services.webhooks.failures(principal.tenant, limit)
     return {"data": data, "count": len(data)}
