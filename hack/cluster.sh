@@ -10,11 +10,22 @@
 # shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-API_PORT="${SF_API_PORT:-16443}"
-ETCD_PORT="${SF_ETCD_PORT:-12379}"
-ETCD_PEER_PORT="${SF_ETCD_PEER_PORT:-12380}"
-CM_PORT="${SF_CM_PORT:-10357}"
-SCHED_PORT="${SF_SCHED_PORT:-10359}"
+# A state directory keeps the ports it was first started on (ports.env), so `up` after `down`
+# reuses them and two state directories (the demo's and the test session's) never share one.
+# SF_PORTS=free picks free loopback ports for a new state directory instead of the defaults;
+# SF_API_PORT and friends, when set, win over both.
+PORTS_FILE="${SF_STATE}/ports.env"
+if [[ -f ${PORTS_FILE} ]]; then
+  # shellcheck disable=SC1090
+  source "${PORTS_FILE}"
+elif [[ ${SF_PORTS:-fixed} == free ]]; then
+  read -r API_PORT ETCD_PORT ETCD_PEER_PORT CM_PORT SCHED_PORT < <(free_ports 5)
+fi
+API_PORT="${SF_API_PORT:-${API_PORT:-16443}}"
+ETCD_PORT="${SF_ETCD_PORT:-${ETCD_PORT:-12379}}"
+ETCD_PEER_PORT="${SF_ETCD_PEER_PORT:-${ETCD_PEER_PORT:-12380}}"
+CM_PORT="${SF_CM_PORT:-${CM_PORT:-10357}}"
+SCHED_PORT="${SF_SCHED_PORT:-${SCHED_PORT:-10359}}"
 NODES="${SF_NODES:-2}"
 GPUS_PER_NODE="${SF_GPUS_PER_NODE:-4}"
 PYTHON="${PYTHON:-python3}"
@@ -94,6 +105,10 @@ cluster_api_ready() {
 cluster_up() {
   cluster_build
   mkdir -p "${SF_STATE}"/{etcd,logs,pids,flexvolume}
+  if [[ ! -f ${PORTS_FILE} ]]; then
+    printf 'API_PORT=%s\nETCD_PORT=%s\nETCD_PEER_PORT=%s\nCM_PORT=%s\nSCHED_PORT=%s\n' \
+      "${API_PORT}" "${ETCD_PORT}" "${ETCD_PEER_PORT}" "${CM_PORT}" "${SCHED_PORT}" >"${PORTS_FILE}"
+  fi
   cluster_pki
   cluster_kubeconfig "${KUBECONFIG_PATH}" "${PKI}/admin.token"
   cluster_kubeconfig "${PKI}/cm.kubeconfig" "${PKI}/cm.token"
@@ -189,7 +204,7 @@ cluster_status() {
 case "${1:-}" in
   up) cluster_up ;;
   down) cluster_down ;;
-  reset) cluster_down; rm -rf "${SF_STATE:?}/etcd" "${SF_STATE}/pki" "${SF_STATE}/logs" "${KUBECONFIG_PATH}" ;;
+  reset) cluster_down; rm -rf "${SF_STATE:?}/etcd" "${SF_STATE}/pki" "${SF_STATE}/logs" "${KUBECONFIG_PATH}" "${PORTS_FILE}" ;;
   status) cluster_status ;;
   build) cluster_build ;;
   env)

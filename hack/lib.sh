@@ -35,7 +35,15 @@ wait_for_port() {
 }
 
 # free_port -> an unused loopback TCP port
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+free_port() { free_ports 1; }
+
+# free_ports N -> N distinct unused loopback TCP ports on one line (all bound at once, so distinct)
+free_ports() {
+  python3 -c 'import socket,sys
+socks=[socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1",0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
+}
 
 # proc_start NAME CMD... : start a daemon, pid in $SF_STATE/pids/NAME.pid, log in logs/NAME.log
 proc_start() {

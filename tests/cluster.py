@@ -14,7 +14,18 @@ from typing import Any, TypeVar
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-STATE = Path(os.environ.get("SPATIALFORGE_STATE", REPO / ".local"))
+# The test session's own plane: its own state directory and ports (hack/cluster.sh with
+# SF_PORTS=free), so a developer's plane in .local/ (`make demo`, `make cluster-up`) and the
+# operator running against it never meet the tests. SPATIALFORGE_TEST_STATE moves it, e.g. to
+# run two sessions side by side.
+STATE = Path(os.environ.get("SPATIALFORGE_TEST_STATE", REPO / ".local" / "test"))
+
+
+def isolate_environment() -> None:
+    """Point every script and subprocess of this session at the session's own plane."""
+    os.environ["SPATIALFORGE_STATE"] = str(STATE)
+    os.environ["SF_PORTS"] = "free"
+    os.environ["KUBECONFIG"] = str(STATE / "kubeconfig")
 T = TypeVar("T")
 
 

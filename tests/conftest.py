@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import REPO, STATE, Cluster, HowToGetIt, start_cluster, stop_cluster
+from tests.cluster import REPO, STATE, Cluster, HowToGetIt, isolate_environment, start_cluster, stop_cluster
 from tests.operator_process import OperatorProcess
 
 SYSTEM_NAMESPACE = "spatialforge-system"
@@ -81,3 +81,4 @@ def behaviour(cluster: Cluster) -> Behaviour:
 
 def pytest_configure(config: pytest.Config) -> None:
     Path(STATE).mkdir(parents=True, exist_ok=True)
+    isolate_environment()
