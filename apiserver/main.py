@@ -14,8 +14,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from spatialforge.apiserver import errors
 from spatialforge.apiserver.api.deps import Services
 from spatialforge.apiserver.api.main import api_router
 from spatialforge.apiserver.core import logging as sf_logging
@@ -41,43 +43,107 @@ TAGS = [{"name": n, "description": d} for n, d in (
     ("health", "Liveness, readiness, metrics"))]
 
 
-def _error(request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None,
+# The one table from domain errors (apiserver/errors.py) to HTTP statuses; the first class in an
+# error's MRO that is listed decides.
+ERROR_STATUS: dict[type[errors.ServiceError], int] = {
+    errors.BadRequest: 400,
+    errors.Unauthorized: 401,
+    errors.PaymentRequired: 402,
+    errors.Forbidden: 403,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.Gone: 410,
+    errors.PayloadTooLarge: 413,
+    errors.InvalidRequest: 422,
+    errors.RateLimited: 429,
+    errors.QuotaExceeded: 429,
+    errors.Unavailable: 503,
+}
+# Starlette's own HTTP errors (routing, method, body) in the documented shape.
+FRAMEWORK_CODES = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found",
+                   405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
+                   422: "invalid_request", 429: "rate_limited", 503: "unavailable"}
+
+
+def status_of(exc: errors.ServiceError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in ERROR_STATUS:
+            return ERROR_STATUS[cls]
+    return 500
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    """The documented error body: {"error": {"code", "message", ...}, "request_id"}."""
+    return {"error": {"code": code, "message": message, **extra}, "request_id": sf_logging.request_id.get()}
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None,
            **extra: Any) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, **extra}, "request_id": sf_logging.request_id.get()}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(code, message, **extra), status_code=status, headers=headers)
+
+
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    return ".".join(str(p) for p in loc if p not in ("body", "query", "path", "header"))
 
 
 def _install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(errors.ServiceError)
+    async def service_error(request: Request, exc: errors.ServiceError) -> JSONResponse:
+        status = status_of(exc)
+        if status == 500:
+            log.error("unmapped service error %s: %s", type(exc).__name__, exc.message)
+            return _error(500, "internal", "internal error")
+        return _error(status, exc.code, exc.message, exc.headers, **exc.details)
+
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _error(request, exc.status, exc.code, exc.message, exc.headers)
+        return _error(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = FRAMEWORK_CODES.get(exc.status_code, "error")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no route for {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        return _error(exc.status_code, code, message, dict(exc.headers or {}))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        fields = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
-                  for e in exc.errors()]
-        names = ", ".join(f["field"] for f in fields)
-        return _error(request, 422, "invalid_request", f"invalid fields: {names}", fields=fields)
+        problems = list(exc.errors())
+        broken = next((e for e in problems if e.get("type") == "json_invalid"), None)
+        if broken is not None:  # the body is not JSON at all: no field to name (the loc is a byte offset)
+            why = (broken.get("ctx") or {}).get("error") or "JSON decode error"
+            return _error(400, "invalid_json", f"the request body is not valid JSON ({why})")
+        fields = [{"field": _field(e["loc"]), "message": e["msg"]} for e in problems]
+        names = ", ".join(f["field"] or "body" for f in fields)
+        return _error(422, "invalid_request", f"invalid fields: {names}", fields=fields)
 
     @app.exception_handler(redis.exceptions.ConnectionError)
     @app.exception_handler(redis.exceptions.TimeoutError)
     async def redis_down(request: Request, exc: Exception) -> JSONResponse:
         log.error("Redis unavailable: %s", type(exc).__name__)
-        return _error(request, 503, "unavailable", "Redis is unavailable; nothing was changed", {"Retry-After": "5"})
+        return _error(503, "unavailable", "Redis is unavailable; nothing was changed", {"Retry-After": "5"})
 
     @app.exception_handler(ApiException)
     async def kube_error(request: Request, exc: ApiException) -> JSONResponse:
         if exc.status == 422:
-            return _error(request, 422, "invalid_request", f"the Kubernetes API refused the resource: {exc.reason}")
+            return _error(422, "invalid_request", f"the Kubernetes API refused the resource: {exc.reason}")
         log.error("Kubernetes API error %s: %s", exc.status, exc.reason)
-        return _error(request, 503, "unavailable", "the Kubernetes API is unavailable; nothing was created",
+        return _error(503, "unavailable", "the Kubernetes API is unavailable; nothing was created",
                       {"Retry-After": "5"})
 
     @app.exception_handler(OSError)
     async def connection_error(request: Request, exc: OSError) -> JSONResponse:
         log.error("dependency unreachable: %s", type(exc).__name__)
-        return _error(request, 503, "unavailable", "a dependency is unreachable; nothing was created",
+        return _error(503, "unavailable", "a dependency is unreachable; nothing was created",
                       {"Retry-After": "5"})
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error(500, "internal", "internal error; the request id identifies it in the logs")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
