@@ -16,6 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from spatialforge.crds.constants import ENV_RESOURCE_KIND, ENV_RESOURCE_NAME, ENV_RESOURCE_NAMESPACE
+from spatialforge.crds.kinds import BY_KIND, DEPTH_BATCH, RECONSTRUCTION_JOB
 from spatialforge.crds.v1alpha1.common import ALLOW_LOCAL_FILES
 from spatialforge.crds.v1alpha1.depthbatch import DepthBatch
 from spatialforge.crds.v1alpha1.reconstructionjob import ReconstructionJob
@@ -25,20 +26,17 @@ from spatialforge.runner.stages.base import RunContext, Stage, StageResult
 from spatialforge.runner.termination import write_termination_message
 
 log = logging.getLogger("spatialforge.runner")
-RESOURCES: dict[str, type[DepthBatch] | type[ReconstructionJob]] = {
-    DepthBatch.KIND: DepthBatch,
-    ReconstructionJob.KIND: ReconstructionJob,
-}
+RESOURCES = BY_KIND
 ENV_SHARD_INDEX = "JOB_COMPLETION_INDEX"
 
 
 def stage_for(kind: str) -> Stage:
     """The stage implementing a kind (imported lazily: torch and open3d are heavy)."""
-    if kind == DepthBatch.KIND:
+    if kind == DEPTH_BATCH.kind:
         from spatialforge.runner.stages.depth import DepthStage
 
         return DepthStage()
-    if kind == ReconstructionJob.KIND:
+    if kind == RECONSTRUCTION_JOB.kind:
         from spatialforge.runner.stages.reconstruct import ReconstructStage
 
         return ReconstructStage()
@@ -50,11 +48,11 @@ def parse_resource(data: Any, *, allow_local: bool = False, kind: str | None = N
     if not isinstance(data, dict):
         raise InvalidSpecError("the manifest is not a mapping")
     kind = kind or str(data.get("kind", ""))
-    model = RESOURCES.get(kind)
-    if model is None:
+    entry = RESOURCES.get(kind)
+    if entry is None:
         raise InvalidSpecError(f"unknown kind {kind!r} (expected one of {', '.join(RESOURCES)})")
     try:
-        return model.model_validate(data, context={ALLOW_LOCAL_FILES: allow_local})
+        return entry.model.model_validate(data, context={ALLOW_LOCAL_FILES: allow_local})  # type: ignore[return-value]
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
@@ -62,7 +60,7 @@ def parse_resource(data: Any, *, allow_local: bool = False, kind: str | None = N
 
 
 def shard_count(resource: DepthBatch | ReconstructionJob) -> int:
-    return int(getattr(resource.spec, "parallelism", 1) or 1)
+    return resource.spec.shards
 
 
 @dataclass(kw_only=True)
@@ -225,7 +223,7 @@ async def run_in_pod(env: Mapping[str, str] | None = None, *, ctx: RunContext | 
         await load_config(settings.kubeconfig)
         async with client.ApiClient() as api:
             rc = ResourceClient(
-                api, plural=RESOURCES[settings.kind].PLURAL, namespace=settings.namespace, name=settings.name
+                api, plural=RESOURCES[settings.kind].plural, namespace=settings.namespace, name=settings.name
             )
             resource = parse_resource(await rc.get(), kind=settings.kind)
             count = shard_count(resource)

@@ -26,13 +26,14 @@ from spatialforge.apiserver.services.storage import Storage, split_uri
 from spatialforge.apiserver.services.tenants import Tenants
 from spatialforge.crds import DepthBatchSpec, ReconstructionJobSpec
 from spatialforge.crds.constants import API_VERSION, LABEL_TENANT
+from spatialforge.crds.kinds import BY_KIND
 from spatialforge.crds.layout import output_base
 
 log = logging.getLogger("spatialforge.apiserver.jobs")
 
 # Where the front end keeps a job's completion-webhook URL: on the resource itself.
 ANNOTATION_WEBHOOK_URL = "apiserver.spatialforge.io/webhook-url"
-PREFIXES = {"DepthBatch": "db", "ReconstructionJob": "rj"}
+PREFIXES = {kind: entry.code for kind, entry in BY_KIND.items()}
 KIND_BY_PREFIX = {v: k for k, v in PREFIXES.items()}
 TOMBSTONE_TTL = 7 * 86400
 IDEMPOTENCY_TTL = 24 * 3600

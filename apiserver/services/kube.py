@@ -14,14 +14,14 @@ from typing import Any
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from spatialforge.crds import DepthBatch, ReconstructionJob
+from spatialforge.crds.kinds import BY_KIND
 from spatialforge.crds.constants import ANNOTATION_GPU_LIMIT, GROUP, LABEL_TENANT, VERSION
 from spatialforge.kubeclient import tuned
 
 log = logging.getLogger("spatialforge.apiserver.kube")
 
-KINDS = {"DepthBatch": DepthBatch, "ReconstructionJob": ReconstructionJob}
-PLURALS = {"DepthBatch": DepthBatch.PLURAL, "ReconstructionJob": ReconstructionJob.PLURAL}
+KINDS = BY_KIND
+PLURALS = {kind: entry.plural for kind, entry in BY_KIND.items()}
 TERMINAL = {"Succeeded", "Failed", "Cancelled"}
 WATCH_SERVER_TIMEOUT = 240
 WATCH_CLIENT_TIMEOUT = 270

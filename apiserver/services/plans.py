@@ -57,7 +57,7 @@ def refusal(plan: Plan, spec: DepthBatchSpec | ReconstructionJobSpec) -> str | N
         return f"model size {spec.model.size.value!r} is not in plan {plan.name!r} (allowed: {', '.join(plan.model_sizes)})"
     if isinstance(spec, ReconstructionJobSpec) and spec.quality.value not in plan.presets:
         return f"quality preset {spec.quality.value!r} is not in plan {plan.name!r} (allowed: {', '.join(plan.presets)})"
-    gpus = spec.placement.gpus * (spec.parallelism if isinstance(spec, DepthBatchSpec) else 1)
+    gpus = spec.gpu_demand
     if gpus > plan.gpu_limit:
         return f"{gpus} GPUs exceed plan {plan.name!r}'s concurrent limit of {plan.gpu_limit}"
     return None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import ClassVar, Literal
+from typing import Literal
 
 from pydantic import Field
 
@@ -50,15 +50,19 @@ class DepthBatchSpec(Lifecycle):
     """Larger files are invalid input."""
     placement: Placement = Field(default_factory=Placement)
 
+    @property
+    def shards(self) -> int:
+        """Runner pods that run at once: one per shard of the inputs."""
+        return self.parallelism
+
+    @property
+    def gpu_demand(self) -> int:
+        """GPUs held while admitted: GPUs per pod x pods at once."""
+        return self.placement.gpus * self.shards
+
 
 class DepthBatch(KubeResource):
     """A DepthBatch custom resource."""
-
-    KIND: ClassVar[str] = "DepthBatch"
-    PLURAL: ClassVar[str] = "depthbatches"
-    SINGULAR: ClassVar[str] = "depthbatch"
-    SHORT_NAMES: ClassVar[tuple[str, ...]] = ("db", "depth")
-    MAIN_INPUT_JSONPATH: ClassVar[str] = ".spec.inputs[0]"
 
     kind: Literal["DepthBatch"] = "DepthBatch"
     spec: DepthBatchSpec

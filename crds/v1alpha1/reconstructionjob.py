@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import ClassVar, Literal
+from typing import Literal
 
 from pydantic import Field
 
@@ -66,15 +66,19 @@ class ReconstructionJobSpec(Lifecycle):
     """Depth beyond this (metres) is ignored in fusion."""
     placement: Placement = Field(default_factory=Placement)
 
+    @property
+    def shards(self) -> int:
+        """Runner pods that run at once: a reconstruction is one pod."""
+        return 1
+
+    @property
+    def gpu_demand(self) -> int:
+        """GPUs held while admitted: GPUs per pod x pods at once."""
+        return self.placement.gpus * self.shards
+
 
 class ReconstructionJob(KubeResource):
     """A ReconstructionJob custom resource."""
-
-    KIND: ClassVar[str] = "ReconstructionJob"
-    PLURAL: ClassVar[str] = "reconstructionjobs"
-    SINGULAR: ClassVar[str] = "reconstructionjob"
-    SHORT_NAMES: ClassVar[tuple[str, ...]] = ("rj", "recon")
-    MAIN_INPUT_JSONPATH: ClassVar[str] = ".spec.input"
 
     kind: Literal["ReconstructionJob"] = "ReconstructionJob"
     spec: ReconstructionJobSpec

@@ -1,0 +1,77 @@
+"""The kinds registry: every fact about a kind, in one entry, read by every component.
+
+Operator, runner, front end, the CRD generator and the chart's RBAC rules all look a kind up
+here instead of spelling out its plural, short names or Job-name code themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from spatialforge.crds.v1alpha1.common import KubeResource, Lifecycle
+from spatialforge.crds.v1alpha1.depthbatch import DepthBatch, DepthBatchSpec
+from spatialforge.crds.v1alpha1.reconstructionjob import ReconstructionJob, ReconstructionJobSpec
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One custom resource kind."""
+
+    kind: str
+    plural: str
+    singular: str
+    short_names: tuple[str, ...]
+    code: str
+    """Two letters: the child Job's name suffix (`<name>-<code><hash>`) and the front end's id prefix."""
+    main_input_jsonpath: str
+    """The printer column showing the main input."""
+    model: type[KubeResource]
+    spec_model: type[Lifecycle]
+
+    @property
+    def status_resource(self) -> str:
+        """The status subresource, as RBAC rules and admission policies name it."""
+        return f"{self.plural}/status"
+
+    def parse(self, data: Mapping[str, Any], *, context: dict[str, Any] | None = None) -> KubeResource:
+        """Validate a whole resource dict with this kind's model."""
+        return self.model.model_validate(data, context=context)
+
+
+DEPTH_BATCH = Kind(
+    kind="DepthBatch",
+    plural="depthbatches",
+    singular="depthbatch",
+    short_names=("db", "depth"),
+    code="db",
+    main_input_jsonpath=".spec.inputs[0]",
+    model=DepthBatch,
+    spec_model=DepthBatchSpec,
+)
+RECONSTRUCTION_JOB = Kind(
+    kind="ReconstructionJob",
+    plural="reconstructionjobs",
+    singular="reconstructionjob",
+    short_names=("rj", "recon"),
+    code="rj",
+    main_input_jsonpath=".spec.input",
+    model=ReconstructionJob,
+    spec_model=ReconstructionJobSpec,
+)
+
+KINDS: tuple[Kind, ...] = (DEPTH_BATCH, RECONSTRUCTION_JOB)
+BY_KIND: Mapping[str, Kind] = {k.kind: k for k in KINDS}
+BY_PLURAL: Mapping[str, Kind] = {k.plural: k for k in KINDS}
+BY_CODE: Mapping[str, Kind] = {k.code: k for k in KINDS}
+PLURALS: tuple[str, ...] = tuple(k.plural for k in KINDS)
+STATUS_RESOURCES: tuple[str, ...] = tuple(k.status_resource for k in KINDS)
+
+
+def kind_of(kind: str) -> Kind:
+    """The registry entry of `kind` (e.g. "DepthBatch"); ValueError naming the known kinds."""
+    try:
+        return BY_KIND[kind]
+    except KeyError:
+        raise ValueError(f"unknown kind {kind!r} (expected one of {', '.join(BY_KIND)})") from None
