@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
 from pydantic.alias_generators import to_camel
 
-# s3://bucket/key: bucket names as S3 defines them, then any key (a trailing "/" is a prefix).
-S3_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
+# Control characters (C0, DEL, C1) are never part of a URI we accept.
+_CTL = r"\x00-\x1f\x7f-\x9f"
+# One key segment between slashes that is neither "." nor "..". Each branch is decided by the
+# first one or two characters, so both RE2 (the API server) and Python's re match in linear time.
+_SEGMENT = rf"[^/.{_CTL}][^/{_CTL}]*|\.[^/.{_CTL}][^/{_CTL}]*|\.\.[^/{_CTL}]+"
+# s3://bucket/key: bucket names as S3 defines them, then a key of such segments (empty segments,
+# and so a trailing "/" for a prefix, are allowed).
+S3_URI_PATTERN = rf"^s3://[a-z0-9][a-z0-9.-]{{1,61}}[a-z0-9](/({_SEGMENT})?)*$"
+MAX_URI_LENGTH = 1024
 # Validation context key: `spatialforge run` allows file:// inputs and outputs on a laptop.
 ALLOW_LOCAL_FILES = "allow_local_files"
 
@@ -27,19 +35,27 @@ class CRDModel(BaseModel):
 
 
 def _check_uri(value: str, info: ValidationInfo) -> str:
-    import re
-
-    if re.match(S3_URI_PATTERN, value):
-        return value
+    """The same rules as the CRD's pattern, with a message that says which one failed."""
+    bad = next((ch for ch in value if ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F), None)
+    if bad is not None:
+        raise ValueError(f"must not contain control characters (found {bad!r})")
     if value.startswith("file://") and (info.context or {}).get(ALLOW_LOCAL_FILES):
-        return value
-    raise ValueError(f"must be an s3://bucket/key URI (got {value[:80]!r})")
+        path = value[len("file://"):]
+    elif value.startswith("s3://"):
+        path = value[len("s3://"):].partition("/")[2]
+    else:
+        raise ValueError(f"must be an s3://bucket/key URI (got {value[:80]!r})")
+    if any(segment in (".", "..") for segment in path.split("/")):
+        raise ValueError(f"must not contain '.' or '..' path segments (got {value[:80]!r})")
+    if value.startswith("s3://") and not re.fullmatch(S3_URI_PATTERN, value):
+        raise ValueError(f"must be an s3://bucket/key URI with a valid bucket name (got {value[:80]!r})")
+    return value
 
 
 ObjectURI = Annotated[
     str,
     AfterValidator(_check_uri),
-    Field(max_length=1024, json_schema_extra={"pattern": S3_URI_PATTERN}),
+    Field(max_length=MAX_URI_LENGTH, json_schema_extra={"pattern": S3_URI_PATTERN}),
 ]
 
 
@@ -151,6 +167,8 @@ class ShardProgress(CRDModel):
     total: int = Field(default=0, ge=0)
     stage: str = Field(default="", max_length=64)
     """Current stage, e.g. depth, poses, fusion."""
+    skipped: int = Field(default=0, ge=0)
+    """Invalid images this shard skipped (spec.onInvalidImage: Skip)."""
     updated_at: dt.datetime | None = None
 
 
@@ -183,6 +201,8 @@ class ResourceStatus(CRDModel):
     """Runner pods started so far (1 + retries)."""
     gpu_seconds: float | None = None
     """GPU time used: GPUs per pod x seconds each pod ran."""
+    skipped_images: int | None = None
+    """Invalid images skipped over all shards (spec.onInvalidImage: Skip); listed in the manifest."""
     queue_position: int | None = None
     """1-based place in the admission queue while Queued."""
     estimated_start_time: dt.datetime | None = None

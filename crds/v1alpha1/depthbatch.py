@@ -24,6 +24,11 @@ class DepthFormat(str, enum.Enum):
     npy = "npy"  # float32 NumPy array, metres (metric) or relative units.
 
 
+class OnInvalidImage(str, enum.Enum):
+    fail = "Fail"  # The first invalid image fails the resource (InvalidInput, never retried).
+    skip = "Skip"  # Invalid images are skipped, counted in status and listed in the manifest.
+
+
 class DepthOutput(CRDModel):
     """Where results go: `<uri>/<namespace>/<name>/...`, manifest written last."""
 
@@ -49,6 +54,8 @@ class DepthBatchSpec(Lifecycle):
     max_image_bytes: int = Field(default=50 * 1024 * 1024, ge=1, le=1024 * 1024 * 1024)
     """Larger files are invalid input."""
     placement: Placement = Field(default_factory=Placement)
+    on_invalid_image: OnInvalidImage = Field(default=OnInvalidImage.fail, json_schema_extra=immutable("onInvalidImage"))
+    """Fail: an unreadable, oversized or non-image input fails the resource. Skip: it is skipped and counted."""
 
     @property
     def shards(self) -> int:

@@ -2,9 +2,12 @@
 
 from pathlib import Path
 
+import pytest
 import yaml
+from pydantic import ValidationError
 
 from spatialforge.crds.generate import CRD_DIR, render_all
+from spatialforge.crds.kinds import KINDS, kind_of
 
 
 def test_committed_crds_match_models() -> None:
@@ -40,10 +43,34 @@ def test_crds_list_both_kinds_in_the_category() -> None:
         assert names["shortNames"]
 
 
-def test_samples_validate_against_models() -> None:
-    from spatialforge.crds import DepthBatch, ReconstructionJob
+def samples(folder: Path) -> list[Path]:
+    """The sample files; never empty, so a moved folder cannot make the tests pass vacuously."""
+    found = sorted(folder.glob("*.yaml"))
+    assert found, f"no samples in {folder}"
+    return found
 
-    models = {"DepthBatch": DepthBatch, "ReconstructionJob": ReconstructionJob}
-    for path in sorted((CRD_DIR / "samples").glob("*.yaml")):
-        doc = yaml.safe_load(path.read_text())
-        models[doc["kind"]].model_validate(doc)
+
+VALID = samples(CRD_DIR / "samples")
+INVALID = samples(CRD_DIR / "samples" / "invalid")
+
+
+def test_every_kind_has_a_valid_sample() -> None:
+    assert {yaml.safe_load(p.read_text())["kind"] for p in VALID} == {k.kind for k in KINDS}
+
+
+@pytest.mark.parametrize("path", VALID, ids=lambda p: p.stem)
+def test_samples_validate_against_models(path: Path) -> None:
+    doc = yaml.safe_load(path.read_text())
+    kind_of(doc["kind"]).parse(doc)
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
+def test_invalid_samples_fail_the_models_at_the_expected_field(path: Path) -> None:
+    """The same field the API server names (first line `# expect: spec.x[0]`) fails the model."""
+    expected = path.read_text().splitlines()[0].removeprefix("# expect:").strip()
+    doc = yaml.safe_load(path.read_text())
+    with pytest.raises(ValidationError) as err:
+        kind_of(doc["kind"]).parse(doc)
+    locs = [".".join(str(p) for p in e["loc"]) for e in err.value.errors()]
+    want = expected.replace("[", ".").replace("]", "")
+    assert any(loc.startswith(want) for loc in locs), (expected, locs)
