@@ -7,7 +7,8 @@
     │   ├── InvalidImageError         corrupt, truncated, zero-byte, oversized or too many pixels
     │   ├── InvalidVideoError         unreadable video, or one with no frames
     │   ├── ModelNotAllowedError      a CC-BY-NC checkpoint without research mode
-    │   └── EmptyReconstructionError  the input produced no surface
+    │   ├── EmptyReconstructionError  the input produced no surface
+    │   └── FloorPlanError            the geometry holds no floor or no enclosed room
     ├── ModelLoadError                weights missing or unreadable (deployment problem; retryable)
     └── StorageError                  the object store failed (network, permissions; retryable)
 
@@ -64,6 +65,10 @@ class ModelNotAllowedError(InvalidInputError):
 
 class EmptyReconstructionError(InvalidInputError):
     """Fusion produced no surface (no usable depth, or no camera could be posed)."""
+
+
+class FloorPlanError(InvalidInputError):
+    """No floor plan in the geometry: no floor plane, no walls at the slice height, or no enclosed room."""
 
 
 class ModelLoadError(RunnerError):
