@@ -14,6 +14,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from spatialforge.crds.constants import GROUP, VERSION
+from spatialforge.crds.rbac import runner_rules
 
 PLURALS = {"DepthBatch": "depthbatches", "ReconstructionJob": "reconstructionjobs"}
 MERGE = "application/merge-patch+json"
@@ -146,11 +147,7 @@ class Kube:
         role = {
             "metadata": {"name": account, "namespace": namespace,
                          "labels": {"app.kubernetes.io/managed-by": "spatialforge-operator"}},
-            "rules": [
-                {"apiGroups": [GROUP], "resources": list(PLURALS.values()), "verbs": ["get"]},
-                {"apiGroups": [GROUP], "resources": [f"{p}/status" for p in PLURALS.values()],
-                 "verbs": ["get", "patch"]},
-            ],
+            "rules": runner_rules(),  # one source with the chart's Role (spatialforge.crds.rbac)
         }
         binding = {
             "metadata": {"name": account, "namespace": namespace,
