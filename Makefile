@@ -38,10 +38,10 @@ bench: install tools ## Benchmarks (not tests); each prints a final JSON line
 	$(PYTHON) bench/depth_throughput.py
 	$(PYTHON) bench/reconstruct.py
 
-crds: ## Regenerate crds/*.yaml from the pydantic models
+crds: ## Regenerate every generated copy: crds/*.yaml, crds/policies/, the chart's crds/ and generated templates
 	$(PYTHON) -m spatialforge.crds.generate
 
-verify: ## Fail if generated files are stale
+verify: ## Fail if any generated copy is stale
 	$(PYTHON) -m spatialforge.crds.generate --check
 
 clean: cluster-down ## Stop servers and remove local state

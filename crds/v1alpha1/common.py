@@ -179,8 +179,8 @@ class Progress(CRDModel):
     done: int = Field(default=0, ge=0)
     total: int = Field(default=0, ge=0)
     stage: str = Field(default="", max_length=64)
-    shards: dict[str, ShardProgress] = Field(default_factory=dict)
-    """Shard index -> that shard's progress."""
+    shards: dict[str, ShardProgress] = Field(default_factory=dict, max_length=64)
+    """Shard index -> that shard's progress (at most spec.parallelism's maximum)."""
 
 
 class ResourceStatus(CRDModel):

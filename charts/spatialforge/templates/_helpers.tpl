@@ -104,10 +104,7 @@ podAntiAffinity:
             {{- include "spatialforge.selectorLabels" . | nindent 12 }}
 {{- end -}}
 
-{{/* The API group of our resources and their plurals (crds/constants.py). */}}
-{{- define "spatialforge.group" -}}spatialforge.io{{- end -}}
-{{- define "spatialforge.plurals" -}}[depthbatches, reconstructionjobs]{{- end -}}
-{{- define "spatialforge.statusPlurals" -}}[depthbatches/status, reconstructionjobs/status]{{- end -}}
+{{/* The API group, plurals and runner RBAC rules are generated: _generated.tpl (make crds). */}}
 
 {{/* Fail early on combinations that cannot work. */}}
 {{- define "spatialforge.validate" -}}

@@ -74,3 +74,49 @@ def test_invalid_samples_fail_the_models_at_the_expected_field(path: Path) -> No
     locs = [".".join(str(p) for p in e["loc"]) for e in err.value.errors()]
     want = expected.replace("[", ".").replace("]", "")
     assert any(loc.startswith(want) for loc in locs), (expected, locs)
+
+
+def test_every_generated_copy_is_fresh() -> None:
+    """What `make verify` checks: the CRDs (repo and chart), the policy, the chart's helpers."""
+    from spatialforge.crds.generate import REPO, write
+
+    stale = write(REPO, check=True)
+    assert not stale, f"stale: {stale}; run `make crds`"
+
+
+def test_verify_names_a_stale_copy(tmp_path: Path) -> None:
+    """A hand edit of any one generated copy is found (checked on a scratch tree, not the repo)."""
+    from spatialforge.crds.generate import REPO, outputs, write
+
+    (tmp_path / "charts" / "spatialforge").mkdir(parents=True)
+    (tmp_path / "charts" / "spatialforge" / "Chart.yaml").write_text("name: x\n")
+    assert len(write(tmp_path)) == len(outputs(REPO))  # first write creates every copy
+    assert write(tmp_path, check=True) == []
+    for path in outputs(tmp_path):
+        original = path.read_text()
+        path.write_text(original.replace("spatialforge.io", "spatialforge.example", 1))
+        assert write(tmp_path, check=True) == [path], path
+        path.write_text(original)
+
+
+def test_make_verify_runs_the_check() -> None:
+    import subprocess
+
+    from spatialforge.crds.generate import REPO
+
+    proc = subprocess.run(["make", "-s", "verify"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_chart_and_operator_share_the_runner_rules() -> None:
+    """The chart renders spatialforge.crds.rbac.runner_rules; the operator imports it."""
+    import inspect
+
+    from spatialforge.crds.generate import render_chart_helpers
+    from spatialforge.crds.rbac import runner_rules
+    from spatialforge.operator import kube
+
+    helpers = render_chart_helpers()
+    body = helpers.split('define "spatialforge.runnerRules" -}}\n', 1)[1].split("{{- end -}}", 1)[0]
+    assert yaml.safe_load(body) == runner_rules()
+    assert "runner_rules()" in inspect.getsource(kube.Kube.ensure_runner_identity)
