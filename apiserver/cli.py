@@ -140,10 +140,11 @@ def plans_set(tenant: str, plan: str, units: int | None, rate: int | None, gpus:
         result = await tenants.set_plan(tenant, plan, units=units, rate=rate, gpus=gpus)
         if not no_kube:
             from spatialforge.apiserver.services.kube import Kube, make_api_client
+            from spatialforge.apiserver.services.namespaces import Namespaces
 
             api = await make_api_client(settings.kubeconfig)
             try:
-                await Kube(api).ensure_namespace(f"{settings.namespace_prefix}{tenant}", tenant, result.gpu_limit)
+                await Namespaces(Kube(api), tenants, settings.namespace_prefix).apply_plan(tenant)
             finally:
                 await api.close()
         return result.model_dump()
@@ -157,13 +158,8 @@ def usage(tenant: str) -> None:
     """TENANT's month so far."""
     from spatialforge.apiserver.services import usage as usage_service
 
-    class _S:  # the two attributes usage() reads
-        pass
-
     async def go(settings: Any, tenants: Any, redis: Any) -> dict[str, Any]:
-        s = _S()
-        s.tenants, s.redis = tenants, redis  # type: ignore[attr-defined]
-        return await usage_service.usage(s, tenant)
+        return await usage_service.usage(tenants, redis, tenant)
 
     _echo(_run(go))
 

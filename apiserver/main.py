@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,19 +17,21 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from kubernetes_asyncio.client.exceptions import ApiException
+from prometheus_client import start_http_server
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from spatialforge.apiserver import errors
-from spatialforge.apiserver.api.deps import Services
 from spatialforge.apiserver.api.main import api_router
 from spatialforge.apiserver.core import logging as sf_logging
 from spatialforge.apiserver.core.config import Settings, get_settings
 from spatialforge.apiserver.core.errors import ApiError
 from spatialforge.apiserver.core.metrics import Metrics
-from spatialforge.apiserver.middleware import ServiceMiddleware
+from spatialforge.apiserver.middleware import GuardMiddleware, ServiceMiddleware
 from spatialforge.apiserver.services.billing import Billing, configure_stripe
 from spatialforge.apiserver.services.gate import Gate
 from spatialforge.apiserver.services.jobs import JobService
 from spatialforge.apiserver.services.kube import JobCache, Kube, make_api_client
+from spatialforge.apiserver.services.namespaces import Namespaces
 from spatialforge.apiserver.services.quotas import Quotas
 from spatialforge.apiserver.services.storage import Storage
 from spatialforge.apiserver.services.tenants import Tenants
@@ -105,6 +108,9 @@ def _install_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route for {request.url.path}"
+        elif exc.status_code == 413:
+            limit = request.app.state.settings.max_body_bytes
+            return _error(413, code, f"request bodies are limited to {limit} bytes", limit=limit)
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}"
         return _error(exc.status_code, code, message, dict(exc.headers or {}))
@@ -146,6 +152,33 @@ def _install_handlers(app: FastAPI) -> None:
         return _error(500, "internal", "internal error; the request id identifies it in the logs")
 
 
+def render(exc: Exception) -> tuple[int, bytes, dict[str, str]]:
+    """A domain error as (status, documented JSON body, headers), for the ASGI middleware."""
+    if isinstance(exc, errors.ServiceError):
+        status, body = status_of(exc), error_body(exc.code, exc.message, **exc.details)
+        headers = exc.headers
+    else:
+        status, body, headers = 500, error_body("internal", "internal error"), {}
+    return status, json.dumps(body, separators=(",", ":")).encode(), headers
+
+
+# Paths under /v1/ that take no API key (Stripe signs its own calls).
+PUBLIC_V1 = frozenset({"/v1/billing/webhooks"})
+
+
+def _serve_metrics(settings: Settings, metrics: Metrics) -> Any:
+    """Prometheus /metrics on its own port (the Service's `metrics` port, not routed by the
+    ingress). A second worker process finds the port taken and serves none (see docs)."""
+    if not settings.metrics_port:
+        return None
+    try:
+        server, _ = start_http_server(settings.metrics_port, settings.metrics_host, registry=metrics.registry)
+    except OSError as exc:
+        log.warning("metrics port %d not served by this process (%s)", settings.metrics_port, exc.strerror)
+        return None
+    return server
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. Settings are validated here: weak secrets refuse to start (not dev mode)."""
     settings = settings or get_settings()
@@ -171,48 +204,60 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("object store not reachable at start (%s); /readyz reports it", type(exc).__name__)
         configure_stripe(settings)
         tenants = Tenants(redis, settings.hmac_key())
+        namespaces = Namespaces(kube, tenants, settings.namespace_prefix)
         quotas = Quotas(redis)
         webhooks = WebhookSender(redis, settings.hmac_key(), settings.webhook_allow,
                                  attempts=settings.webhook_max_attempts, backoff=settings.webhook_backoff_seconds,
                                  timeout=settings.webhook_timeout_seconds, metrics=metrics,
                                  poll=settings.webhook_poll_seconds, lease=settings.webhook_lease_seconds,
                                  concurrency=settings.webhook_concurrency)
-        gate = Gate(redis, settings.hmac_key(), settings.previous_hmac_key())
-        services = Services(settings=settings, redis=redis, kube=kube, cache=cache, storage=storage, tenants=tenants,
-                            gate=gate, quotas=quotas, billing=None, webhooks=webhooks, jobs=None, metrics=metrics)
-
-        async def plan_changed(tenant: str) -> None:
-            await services.jobs.apply_plan(tenant)
-
-        services.billing = Billing(settings, tenants, plan_changed, metrics)
-        services.jobs = JobService(settings=settings, redis=redis, kube=kube, cache=cache, tenants=tenants,
-                                   quotas=quotas, storage=storage, billing=services.billing, webhooks=webhooks,
-                                   metrics=metrics)
-        cache.listeners.append(services.jobs.on_terminal)
-        app.state.services = services
+        billing = Billing(settings, redis=redis, tenants=tenants, namespaces=namespaces, metrics=metrics)
+        jobs = JobService(settings=settings, redis=redis, kube=kube, cache=cache, tenants=tenants,
+                          namespaces=namespaces, quotas=quotas, storage=storage, billing=billing, webhooks=webhooks,
+                          metrics=metrics)
+        state = app.state
+        state.redis, state.kube, state.cache, state.storage, state.tenants = redis, kube, cache, storage, tenants
+        state.namespaces, state.quotas, state.webhooks, state.billing, state.jobs = (
+            namespaces, quotas, webhooks, billing, jobs)
+        state.gate = Gate(redis, settings.hmac_key(), settings.previous_hmac_key(),
+                          failed_auth_limit=settings.failed_auth_per_ip_per_minute, metrics=metrics)
+        cache.listeners.append(jobs.on_terminal)
         cache.start()
         webhooks.start()  # delivers due webhooks from Redis, including those a stopped replica left
-        grace = services.billing.grace_sweeper(settings.grace_sweep_seconds)  # degrades expired grace periods
+        grace = billing.grace_sweeper(settings.grace_sweep_seconds)  # degrades expired grace periods
         grace.start()
+        metrics_server = _serve_metrics(settings, metrics)
         log.info("front end started")
         try:
             yield
         finally:
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
             await grace.stop()
             await cache.stop()
             await webhooks.close()
             await redis.aclose()
             await api.close()
 
+    docs = settings.docs_enabled()
     app = FastAPI(title="SpatialForge API", version="0.1.0", lifespan=lifespan, openapi_tags=TAGS,
                   description="Monocular depth and video-to-3D jobs as Kubernetes custom resources.",
-                  generate_unique_id_function=lambda route: f"{route.tags[0] if route.tags else 'api'}-{route.name}")
+                  generate_unique_id_function=lambda route: f"{route.tags[0] if route.tags else 'api'}-{route.name}",
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+                  openapi_url="/openapi.json" if docs else None)
     app.state.settings = settings
+    app.state.metrics = metrics
     _install_handlers(app)
-    app.include_router(api_router)
+    # Chunked bodies are counted as they stream (a Content-Length is checked by GuardMiddleware).
+    app.include_router(api_router, max_body_size=settings.max_body_bytes)
+    app.add_middleware(GuardMiddleware, max_body=settings.max_body_bytes, public=PUBLIC_V1, render=render,
+                       unavailable=(redis.exceptions.ConnectionError, redis.exceptions.TimeoutError))
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["X-Request-ID", "Retry-After", "X-RateLimit-Limit",
                                                                 "X-RateLimit-Remaining", "X-RateLimit-Reset"])
     app.add_middleware(ServiceMiddleware, timeout=settings.request_timeout_seconds, metrics=metrics)
+    if settings.trusted_proxies:  # outermost: every limit and log line sees the forwarded client
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     return app

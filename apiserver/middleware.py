@@ -1,4 +1,5 @@
-"""One pure-ASGI middleware: request id, security headers, timeout, metrics, access log."""
+"""Pure-ASGI middleware: `ServiceMiddleware` (request id, security headers, timeout, metrics,
+access log) and `GuardMiddleware` (body cap and authentication before the body is read)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+from spatialforge.apiserver import errors
 from spatialforge.apiserver.core import logging as sf_logging
 
 log = logging.getLogger("spatialforge.apiserver.access")
@@ -80,3 +83,74 @@ class ServiceMiddleware:
                 state = scope.get("state")
                 tenant = state.get("tenant") if isinstance(state, dict) else None
                 log.info("%s %s %s %.1fms tenant=%s", method, route, status["code"], elapsed * 1000, tenant or "-")
+
+
+Render = Callable[[Exception], tuple[int, bytes, dict[str, str]]]
+
+
+async def _send_json(send: Any, status: int, body: bytes, headers: dict[str, str]) -> None:
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+def client_address(scope: dict) -> str:
+    """The caller's address (after ProxyHeadersMiddleware applied the trusted-proxy setting)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+class GuardMiddleware:
+    """Before the app reads a byte of the body: a `Content-Length` over `max_body` is 413, and
+    keyed paths (`/v1/...` except `public`) are authenticated and rate-charged by the gate
+    (`app.state.gate`); the principal goes to `scope["state"]["principal"]`. A body without a
+    length (chunked) is counted as it streams by FastAPI's own `max_body_size` (the same limit).
+
+    `render(exc)` turns a domain error into (status, JSON body, headers): main.py's table.
+    """
+
+    def __init__(self, app: Any, *, max_body: int, public: frozenset[str], render: Render,
+                 unavailable: tuple[type[BaseException], ...] = ()) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.public = public
+        self.render = render
+        self.unavailable = unavailable
+
+    def _needs_key(self, path: str) -> bool:
+        return path.startswith("/v1/") and path not in self.public
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body:
+            await self._refuse(send, errors.PayloadTooLarge(f"request bodies are limited to {self.max_body} bytes",
+                                                            details={"limit": self.max_body}))
+            return
+        if self._needs_key(scope.get("path", "")):
+            gate = getattr(scope["app"].state, "gate", None)
+            try:
+                if gate is None:
+                    raise errors.Unavailable("the server is starting", headers={"Retry-After": "1"})
+                principal, rate_headers = await gate.authenticate(headers, client_address(scope))
+            except errors.ServiceError as exc:
+                await self._refuse(send, exc)
+                return
+            except self.unavailable as exc:
+                log.error("authentication backend unavailable: %s", type(exc).__name__)
+                await self._refuse(send, errors.Unavailable("Redis is unavailable; nothing was changed",
+                                                            headers={"Retry-After": "5"}))
+                return
+            state = scope.setdefault("state", {})
+            state["principal"], state["tenant"] = principal, principal.tenant
+            sf_logging.response_headers.get({}).update(rate_headers)
+
+        await self.app(scope, receive, send)
+
+    async def _refuse(self, send: Any, exc: Exception) -> None:
+        status, body, headers = self.render(exc)
+        await _send_json(send, status, body, headers)

@@ -15,19 +15,19 @@ from typing import Any, TextIO
 import yaml
 from pydantic import ValidationError
 
-from spatialforge.crds.constants import ENV_RESOURCE_KIND, ENV_RESOURCE_NAME, ENV_RESOURCE_NAMESPACE
+from spatialforge.crds.constants import ENV_RESOURCE_KIND, ENV_RESOURCE_NAME, ENV_RESOURCE_NAMESPACE, ENV_SHARD_INDEX
 from spatialforge.crds.kinds import BY_KIND, DEPTH_BATCH, RECONSTRUCTION_JOB
 from spatialforge.crds.v1alpha1.common import ALLOW_LOCAL_FILES
 from spatialforge.crds.v1alpha1.depthbatch import DepthBatch
 from spatialforge.crds.v1alpha1.reconstructionjob import ReconstructionJob
 from spatialforge.runner.errors import EXIT_OK, InvalidSpecError, RunnerError, exit_code_for, reason_for
 from spatialforge.runner.progress import Progress, TerminalBar
+from spatialforge.runner.settings import RunnerSettings, env_names, termination_path
 from spatialforge.runner.stages.base import RunContext, Stage, StageResult
 from spatialforge.runner.termination import write_termination_message
 
 log = logging.getLogger("spatialforge.runner")
 RESOURCES = BY_KIND
-ENV_SHARD_INDEX = "JOB_COMPLETION_INDEX"
 
 
 def stage_for(kind: str) -> Stage:
@@ -84,18 +84,37 @@ def fail(exc: BaseException, env: Mapping[str, str], results: list[StageResult] 
         log.error("run failed (exit %d): %s", code, reason)
     else:
         log.exception("run failed (exit %d, retryable)", code, exc_info=exc)
-    write_termination_message(reason, env)
+    write_termination_message(reason, termination_path(env))
     return RunOutcome(exit_code=code, reason=reason, results=results or [])
+
+
+def load_settings(env: Mapping[str, str]) -> RunnerSettings:
+    """RunnerSettings from `env`; a bad value is invalid input naming the variable."""
+    try:
+        return RunnerSettings.from_env(env)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field_name = str(first.get("loc", ("?",))[0])
+        names = env_names(field_name) if field_name in RunnerSettings.model_fields else [field_name]
+        raise InvalidSpecError(f"runner environment: {names[0]}: {first.get('msg')}") from exc
 
 
 # --- local -----------------------------------------------------------------------------------
 
 
 def _absolutise(uri: Any, base: Path) -> Any:
-    """file://relative/path -> file:///abs/path, relative to the manifest's folder."""
+    """file://relative/path -> file:///abs/path, relative to the manifest's folder.
+
+    A local run reads and writes wherever the user's own account may: absolute file:///paths
+    anywhere (the spec model refuses '.'/'..' segments). A host (file://localhost/...,
+    file://user@host/..., file://host:port/..., UNC file:////server/share) is refused.
+    """
     if not isinstance(uri, str) or not uri.startswith("file://"):
         return uri
     rest = uri[len("file://") :]
+    first = rest.split("/", 1)[0]
+    if rest.startswith("//") or first.lower() == "localhost" or "@" in first or ":" in first:
+        raise InvalidSpecError(f"file:// URI with a host is not supported (local paths only): {uri[:200]}")
     if rest.startswith("/"):
         return uri
     trailing = "/" if rest.endswith("/") else ""
@@ -133,6 +152,7 @@ def run_local(
     started = time.monotonic()
     results: list[StageResult] = []
     try:
+        load_settings(env)  # a bad variable is invalid input before anything else
         path = Path(manifest_path)
         try:
             docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
@@ -178,34 +198,16 @@ def run_local(
 # --- in a pod --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
-class PodSettings:
-    """What the operator tells a runner pod, through its environment."""
-
-    kind: str
-    name: str
-    namespace: str
-    shard_index: int = 0
-    kubeconfig: str | None = None
-    progress_interval: float = 1.0
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> PodSettings:
-        missing = [k for k in (ENV_RESOURCE_KIND, ENV_RESOURCE_NAME, ENV_RESOURCE_NAMESPACE) if not env.get(k)]
-        if missing:
-            raise InvalidSpecError(f"runner environment lacks {', '.join(missing)}")
-        try:
-            index = int(env.get(ENV_SHARD_INDEX) or 0)
-        except ValueError as exc:
-            raise InvalidSpecError(f"{ENV_SHARD_INDEX} is not an integer") from exc
-        return cls(
-            kind=env[ENV_RESOURCE_KIND],
-            name=env[ENV_RESOURCE_NAME],
-            namespace=env[ENV_RESOURCE_NAMESPACE],
-            shard_index=index,
-            kubeconfig=env.get("KUBECONFIG") or None,
-            progress_interval=float(env.get("SPATIALFORGE_PROGRESS_INTERVAL") or 1.0),
-        )
+def pod_identity(settings: RunnerSettings) -> tuple[str, str, str]:
+    """(kind, name, namespace) the operator gave this pod; missing ones are invalid input."""
+    values = {ENV_RESOURCE_KIND: settings.kind, ENV_RESOURCE_NAME: settings.name, ENV_RESOURCE_NAMESPACE: settings.namespace}
+    missing = [k for k, v in values.items() if not v]
+    if missing:
+        raise InvalidSpecError(f"runner environment lacks {', '.join(missing)}")
+    kind, name, namespace = (str(v) for v in values.values())
+    if kind not in RESOURCES:
+        raise InvalidSpecError(f"unknown {ENV_RESOURCE_KIND} {kind!r}")
+    return kind, name, namespace
 
 
 async def run_in_pod(env: Mapping[str, str] | None = None, *, ctx: RunContext | None = None) -> RunOutcome:
@@ -213,27 +215,24 @@ async def run_in_pod(env: Mapping[str, str] | None = None, *, ctx: RunContext | 
     env = dict(os.environ if env is None else env)
     started = time.monotonic()
     try:
-        settings = PodSettings.from_env(env)
-        if settings.kind not in RESOURCES:
-            raise InvalidSpecError(f"unknown {ENV_RESOURCE_KIND} {settings.kind!r}")
+        settings = load_settings(env)
+        kind, name, namespace = pod_identity(settings)
         from kubernetes_asyncio import client
 
         from spatialforge.runner.kube import ProgressPatcher, ResourceClient, load_config
 
         await load_config(settings.kubeconfig)
         async with client.ApiClient() as api:
-            rc = ResourceClient(
-                api, plural=RESOURCES[settings.kind].plural, namespace=settings.namespace, name=settings.name
-            )
-            resource = parse_resource(await rc.get(), kind=settings.kind)
+            rc = ResourceClient(api, plural=RESOURCES[kind].plural, namespace=namespace, name=name)
+            resource = parse_resource(await rc.get(), kind=kind)
             count = shard_count(resource)
             if not 0 <= settings.shard_index < count:
                 raise InvalidSpecError(f"{ENV_SHARD_INDEX}={settings.shard_index} out of range for parallelism {count}")
-            run_ctx = ctx or RunContext(namespace=settings.namespace, name=settings.name, env=env)
+            run_ctx = ctx or RunContext(namespace=namespace, name=name, env=env)
             run_ctx.shard_index, run_ctx.shard_count = settings.shard_index, count
             patcher = ProgressPatcher(rc, run_ctx.progress, settings.shard_index, interval=settings.progress_interval)
             patcher.start()
-            stage = stage_for(settings.kind)
+            stage = stage_for(kind)
             try:
                 result = await asyncio.to_thread(stage.run, resource.spec, run_ctx)
             except BaseException:

@@ -7,7 +7,7 @@ import os
 
 import click
 
-from spatialforge.crds.constants import EXIT_INVALID_INPUT
+from spatialforge.crds.constants import ENV_DEVICE, EXIT_INVALID_INPUT
 from spatialforge.runner.app import RunOutcome, run_local
 
 
@@ -39,7 +39,7 @@ def run_command(manifest: str, shard_index: int | None, device: str | None, quie
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     env = dict(os.environ)
     if device:
-        env["SPATIALFORGE_DEVICE"] = device
+        env[ENV_DEVICE] = device
     outcome = run_local(manifest, shard_index=shard_index, env=env, show_progress=not quiet)
     for line in summary_lines(outcome):
         click.echo(line, err=not outcome.ok)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,23 +25,27 @@ class DeviceChoice:
         return torch.float16 if self.half else torch.float32
 
 
-def choose_device(preference: str | None = None) -> DeviceChoice:
-    """`preference` (or env SPATIALFORGE_DEVICE): "auto" (default), "cpu", "cuda" or "cuda:N".
+def choose_device(preference: str | None = None, *, fp16: bool = True) -> DeviceChoice:
+    """`preference` (RunnerSettings.device): "auto" (default), "cpu", "cuda" or "cuda:N".
 
-    fp16 on CUDA unless SPATIALFORGE_FP16=0; always fp32 on CPU (bf16 was slower there).
+    fp16 on CUDA when `fp16` (RunnerSettings.fp16); always fp32 on CPU (bf16 was slower there).
     """
     import torch
 
-    pref = (preference or os.environ.get("SPATIALFORGE_DEVICE") or "auto").lower()
+    return device_choice(preference, fp16=fp16, cuda_available=torch.cuda.is_available())
+
+
+def device_choice(preference: str | None, *, fp16: bool, cuda_available: bool) -> DeviceChoice:
+    """The decision of `choose_device`, without asking torch."""
+    pref = (preference or "auto").lower()
     if pref == "auto":
-        pref = "cuda:0" if torch.cuda.is_available() else "cpu"
+        pref = "cuda:0" if cuda_available else "cpu"
     if pref == "cuda":
         pref = "cuda:0"
-    if pref.startswith("cuda") and not torch.cuda.is_available():
+    if pref.startswith("cuda") and not cuda_available:
         raise RuntimeError(f"device {pref} requested but CUDA is not available")
     cuda = pref.startswith("cuda")
-    half = cuda and os.environ.get("SPATIALFORGE_FP16", "1") != "0"
-    return DeviceChoice(torch_device=pref, open3d_device=_open3d_device(pref), half=half)
+    return DeviceChoice(torch_device=pref, open3d_device=_open3d_device(pref), half=cuda and fp16)
 
 
 def _open3d_device(torch_device: str) -> str:

@@ -1,86 +1,99 @@
-"""Dependencies as Annotated aliases: RedisDep, ServicesDep, ApiKeyDep, AdminDep, SettingsDep."""
+"""Dependencies as `Annotated` aliases, one per service the lifespan builds (main.py).
+
+Each getter reads one attribute of `app.state`; tests swap any of them through
+`app.dependency_overrides`. The API key is checked by `AuthMiddleware` before the body is
+read; `ApiKeyDep` hands its principal to the route.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 from redis.asyncio import Redis
 
-from spatialforge.apiserver.core import logging as sf_logging
 from spatialforge.apiserver.core.config import Settings, get_settings
-from spatialforge.apiserver.core.errors import ApiError
-from spatialforge.apiserver.services.tenants import Principal
-
-
-@dataclass
-class Services:
-    """Clients built once in the lifespan (main.py) and shared by every request."""
-
-    settings: Settings
-    redis: Redis
-    kube: Any
-    cache: Any
-    storage: Any
-    tenants: Any
-    gate: Any
-    quotas: Any
-    billing: Any
-    webhooks: Any
-    jobs: Any
-    metrics: Any
-
-
-async def get_services(request: Request) -> Services:
-    return request.app.state.services
+from spatialforge.apiserver.core.metrics import Metrics
+from spatialforge.apiserver.errors import Forbidden, Unauthorized
+from spatialforge.apiserver.services.billing import Billing
+from spatialforge.apiserver.services.jobs import JobService
+from spatialforge.apiserver.services.kube import JobCache, Kube
+from spatialforge.apiserver.services.namespaces import Namespaces
+from spatialforge.apiserver.services.quotas import Quotas
+from spatialforge.apiserver.services.storage import Storage
+from spatialforge.apiserver.services.tenants import Principal, Tenants
+from spatialforge.apiserver.services.webhooks import WebhookSender
 
 
 async def app_settings(request: Request) -> Settings:
-    """The settings `create_app` was given (tests swap them with app.dependency_overrides)."""
+    """The settings `create_app` was given."""
     return getattr(request.app.state, "settings", None) or get_settings()
 
 
+async def get_redis(request: Request) -> Redis:
+    return request.app.state.redis
+
+
+async def get_kube(request: Request) -> Kube:
+    return request.app.state.kube
+
+
+async def get_cache(request: Request) -> JobCache:
+    return request.app.state.cache
+
+
+async def get_storage(request: Request) -> Storage:
+    return request.app.state.storage
+
+
+async def get_tenants(request: Request) -> Tenants:
+    return request.app.state.tenants
+
+
+async def get_quotas(request: Request) -> Quotas:
+    return request.app.state.quotas
+
+
+async def get_namespaces(request: Request) -> Namespaces:
+    return request.app.state.namespaces
+
+
+async def get_billing(request: Request) -> Billing:
+    return request.app.state.billing
+
+
+async def get_webhooks(request: Request) -> WebhookSender:
+    return request.app.state.webhooks
+
+
+async def get_jobs(request: Request) -> JobService:
+    return request.app.state.jobs
+
+
+async def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
 SettingsDep = Annotated[Settings, Depends(app_settings)]
-ServicesDep = Annotated[Services, Depends(get_services)]
-
-
-async def get_redis(services: ServicesDep) -> Redis:
-    return services.redis
-
-
 RedisDep = Annotated[Redis, Depends(get_redis)]
+KubeDep = Annotated[Kube, Depends(get_kube)]
+CacheDep = Annotated[JobCache, Depends(get_cache)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
+TenantsDep = Annotated[Tenants, Depends(get_tenants)]
+QuotasDep = Annotated[Quotas, Depends(get_quotas)]
+NamespacesDep = Annotated[Namespaces, Depends(get_namespaces)]
+BillingDep = Annotated[Billing, Depends(get_billing)]
+WebhooksDep = Annotated[WebhookSender, Depends(get_webhooks)]
+JobsDep = Annotated[JobService, Depends(get_jobs)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
-def _presented_key(request: Request) -> str | None:
-    key = request.headers.get("x-api-key")
-    if key:
-        return key.strip()
-    auth = request.headers.get("authorization", "")
-    scheme, _, value = auth.partition(" ")
-    if scheme.lower() == "bearer" and value:
-        return value.strip()
-    return None
-
-
-async def current_principal(request: Request, services: ServicesDep) -> Principal:
-    """Authenticate the key, then charge one request against the tenant's per-minute rate."""
-    key = _presented_key(request)
-    if not key:
-        raise ApiError(401, "unauthenticated", "send an API key as X-API-Key or Authorization: Bearer",
-                       {"WWW-Authenticate": "Bearer"})
-    admission = await services.gate.admit(key)  # one Redis round trip: key, plan, rate
-    principal = admission.principal
-    if principal is None:
-        raise ApiError(401, "invalid_key", "the API key is invalid or revoked", {"WWW-Authenticate": "Bearer"})
-    decision = admission.decision
-    if decision is not None:
-        if not decision.allowed:
-            services.metrics.refusals.labels("rate").inc()
-            raise ApiError(429, "rate_limited", f"more than {decision.limit} requests per minute",
-                           {**decision.headers, "Retry-After": str(decision.reset)})
-        sf_logging.response_headers.get().update(decision.headers)
-    request.state.tenant = principal.tenant
+async def current_principal(request: Request) -> Principal:
+    """The caller `AuthMiddleware` authenticated (and charged) before the body was read."""
+    principal = request.scope.get("state", {}).get("principal")
+    if not isinstance(principal, Principal):  # a keyed route outside the middleware's paths: a bug, refuse
+        raise Unauthorized("send an API key as X-API-Key or Authorization: Bearer",
+                           headers={"WWW-Authenticate": "Bearer"})
     return principal
 
 
@@ -89,7 +102,7 @@ ApiKeyDep = Annotated[Principal, Depends(current_principal)]
 
 async def admin_principal(principal: ApiKeyDep) -> Principal:
     if principal.role != "admin":
-        raise ApiError(403, "admin_only", "this endpoint needs an admin key")
+        raise Forbidden("this endpoint needs an admin key", code="admin_only")
     return principal
 
 

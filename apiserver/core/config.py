@@ -52,6 +52,18 @@ class Settings(BaseSettings):
     """Bucket holding every tenant's inputs and results under tenants/<tenant>/."""
     results_url_ttl_seconds: int = Field(default=24 * 3600, ge=1, le=7 * 24 * 3600)
     upload_url_ttl_seconds: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+    upload_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1, le=5 * 1024**3)
+    """Largest file one signed upload accepts (the presigned POST's content-length-range)."""
+    uploads_retention_days: int = Field(default=30, ge=1, le=3650)
+    """Uploaded inputs are expired by the bucket's lifecycle rule this many days after upload."""
+    results_retention_days: int = Field(default=30, ge=1, le=3650)
+    """Job outputs are expired by the bucket's lifecycle rule this many days after they are written."""
+    max_spec_bytes: int = Field(default=1024 * 1024, ge=1024, le=1536 * 1024)
+    """Largest serialized job resource accepted (etcd stores objects up to 1.5 MiB; status needs room)."""
+    research_mode: bool = Field(default=False, validation_alias=AliasChoices(
+        "SPATIALFORGE_RESEARCH_MODE", "SPATIALFORGE_API_RESEARCH_MODE", "research_mode"))
+    """Accept the CC-BY-NC-4.0 (non-commercial) base/large checkpoints. The chart's one
+    `researchMode` value sets SPATIALFORGE_RESEARCH_MODE for the front end, operator and runner pods."""
 
     stripe_api_key: SecretStr | None = None
     stripe_api_base: str | None = None
@@ -75,6 +87,21 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list)
     request_timeout_seconds: float = Field(default=30.0, gt=0)
     stripe_webhook_per_ip_per_minute: int = Field(default=120, ge=1)
+    """Stripe-endpoint calls per address and minute whose signature does not verify (then 429).
+    A correctly signed event is never refused by this limit."""
+    failed_auth_per_ip_per_minute: int = Field(default=30, ge=1)
+    """Failed authentications (unknown, revoked or malformed keys) per address and minute; past it
+    the address gets 429 with Retry-After for any key until the minute ends."""
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """Largest request body (413 past it, before the body is read; chunked bodies are counted)."""
+    trusted_proxies: list[str] = Field(default_factory=list)
+    """Addresses or CIDRs of the proxies (the ingress controller) whose X-Forwarded-For names the
+    client; the per-address limits use that client. Empty: the peer address is the client."""
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    """Port of Prometheus /metrics (its own listener, not routed by the ingress); 0: not served."""
+    metrics_host: str = "0.0.0.0"
+    public_docs: bool | None = None
+    """Serve /docs, /redoc and /openapi.json without a key; default: only in dev mode."""
     log_json: bool = True
 
     webhook_poll_seconds: float = Field(default=1.0, gt=0)
@@ -118,6 +145,9 @@ class Settings(BaseSettings):
             if value is not None and value.get_secret_value():
                 out.append(value.get_secret_value())
         return out
+
+    def docs_enabled(self) -> bool:
+        return self.dev_mode if self.public_docs is None else self.public_docs
 
     def hmac_key(self) -> bytes:
         if self.secret_key is not None and self.secret_key.get_secret_value():

@@ -24,11 +24,16 @@ import time
 from typing import Any
 
 import stripe
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from redis.asyncio import Redis
 from starlette.concurrency import run_in_threadpool
 
 from spatialforge.apiserver.core.config import Settings
-from spatialforge.apiserver.services import quotas
-from spatialforge.apiserver.services.tenants import Tenants
+from spatialforge.apiserver.core.metrics import Metrics
+from spatialforge.apiserver.errors import BadRequest, InvalidRequest
+from spatialforge.apiserver.services import plans, quotas
+from spatialforge.apiserver.services.namespaces import Namespaces
+from spatialforge.apiserver.services.tenants import TenantError, Tenants, check_tenant
 
 log = logging.getLogger("spatialforge.apiserver.billing")
 EVENT_TTL = 60 * 86400
@@ -60,8 +65,75 @@ return 1
 """
 
 
-class BillingError(RuntimeError):
-    pass
+class BadSignature(BadRequest):
+    """The payload or its Stripe-Signature does not verify (counted against the caller's address)."""
+
+    code = "bad_signature"
+
+
+class BadEvent(BadRequest):
+    """A correctly signed event that is not the shape its type needs (never applied)."""
+
+    code = "bad_event"
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Ref(_Loose):
+    id: str
+
+
+class _Price(_Loose):
+    id: str | None = None
+
+
+class _Item(_Loose):
+    price: _Price | None = None
+
+
+class _Items(_Loose):
+    data: list[_Item] = Field(default_factory=list)
+
+
+class EventObject(_Loose):
+    """The fields of `data.object` the handled events read, with the types Stripe sends."""
+
+    customer: str | _Ref | None = None
+    subscription: str | _Ref | None = None
+    metadata: dict[str, str] | None = None
+    client_reference_id: str | None = None
+    status: str | None = None
+    items: _Items | None = None
+
+    def customer_id(self) -> str | None:
+        return self.customer.id if isinstance(self.customer, _Ref) else self.customer
+
+    def subscription_id(self) -> str | None:
+        return self.subscription.id if isinstance(self.subscription, _Ref) else self.subscription
+
+    def price_id(self) -> str | None:
+        data = self.items.data if self.items else []
+        return data[0].price.id if data and data[0].price else None
+
+
+class _EventData(_Loose):
+    object: dict[str, Any]
+
+
+class StripeEvent(_Loose):
+    """A verified Stripe event: only what `Billing.handle` reads."""
+
+    id: str = Field(min_length=1, max_length=255)
+    type: str = Field(min_length=1, max_length=255)
+    data: _EventData
+
+
+def _reason(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "the event"
+    return f"{where}: {first['msg']}"
 
 
 def configure_stripe(settings: Settings) -> None:
@@ -72,11 +144,12 @@ def configure_stripe(settings: Settings) -> None:
 
 
 class Billing:
-    def __init__(self, settings: Settings, tenants: Tenants, plan_changed: Any, metrics: Any) -> None:
+    def __init__(self, settings: Settings, *, redis: Redis, tenants: Tenants, namespaces: Namespaces,
+                 metrics: Metrics) -> None:
         self.settings = settings
+        self.redis = redis
         self.tenants = tenants
-        self.redis = tenants.redis
-        self.plan_changed = plan_changed  # async (tenant) -> None: re-applies the GPU limit
+        self.namespaces = namespaces  # re-applies a tenant's GPU limit after a plan change
         self.metrics = metrics
         self.price_to_plan = {price: plan for plan, price in settings.stripe_prices.items()}
 
@@ -93,7 +166,7 @@ class Billing:
     async def checkout(self, tenant: str, plan: str) -> dict[str, str]:
         price = self.settings.stripe_prices.get(plan)
         if not price:
-            raise BillingError(f"plan {plan!r} is not sold through checkout")
+            raise InvalidRequest(f"plan {plan!r} is not sold through checkout", code="not_for_sale")
         customer = await self.customer(tenant)
         base = self.settings.public_url.rstrip("/")
         session = await run_in_threadpool(
@@ -110,19 +183,45 @@ class Billing:
         return {"id": session.id, "url": session.url}
 
     # --- webhooks -------------------------------------------------------------------------
-    def verify(self, payload: bytes, signature: str | None) -> stripe.Event:
-        """Raises ValueError or stripe.SignatureVerificationError on a bad payload/signature."""
+    def verify(self, payload: bytes, signature: str | None) -> StripeEvent:
+        """The event, once its signature verified; BadSignature, or BadEvent when a signed
+        payload is not an event of the shape handled here."""
         secret = self.settings.stripe_webhook_secret.get_secret_value() if self.settings.stripe_webhook_secret else ""
-        return stripe.Webhook.construct_event(payload, signature, secret)
+        try:
+            stripe.WebhookSignature.verify_header(payload, signature, secret,
+                                                  stripe.Webhook.DEFAULT_TOLERANCE)
+        except (ValueError, stripe.SignatureVerificationError):
+            raise BadSignature("the payload or its Stripe-Signature is invalid") from None
+        try:
+            return StripeEvent.model_validate_json(payload)
+        except ValidationError as exc:
+            raise BadEvent(f"not a Stripe event: {_reason(exc)}") from None
 
-    async def handle(self, event: stripe.Event) -> str:
-        """Apply one event once; returns 'handled', 'duplicate' or 'ignored'."""
+    async def handle(self, event: StripeEvent) -> str:
+        """Apply one event once; returns 'handled', 'duplicate' or 'ignored'. A handled type
+        whose object has the wrong shape, or names an impossible tenant id, is BadEvent
+        before anything is claimed or changed."""
+        obj: EventObject | None = None
+        if event.type in HANDLED_EVENTS:
+            try:
+                obj = EventObject.model_validate(event.data.object)
+            except ValidationError as exc:
+                raise BadEvent(f"{event.type}: data.object.{_reason(exc)}") from None
+            named = [v for v in ((obj.metadata or {}).get("tenant"), obj.client_reference_id) if v is not None]
+            for tenant in named:
+                try:
+                    check_tenant(tenant)
+                except TenantError:
+                    raise BadEvent(f"{event.type}: {tenant[:64]!r} is not a tenant id") from None
+            plan = (obj.metadata or {}).get("plan")
+            if event.type == "checkout.session.completed" and plan is not None and plan not in plans.PLANS:
+                raise BadEvent(f"{event.type}: metadata.plan {plan[:64]!r} is not a plan") from None
         claim = f"stripe:event:{event.id}"
         if not await self.redis.set(claim, "processing", nx=True, ex=EVENT_TTL):
             self.metrics.stripe_events.labels(event.type, "duplicate").inc()
             return "duplicate"
         try:
-            result = await self._apply(event.type, event.data.object.to_dict())
+            result = "ignored" if obj is None else await self._apply(event.type, obj)
         except Exception:
             await self.redis.delete(claim)  # let Stripe's retry try again
             raise
@@ -130,44 +229,38 @@ class Billing:
         self.metrics.stripe_events.labels(event.type, result).inc()
         return result
 
-    async def _tenant_of(self, obj: dict[str, Any]) -> str | None:
-        customer = obj.get("customer")
-        if isinstance(customer, dict):
-            customer = customer.get("id")
+    async def _tenant_of(self, obj: EventObject) -> str | None:
+        customer = obj.customer_id()
         tenant = await self.tenants.by_customer(customer) if customer else None
-        return tenant or (obj.get("metadata") or {}).get("tenant") or obj.get("client_reference_id")
+        return tenant or (obj.metadata or {}).get("tenant") or obj.client_reference_id
 
     async def _set_plan(self, tenant: str, plan: str) -> None:
         info = await self.tenants.info(tenant)
         overrides = {k: int(info[k]) if info.get(k) else None for k in ("units", "rate", "gpus")}
         await self.tenants.set_plan(tenant, plan, **overrides)  # also ends any grace period
         await self.redis.zrem(GRACE_DUE, tenant)
-        await self.plan_changed(tenant)
+        await self.namespaces.apply_plan(tenant)
         log.info("tenant %s now on plan %s", tenant, plan)
 
-    async def _apply(self, kind: str, obj: dict[str, Any]) -> str:
-        if kind not in HANDLED_EVENTS:
-            return "ignored"
+    async def _apply(self, kind: str, obj: EventObject) -> str:
         tenant = await self._tenant_of(obj)
         if not tenant:
             log.warning("Stripe event %s names no known tenant", kind)
             return "ignored"
         if kind == "checkout.session.completed":
-            if obj.get("customer"):
-                await self.tenants.link_customer(tenant, obj["customer"])
-            if obj.get("subscription"):
-                await self.tenants.set_fields(tenant, stripe_subscription=str(obj["subscription"]))
-            plan = (obj.get("metadata") or {}).get("plan")
+            customer, subscription = obj.customer_id(), obj.subscription_id()
+            if customer:
+                await self.tenants.link_customer(tenant, customer)
+            if subscription:
+                await self.tenants.set_fields(tenant, stripe_subscription=subscription)
+            plan = (obj.metadata or {}).get("plan")
             if plan:
                 await self._set_plan(tenant, plan)
         elif kind == "customer.subscription.updated":
-            status = obj.get("status")
-            items = ((obj.get("items") or {}).get("data") or [])
-            price = (items[0].get("price") or {}).get("id") if items else None
-            plan = self.price_to_plan.get(price or "")
-            if status in ("active", "trialing") and plan:
+            plan = self.price_to_plan.get(obj.price_id() or "")
+            if obj.status in ("active", "trialing") and plan:
                 await self._set_plan(tenant, plan)
-            elif status in ("canceled", "unpaid", "incomplete_expired"):
+            elif obj.status in ("canceled", "unpaid", "incomplete_expired"):
                 await self._set_plan(tenant, "free")
             # past_due: the grace period started by invoice.payment_failed decides.
         elif kind == "customer.subscription.deleted":
@@ -175,7 +268,7 @@ class Billing:
         elif kind == "invoice.paid":
             await self.tenants.clear_fields(tenant, "grace_until")
             await self.redis.zrem(GRACE_DUE, tenant)
-            await self.plan_changed(tenant)
+            await self.namespaces.apply_plan(tenant)
         elif kind == "invoice.payment_failed":
             info = await self.tenants.info(tenant)
             grace = info.get("grace_until")
@@ -188,7 +281,18 @@ class Billing:
     # --- payment grace --------------------------------------------------------------------
     def grace_sweeper(self, interval: float) -> GraceSweeper:
         """The periodic task (start/stop it) that ends expired grace periods nobody requested."""
-        return GraceSweeper(self, interval)
+        return GraceSweeper(self, self.redis, interval)
+
+    async def grace_until(self, tenant: str) -> str | None:
+        return (await self.tenants.info(tenant)).get("grace_until")
+
+    async def sweep_tenant(self, tenant: str) -> bool:
+        """The sweep's work for one due tenant: write a GPU limit an earlier downgrade could not
+        write, then end its grace period if it ran out. True when this call degraded it."""
+        if await self.redis.exists(grace_reapply_key(tenant)):  # degraded, GPU limit not written
+            await self.namespaces.apply_plan(tenant)
+            await self.redis.delete(grace_reapply_key(tenant))
+        return await self.end_grace(tenant, via="sweep")
 
     async def end_grace(self, tenant: str, *, via: str) -> bool:
         """If the tenant's payment grace ran out, degrade it to free (and write its GPU limit
@@ -211,7 +315,7 @@ class Billing:
         self.metrics.grace_downgrades.labels(via).inc()
         log.warning("tenant %s: payment grace period over, plan degraded to free (%s)", tenant, via)
         try:
-            await self.plan_changed(tenant)
+            await self.namespaces.apply_plan(tenant)
         except BaseException:  # the plan is free, the namespace not yet: the sweep writes it later
             await self.redis.set(grace_reapply_key(tenant), "1", ex=7 * 86400)
             await self.redis.zadd(GRACE_DUE, {tenant: time.time() + GRACE_RETRY})
@@ -227,13 +331,13 @@ class Billing:
             return "duplicate"
         try:
             info = await self.tenants.info(tenant)
-            stripe_id = ""
+            stripe_id = ""  # the meter event's identifier (the uid; Stripe de-duplicates on it)
             if info.get("stripe_customer"):
                 value = str(max(0, math.ceil(gpu_seconds)))
-                event = await run_in_threadpool(
+                await run_in_threadpool(
                     stripe.billing.MeterEvent.create, event_name=self.settings.stripe_meter_event,
                     payload={"stripe_customer_id": info["stripe_customer"], "value": value}, identifier=uid)
-                stripe_id = event.identifier or uid
+                stripe_id = uid
             async with self.redis.pipeline(transaction=True) as p:
                 p.hincrbyfloat(quotas.usage_key(tenant), "gpu_seconds", gpu_seconds)
                 p.hincrby(quotas.usage_key(tenant), f"jobs_{phase.lower()}", 1)
@@ -254,9 +358,10 @@ class GraceSweeper:
     `grace:due` index, never a scan of all tenants). Safe with several replicas: a claim moves
     a tenant's score to the end of a lease, and only the lease holder settles it."""
 
-    def __init__(self, billing: Billing, interval: float, *, lease: float = GRACE_LEASE, batch: int = 100) -> None:
+    def __init__(self, billing: Billing, redis: Redis, interval: float, *, lease: float = GRACE_LEASE,
+                 batch: int = 100) -> None:
         self.billing = billing
-        self.redis = billing.redis
+        self.redis = redis
         self.interval = interval
         self.lease = lease
         self.batch = batch
@@ -293,14 +398,11 @@ class GraceSweeper:
             tenants = await self._claim(keys=[GRACE_DUE], args=[repr(now), lease_until, self.batch])
             for tenant in tenants:
                 try:
-                    if await self.redis.exists(grace_reapply_key(tenant)):  # degraded, GPU limit not written
-                        await self.billing.plan_changed(tenant)
-                        await self.redis.delete(grace_reapply_key(tenant))
-                    done += await self.billing.end_grace(tenant, via="sweep")
+                    done += await self.billing.sweep_tenant(tenant)
                 except Exception:
                     log.exception("grace downgrade of tenant %s failed; retried after the lease", tenant)
                     continue
-                grace = (await self.billing.tenants.info(tenant)).get("grace_until")
+                grace = await self.billing.grace_until(tenant)
                 if grace and float(grace) < time.time():
                     continue  # someone else is applying it: look again when our lease ends
                 # Gone (degraded, paid, plan changed) or a later grace period: settle the entry.

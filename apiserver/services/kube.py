@@ -58,10 +58,11 @@ class Kube:
         self.custom = client.CustomObjectsApi(api)
         self._known_ns: dict[str, str] = {}
 
-    async def ensure_namespace(self, namespace: str, tenant: str, gpu_limit: int) -> None:
-        """Create the tenant namespace if needed and set its GPU limit (the operator reads it)."""
+    async def ensure_namespace(self, namespace: str, tenant: str, gpu_limit: int, *, refresh: bool = False) -> None:
+        """Create the tenant namespace if needed and set its GPU limit (the operator reads it).
+        Skipped when this process wrote the same limit already, unless `refresh`."""
         want = str(gpu_limit)
-        if self._known_ns.get(namespace) == want:
+        if not refresh and self._known_ns.get(namespace) == want:
             return
         meta = {"name": namespace, "labels": {LABEL_TENANT: tenant}, "annotations": {ANNOTATION_GPU_LIMIT: want}}
         try:

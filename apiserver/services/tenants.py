@@ -18,13 +18,16 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from spatialforge.apiserver.core import security
+from spatialforge.apiserver.errors import InvalidRequest
 from spatialforge.apiserver.services import plans
 
 TENANT_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 
 
-class TenantError(ValueError):
-    pass
+class TenantError(InvalidRequest):
+    """A tenant id or plan name that cannot be (422 `invalid_tenant`)."""
+
+    code = "invalid_tenant"
 
 
 @dataclass

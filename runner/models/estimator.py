@@ -17,7 +17,8 @@ import numpy as np
 from spatialforge.crds.v1alpha1.common import DepthModel
 from spatialforge.runner.devices import DeviceChoice, choose_device
 from spatialforge.runner.errors import ModelLoadError
-from spatialforge.runner.models.registry import Checkpoint, check_allowed, resolve_weights
+from spatialforge.runner.models.registry import Checkpoint, check_allowed, forget_download, resolve_weights
+from spatialforge.runner.settings import RunnerSettings
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,20 +96,25 @@ class DepthEstimator:
         *,
         device: DeviceChoice | None = None,
         env: Mapping[str, str] | None = None,
+        settings: RunnerSettings | None = None,
     ) -> DepthEstimator:
         """Check the licence, find the weights, load model and processor with transformers."""
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
+        settings = settings or RunnerSettings.from_env(env)
         env = os.environ if env is None else env
         ckpt = Checkpoint.of(spec_model)
-        check_allowed(ckpt, env)
-        location = resolve_weights(ckpt, env)
-        device = device or choose_device()
+        check_allowed(ckpt, settings)
+        location = resolve_weights(ckpt, settings)
+        device = device or choose_device(settings.device, fp16=settings.fp16)
         try:
-            processor = AutoImageProcessor.from_pretrained(location)
-            model = AutoModelForDepthEstimation.from_pretrained(location, dtype=device.torch_dtype)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"cannot load {ckpt.name} from {location}: {exc}") from exc
+            processor = AutoImageProcessor.from_pretrained(location, local_files_only=not settings.hub_download)
+            model = AutoModelForDepthEstimation.from_pretrained(
+                location, dtype=device.torch_dtype, local_files_only=not settings.hub_download
+            )
+        except Exception as exc:  # noqa: BLE001 - SafetensorError, JSON and config errors are all a bad checkpoint
+            forget_download(location)
+            raise ModelLoadError(f"cannot load {ckpt.name} from {location}: {type(exc).__name__}: {exc}") from exc
         model = model.to(device.torch_device).eval()
         return cls(model, Preprocessing.from_processor(processor), device, checkpoint=ckpt)
 

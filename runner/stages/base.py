@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -13,6 +13,7 @@ from spatialforge.crds.constants import API_VERSION
 from spatialforge.crds.v1alpha1.common import DepthModel
 from spatialforge.runner.devices import DeviceChoice, choose_device
 from spatialforge.runner.progress import Progress
+from spatialforge.runner.settings import RunnerSettings
 from spatialforge.runner.storage import ArtifactStore, open_store
 
 
@@ -28,24 +29,35 @@ class StageResult:
 
 @dataclass(kw_only=True)
 class RunContext:
-    """Identity of the run, its shard, and the shared resources (stores, model, device)."""
+    """Identity of the run, its shard, its settings, and the shared resources (stores, model, device).
+
+    `settings` reach everything the run opens (object stores, device, weights, termination log);
+    `env=` is a shorthand for `settings=RunnerSettings.from_env(env)` and then wins over it.
+    """
 
     namespace: str
     name: str
     shard_index: int = 0
     shard_count: int = 1
     progress: Progress = field(default_factory=Progress)
-    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    settings: RunnerSettings = field(default_factory=RunnerSettings.from_env)
+    env: Mapping[str, str] | None = field(default=None, repr=False)
     device: DeviceChoice | None = None
     estimator_loader: Callable[..., Any] | None = None
+    attempt: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    """This run's id: outputs are staged under it and published at the end (storage/staging.py)."""
     _stores: dict[str, ArtifactStore] = field(default_factory=dict, repr=False)
     _estimators: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.env is not None:
+            self.settings = RunnerSettings.from_env(self.env)
 
     def store(self, uri: str) -> ArtifactStore:
         """One store per scheme, created on first use."""
         scheme = uri.split("://", 1)[0]
         if scheme not in self._stores:
-            self._stores[scheme] = open_store(uri)
+            self._stores[scheme] = open_store(uri, self.settings)
         return self._stores[scheme]
 
     def use_store(self, scheme: str, store: ArtifactStore) -> None:
@@ -54,7 +66,7 @@ class RunContext:
 
     def get_device(self) -> DeviceChoice:
         if self.device is None:
-            self.device = choose_device(self.env.get("SPATIALFORGE_DEVICE"))
+            self.device = choose_device(self.settings.device, fp16=self.settings.fp16)
         return self.device
 
     def estimator(self, model: DepthModel) -> Any:
@@ -67,7 +79,7 @@ class RunContext:
                 from spatialforge.runner.models.estimator import DepthEstimator
 
                 loader = DepthEstimator.load
-            self._estimators[key] = loader(model, device=self.get_device(), env=self.env)
+            self._estimators[key] = loader(model, device=self.get_device(), settings=self.settings, env=self.env)
         return self._estimators[key]
 
     def shard_prefix(self, output_uri: str) -> str:

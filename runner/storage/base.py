@@ -43,6 +43,22 @@ class ArtifactStore(abc.ABC):
     def stat(self, uri: str) -> ObjectInfo | None:
         """The object's info, or None when it does not exist."""
 
+    @abc.abstractmethod
+    def delete(self, uri: str) -> None:
+        """Remove an object; a missing one is not an error."""
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove every object under a prefix; returns how many."""
+        objects = self.list(prefix)
+        for obj in objects:
+            self.delete(obj.uri)
+        return len(objects)
+
+    def move(self, src: str, dst: str) -> None:
+        """Rename an object (stores override this with a rename or a server-side copy)."""
+        self.put(dst, self.get(src))
+        self.delete(src)
+
     def exists(self, uri: str) -> bool:
         return self.stat(uri) is not None
 

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
-from spatialforge.runner.errors import InputNotFoundError, StorageError
+from spatialforge.runner.errors import InputNotFoundError, InvalidSpecError, StorageError
 from spatialforge.runner.storage.base import ArtifactStore, ObjectInfo, sha256_hex
 
 
 def file_path(uri: str) -> Path:
-    """The local path of a file:// URI."""
+    """The local path of an absolute `file:///path` URI; a URI with a host is refused."""
     parsed = urlparse(uri)
     if parsed.scheme != "file":
         raise ValueError(f"not a file:// URI: {uri}")
-    return Path(unquote(parsed.netloc + parsed.path))
+    if parsed.netloc:
+        raise InvalidSpecError(f"file:// URI with a host ({parsed.netloc!r}) is not supported: {uri[:200]}")
+    return Path(unquote(parsed.path))
 
 
 def file_uri(path: Path, *, prefix: bool = False) -> str:
@@ -54,6 +57,36 @@ class LocalStore(ArtifactStore):
         except OSError as exc:
             raise StorageError(f"cannot write {uri}: {exc}") from exc
         return sha256_hex(data)
+
+    def delete(self, uri: str) -> None:
+        try:
+            file_path(uri).unlink(missing_ok=True)
+        except IsADirectoryError:
+            pass
+        except OSError as exc:
+            raise StorageError(f"cannot delete {uri}: {exc}") from exc
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove the prefix's folder with everything in it (temp files of killed writers too)."""
+        root = file_path(prefix)
+        if not root.is_dir():
+            return 0
+        count = sum(1 for p in root.rglob("*") if p.is_file())
+        try:
+            shutil.rmtree(root)
+        except OSError as exc:
+            raise StorageError(f"cannot delete {prefix}: {exc}") from exc
+        return count
+
+    def move(self, src: str, dst: str) -> None:
+        target = file_path(dst)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(file_path(src), target)
+        except FileNotFoundError as exc:
+            raise InputNotFoundError(f"no such file: {src}") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot move {src} to {dst}: {exc}") from exc
 
     def list(self, prefix: str) -> list[ObjectInfo]:
         root = file_path(prefix)

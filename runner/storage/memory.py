@@ -30,6 +30,10 @@ class MemoryStore(ArtifactStore):
             self.put_order.append(uri)
         return sha256_hex(data)
 
+    def delete(self, uri: str) -> None:
+        with self._lock:
+            self.objects.pop(uri, None)
+
     def list(self, prefix: str) -> list[ObjectInfo]:
         return sorted(
             (ObjectInfo(uri=u, size=len(b)) for u, b in self.objects.items() if u.startswith(prefix)),

@@ -1,23 +1,21 @@
 """S3 (and MinIO) store through boto3: retries, multipart transfers, checksums.
 
-Configuration, first match wins:
-- endpoint: `SPATIALFORGE_S3_ENDPOINT`, else boto3's own `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`;
-- region: `AWS_REGION`, `AWS_DEFAULT_REGION`, else us-east-1;
-- credentials: a mounted secret folder `SPATIALFORGE_S3_SECRET_DIR` holding files
-  `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (or `accesskey`/`secretkey`), else boto3's
-  chain (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, IRSA, instance profile).
+Configuration comes from `RunnerSettings` (runner/settings.py): endpoint, region, keys or a
+mounted secret folder (whose files win over the key variables), else boto3's own chain (IRSA,
+instance profile).
 """
 
 from __future__ import annotations
 
 import io
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
 from spatialforge.runner.errors import InputNotFoundError, StorageError
+from spatialforge.runner.settings import RunnerSettings
 from spatialforge.runner.storage.base import ArtifactStore, ObjectInfo, sha256_file, sha256_hex
 
 MB = 1024 * 1024
@@ -42,7 +40,7 @@ def _read_secret(folder: Path, *names: str) -> str | None:
 
 @dataclass(kw_only=True)
 class S3Settings:
-    """How to reach the object store; `from_env()` reads the variables above."""
+    """How to reach the object store (boto3 client and transfer settings)."""
 
     endpoint_url: str | None = None
     region: str = "us-east-1"
@@ -55,23 +53,26 @@ class S3Settings:
     max_concurrency: int = 8
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> S3Settings:
-        env = dict(os.environ if env is None else env)
-        access = secret = None
-        secret_dir = env.get("SPATIALFORGE_S3_SECRET_DIR")
-        if secret_dir:
-            folder = Path(secret_dir)
-            access = _read_secret(folder, "AWS_ACCESS_KEY_ID", "accesskey", "access-key")
-            secret = _read_secret(folder, "AWS_SECRET_ACCESS_KEY", "secretkey", "secret-key")
+    def from_runner(cls, settings: RunnerSettings) -> S3Settings:
+        """The object-store part of the runner's settings (the secret folder wins over the variables)."""
+        access = settings.s3_access_key
+        secret = settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None
+        if settings.s3_secret_dir:
+            folder = Path(settings.s3_secret_dir)
+            access = _read_secret(folder, "AWS_ACCESS_KEY_ID", "accesskey", "access-key") or access
+            secret = _read_secret(folder, "AWS_SECRET_ACCESS_KEY", "secretkey", "secret-key") or secret
         return cls(
-            endpoint_url=env.get("SPATIALFORGE_S3_ENDPOINT")
-            or env.get("AWS_ENDPOINT_URL_S3")
-            or env.get("AWS_ENDPOINT_URL"),
-            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
-            access_key=access or env.get("AWS_ACCESS_KEY_ID"),
-            secret_key=secret or env.get("AWS_SECRET_ACCESS_KEY"),
-            retry_mode=env.get("SPATIALFORGE_S3_RETRY_MODE", "adaptive"),
+            endpoint_url=settings.s3_endpoint,
+            region=settings.s3_region,
+            access_key=access,
+            secret_key=secret,
+            retry_mode=settings.s3_retry_mode,
         )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> S3Settings:
+        """Shorthand for `from_runner(RunnerSettings.from_env(env))`."""
+        return cls.from_runner(RunnerSettings.from_env(env))
 
 
 class S3Store(ArtifactStore):
@@ -84,7 +85,7 @@ class S3Store(ArtifactStore):
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
-        self.settings = settings or S3Settings.from_env()
+        self.settings = settings or S3Settings.from_env()  # os.environ, through RunnerSettings
         s = self.settings
         config = Config(
             region_name=s.region,
@@ -188,6 +189,38 @@ class S3Store(ArtifactStore):
                 return None
             raise err from exc
         return ObjectInfo(uri=uri, size=int(head["ContentLength"]))
+
+    def delete(self, uri: str) -> None:
+        bucket, key = split_s3(uri)
+        try:
+            self.client.delete_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            err = self._error(exc, uri, "delete")
+            if not isinstance(err, InputNotFoundError):
+                raise err from exc
+
+    def delete_prefix(self, prefix: str) -> int:
+        objects = self.list(prefix)
+        for start in range(0, len(objects), 1000):  # DeleteObjects takes 1000 keys a call
+            chunk = objects[start : start + 1000]
+            bucket = split_s3(chunk[0].uri)[0]
+            try:
+                self.client.delete_objects(
+                    Bucket=bucket, Delete={"Objects": [{"Key": split_s3(o.uri)[1]} for o in chunk], "Quiet": True}
+                )
+            except Exception as exc:
+                raise self._error(exc, prefix, "delete") from exc
+        return len(objects)
+
+    def move(self, src: str, dst: str) -> None:
+        """Server-side copy (metadata kept), then delete the source."""
+        sb, sk = split_s3(src)
+        db, dk = split_s3(dst)
+        try:
+            self.client.copy({"Bucket": sb, "Key": sk}, db, dk, Config=self.transfer)
+        except Exception as exc:
+            raise self._error(exc, src, "copy") from exc
+        self.delete(src)
 
     def close(self) -> None:
         self.client.close()

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from spatialforge.crds.constants import EXIT_INVALID_INPUT
-from spatialforge.runner.app import PodSettings, run_in_pod
+from spatialforge.runner.app import load_settings, pod_identity, run_in_pod
 from spatialforge.runner.errors import InvalidSpecError
 from spatialforge.runner.kube import ProgressPatcher
 from spatialforge.runner.progress import Progress, Snapshot
@@ -21,11 +21,14 @@ from spatialforge.runner.progress import Progress, Snapshot
 
 def test_pod_settings_from_env():
     env = {"SPATIALFORGE_KIND": "DepthBatch", "SPATIALFORGE_NAME": "b", "SPATIALFORGE_NAMESPACE": "t", "JOB_COMPLETION_INDEX": "3"}
-    s = PodSettings.from_env(env)
-    assert (s.kind, s.name, s.namespace, s.shard_index, s.kubeconfig) == ("DepthBatch", "b", "t", 3, None)
-    assert PodSettings.from_env({**env, "JOB_COMPLETION_INDEX": ""}).shard_index == 0
+    s = load_settings(env)
+    assert pod_identity(s) == ("DepthBatch", "b", "t")
+    assert (s.shard_index, s.kubeconfig) == (3, None)
+    assert load_settings({**env, "JOB_COMPLETION_INDEX": ""}).shard_index == 0
     with pytest.raises(InvalidSpecError, match="SPATIALFORGE_NAME"):
-        PodSettings.from_env({"SPATIALFORGE_KIND": "DepthBatch", "SPATIALFORGE_NAMESPACE": "t"})
+        pod_identity(load_settings({"SPATIALFORGE_KIND": "DepthBatch", "SPATIALFORGE_NAMESPACE": "t"}))
+    with pytest.raises(InvalidSpecError, match="JOB_COMPLETION_INDEX"):
+        load_settings({**env, "JOB_COMPLETION_INDEX": "three"})
 
 
 def test_snapshot_is_a_shard_progress_body():
@@ -79,4 +82,4 @@ def test_module_entry_point_exit_code(tmp_path):
 def test_unwritable_termination_log_is_ignored(monkeypatch):
     from spatialforge.runner.termination import write_termination_message
 
-    assert write_termination_message("x", {"SPATIALFORGE_TERMINATION_LOG": "/proc/nope/termination-log"}) is False
+    assert write_termination_message("x", "/proc/nope/termination-log") is False

@@ -1,4 +1,5 @@
-"""Jobs: submit a DepthBatch or ReconstructionJob, list, read, cancel, sign result URLs."""
+"""Jobs: submit a DepthBatch or ReconstructionJob, list, read, cancel, sign result URLs,
+delete results."""
 
 from __future__ import annotations
 
@@ -6,14 +7,15 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Header, Query, Response
 
-from spatialforge.apiserver.api.deps import ApiKeyDep, ServicesDep
-from spatialforge.apiserver.schemas import ErrorPublic, JobPublic, JobsPublic, ResultsPublic
+from spatialforge.apiserver.api.deps import ApiKeyDep, JobsDep, SettingsDep
+from spatialforge.apiserver.schemas import ErrorPublic, JobPublic, JobsPublic, ResultsDeleted, ResultsPublic
 from spatialforge.crds import DepthBatchSpec, ReconstructionJobSpec
 
 router = APIRouter(tags=["jobs"])
 
 ERRORS = {401: {"model": ErrorPublic}, 403: {"model": ErrorPublic}, 422: {"model": ErrorPublic},
-          429: {"model": ErrorPublic, "description": "rate or quota limit; see Retry-After and X-RateLimit-*"},
+          429: {"model": ErrorPublic, "description": "per-minute rate (`rate_limited`, X-RateLimit-*), month's units "
+                "(`quota_exceeded`, X-Quota-*) or concurrent jobs (`concurrent_jobs_limit`); see Retry-After"},
           503: {"model": ErrorPublic}}
 DEPTH_EXAMPLE = {"inputs": ["s3://spatialforge/tenants/acme/inputs/u1/"],
                  "output": {"uri": "s3://spatialforge/tenants/acme/results"},
@@ -26,55 +28,63 @@ WebhookUrl = Annotated[str | None, Query(max_length=2048, description="POSTed a 
 
 
 @router.post("/v1/depth-batches", status_code=202, response_model=JobPublic, responses=ERRORS)
-async def create_depth_batch(principal: ApiKeyDep, services: ServicesDep, response: Response,
+async def create_depth_batch(principal: ApiKeyDep, jobs: JobsDep, response: Response,
                              spec: Annotated[DepthBatchSpec, Body(openapi_examples={"depth": {"value": DEPTH_EXAMPLE}})],
                              idempotency_key: IdempotencyKey = None, webhook_url: WebhookUrl = None) -> dict:
     """Submit a DepthBatch; the body is its spec."""
-    done = await services.jobs.submit(principal.tenant, "DepthBatch", spec,
-                                      idempotency_key=idempotency_key, webhook_url=webhook_url)
+    done = await jobs.submit(principal.tenant, "DepthBatch", spec,
+                              idempotency_key=idempotency_key, webhook_url=webhook_url)
     response.headers.update({**done.headers, "Location": done.job["status_url"]})
     return done.job
 
 
 @router.post("/v1/reconstructions", status_code=202, response_model=JobPublic, responses=ERRORS)
-async def create_reconstruction(principal: ApiKeyDep, services: ServicesDep, response: Response,
+async def create_reconstruction(principal: ApiKeyDep, jobs: JobsDep, response: Response,
                                 spec: Annotated[ReconstructionJobSpec, Body(openapi_examples={"recon": {"value": RECON_EXAMPLE}})],
                                 idempotency_key: IdempotencyKey = None, webhook_url: WebhookUrl = None) -> dict:
     """Submit a ReconstructionJob; the body is its spec."""
-    done = await services.jobs.submit(principal.tenant, "ReconstructionJob", spec,
-                                      idempotency_key=idempotency_key, webhook_url=webhook_url)
+    done = await jobs.submit(principal.tenant, "ReconstructionJob", spec,
+                              idempotency_key=idempotency_key, webhook_url=webhook_url)
     response.headers.update({**done.headers, "Location": done.job["status_url"]})
     return done.job
 
 
 @router.get("/v1/jobs", response_model=JobsPublic, responses=ERRORS)
-async def list_jobs(principal: ApiKeyDep, services: ServicesDep,
+async def list_jobs(principal: ApiKeyDep, jobs: JobsDep,
                     kind: Literal["DepthBatch", "ReconstructionJob"] | None = None,
                     phase: Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Cancelled"] | None = None,
                     limit: Annotated[int, Query(ge=1, le=500)] = 50,
                     offset: Annotated[int, Query(ge=0)] = 0) -> dict:
     """The tenant's jobs, newest first (from the watch-backed cache)."""
-    return services.jobs.list(principal.tenant, kind=kind, phase=phase, limit=limit, offset=offset)
+    return jobs.list(principal.tenant, kind=kind, phase=phase, limit=limit, offset=offset)
 
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobPublic, responses={**ERRORS, 404: {"model": ErrorPublic}})
-async def read_job(principal: ApiKeyDep, services: ServicesDep, job_id: str) -> dict:
+async def read_job(principal: ApiKeyDep, jobs: JobsDep, job_id: str) -> dict:
     """Phase, progress, queue position and ETA, conditions, timings, GPU-seconds."""
-    return await services.jobs.get(principal.tenant, job_id)
+    return await jobs.get(principal.tenant, job_id)
 
 
 @router.delete("/v1/jobs/{job_id}", status_code=202, response_model=JobPublic,
                responses={**ERRORS, 404: {"model": ErrorPublic}, 409: {"model": ErrorPublic}})
-async def cancel_job(principal: ApiKeyDep, services: ServicesDep, job_id: str) -> dict:
+async def cancel_job(principal: ApiKeyDep, jobs: JobsDep, job_id: str) -> dict:
     """Cancel a job (its resource is deleted; the operator stops its pods)."""
-    return await services.jobs.cancel(principal.tenant, job_id)
+    return await jobs.cancel(principal.tenant, job_id)
 
 
 @router.get("/v1/jobs/{job_id}/results", response_model=ResultsPublic,
-            responses={**ERRORS, 404: {"model": ErrorPublic}, 409: {"model": ErrorPublic}})
-async def job_results(principal: ApiKeyDep, services: ServicesDep, job_id: str,
+            responses={**ERRORS, 404: {"model": ErrorPublic}, 409: {"model": ErrorPublic}, 410: {"model": ErrorPublic}})
+async def job_results(principal: ApiKeyDep, jobs: JobsDep, settings: SettingsDep, job_id: str,
                       expires_in: Annotated[int | None, Query(ge=1, le=7 * 24 * 3600)] = None) -> dict:
-    """Signed GET URLs for every output file (24 h by default)."""
-    ttl = expires_in or services.settings.results_url_ttl_seconds
-    return await services.jobs.results(principal.tenant, job_id, ttl)
+    """Signed GET URLs for every output file (24 h by default); 409 `not_ready` before the job
+    Succeeded, 410 once its results expired (`expires_at`) or were deleted."""
+    ttl = expires_in or settings.results_url_ttl_seconds
+    return await jobs.results(principal.tenant, job_id, ttl)
+
+
+@router.delete("/v1/jobs/{job_id}/results", response_model=ResultsDeleted,
+               responses={**ERRORS, 404: {"model": ErrorPublic}, 409: {"model": ErrorPublic}})
+async def delete_job_results(principal: ApiKeyDep, jobs: JobsDep, job_id: str) -> dict:
+    """Delete a finished job's outputs now (before retention would); its results then answer 410."""
+    return await jobs.delete_results(principal.tenant, job_id)

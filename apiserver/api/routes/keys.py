@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query
 
-from spatialforge.apiserver.api.deps import AdminDep, ServicesDep
-from spatialforge.apiserver.core.errors import ApiError, not_found
+from spatialforge.apiserver.api.deps import AdminDep, NamespacesDep, RedisDep, TenantsDep
+from spatialforge.apiserver.errors import NotFound
 from spatialforge.apiserver.schemas import (
     KeyCreate, KeyCreated, KeyPublic, KeysPublic, PlanPublic, PlanUpdate, UsagePublic)
 from spatialforge.apiserver.services import usage as usage_service
@@ -16,56 +16,55 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
 
 @router.post("/keys", status_code=201, response_model=KeyCreated)
-async def create_key(_: AdminDep, services: ServicesDep,
+async def create_key(_: AdminDep, tenants: TenantsDep, namespaces: NamespacesDep,
                      body: KeyCreate = Body(openapi_examples={"user": {"value": {"tenant": "acme", "name": "ci"}}})) -> dict:
     """Create a key; the response is the only time the key is shown."""
-    issued = await services.tenants.create_key(body.tenant, role=body.role, live=body.live, name=body.name)
+    issued = await tenants.create_key(body.tenant, role=body.role, live=body.live, name=body.name)
     if body.role == "user":
-        await services.jobs.apply_plan(body.tenant)
-    record = next(k for k in await services.tenants.list_keys(body.tenant) if k["key_id"] == issued.key_id)
+        await namespaces.apply_plan(body.tenant)
+    record = next(k for k in await tenants.list_keys(body.tenant) if k["key_id"] == issued.key_id)
     return {**record, "key": issued.key}
 
 
 @router.get("/keys", response_model=KeysPublic)
-async def list_keys(_: AdminDep, services: ServicesDep,
+async def list_keys(_: AdminDep, tenants: TenantsDep,
                     tenant: Annotated[str | None, Query(max_length=40)] = None) -> dict:
     """Keys (never the keys themselves), optionally of one tenant."""
-    keys = await services.tenants.list_keys(tenant)
+    keys = await tenants.list_keys(tenant)
     return {"data": keys, "count": len(keys)}
 
 
 @router.delete("/keys/{key_id}", response_model=KeyPublic)
-async def revoke_key(_: AdminDep, services: ServicesDep, key_id: str) -> dict:
+async def revoke_key(_: AdminDep, tenants: TenantsDep, key_id: str) -> dict:
     """Revoke a key at once."""
-    record = await services.tenants.revoke(key_id)
+    record = await tenants.revoke(key_id)
     if record is None:
-        raise not_found("key")
+        raise NotFound("key not found")
     return record
 
 
 @router.post("/keys/{key_id}/rotate", status_code=201, response_model=KeyCreated)
-async def rotate_key(_: AdminDep, services: ServicesDep, key_id: str) -> dict:
+async def rotate_key(_: AdminDep, tenants: TenantsDep, key_id: str) -> dict:
     """A new key for the same tenant and role; the old one is revoked."""
-    issued = await services.tenants.rotate(key_id)
+    issued = await tenants.rotate(key_id)
     if issued is None:
-        raise not_found("active key")
-    record = next(k for k in await services.tenants.list_keys(issued.tenant) if k["key_id"] == issued.key_id)
+        raise NotFound("active key not found")
+    record = next(k for k in await tenants.list_keys(issued.tenant) if k["key_id"] == issued.key_id)
     return {**record, "key": issued.key}
 
 
 @router.put("/tenants/{tenant}/plan", response_model=PlanPublic)
-async def set_plan(_: AdminDep, services: ServicesDep, tenant: str,
+async def set_plan(_: AdminDep, tenants: TenantsDep, namespaces: NamespacesDep, tenant: str,
                    body: PlanUpdate = Body(openapi_examples={"pro": {"value": {"plan": "pro", "gpu_limit": 8}}})) -> dict:
     """Set a tenant's plan and optional per-tenant limits; the GPU limit goes to its namespace."""
-    try:
-        await services.tenants.set_plan(tenant, body.plan, units=body.monthly_units, rate=body.rate_per_minute,
-                                        gpus=body.gpu_limit)
-    except ValueError as exc:
-        raise ApiError(422, "invalid_tenant", str(exc)) from None
-    return await usage_service.plan_public(services, tenant, await services.jobs.apply_plan(tenant))
+    await tenants.set_plan(tenant, body.plan, units=body.monthly_units, rate=body.rate_per_minute,
+                           gpus=body.gpu_limit)  # TenantError: 422 invalid_tenant
+    # Concurrent jobs (whatever their GPU count): a per-tenant override, cleared when not given.
+    await tenants.set_fields(tenant, jobs="" if body.concurrent_jobs is None else str(body.concurrent_jobs))
+    return await usage_service.plan_public(tenants, tenant, await namespaces.apply_plan(tenant))
 
 
 @router.get("/tenants/{tenant}/usage", response_model=UsagePublic)
-async def tenant_usage(_: AdminDep, services: ServicesDep, tenant: str) -> dict:
+async def tenant_usage(_: AdminDep, tenants: TenantsDep, redis: RedisDep, tenant: str) -> dict:
     """A tenant's month so far."""
-    return await usage_service.usage(services, tenant)
+    return await usage_service.usage(tenants, redis, tenant)

@@ -1,33 +1,27 @@
-"""Signed PUT URLs into the tenant's own input prefix."""
+"""Signed upload forms into the tenant's own input prefix, and the tenant's uploads."""
 
 from __future__ import annotations
 
-import secrets
-
 from fastapi import APIRouter, Body
-from starlette.concurrency import run_in_threadpool
 
-from spatialforge.apiserver.api.deps import ApiKeyDep, ServicesDep
-from spatialforge.apiserver.schemas import UploadCreate, UploadPublic
+from spatialforge.apiserver.api.deps import ApiKeyDep, JobsDep
+from spatialforge.apiserver.schemas import UploadCreate, UploadPublic, UploadsPublic
 
 router = APIRouter(tags=["uploads"])
 
 
 @router.post("/v1/uploads", status_code=201, response_model=UploadPublic)
-async def create_upload(principal: ApiKeyDep, services: ServicesDep,
+async def create_upload(principal: ApiKeyDep, jobs: JobsDep,
                         body: UploadCreate = Body(openapi_examples={"two": {"value": {"files": [
                             {"name": "a.jpg", "content_type": "image/jpeg"}, {"name": "b.jpg"}]}}})) -> dict:
-    """Signed PUT URLs for each file under s3://<bucket>/tenants/<tenant>/inputs/<upload id>/."""
-    storage = services.storage
-    ttl = services.settings.upload_url_ttl_seconds
-    key_prefix = f"tenants/{principal.tenant}/inputs/{secrets.token_hex(8)}/"
+    """A signed POST form for each file under s3://<bucket>/tenants/<tenant>/inputs/<upload id>/:
+    send `fields`, then the file as `file` (multipart/form-data). The store refuses a file over
+    `max_bytes`; uploads expire after the uploads retention (see GET /v1/uploads)."""
+    return await jobs.uploads.create(principal.tenant, [(f.name, f.content_type) for f in body.files])
 
-    def sign() -> list[dict]:
-        out = []
-        for f in body.files:
-            key = key_prefix + f.name
-            out.append({"name": f.name, "uri": f"s3://{storage.bucket}/{key}", "url": storage.sign_put(key, f.content_type, ttl),
-                        "headers": {"Content-Type": f.content_type} if f.content_type else {}})
-        return out
 
-    return {"prefix": f"s3://{storage.bucket}/{key_prefix}", "expires_in": ttl, "files": await run_in_threadpool(sign)}
+@router.get("/v1/uploads", response_model=UploadsPublic)
+async def list_uploads(principal: ApiKeyDep, jobs: JobsDep) -> dict:
+    """Your uploads, newest first, with size and `expires_at`; their bytes count in /v1/usage."""
+    data = await jobs.uploads.list(principal.tenant)
+    return {"data": data, "count": len(data)}

@@ -1,0 +1,114 @@
+"""Everything the runner reads from its environment, in one pydantic-settings class.
+
+`RunnerSettings.from_env(env)` reads a given mapping (or `os.environ`); the run context carries
+the result to the stores, the device choice, the model registry and the termination log, so a
+`run_local(env=...)` reaches all of them. The env names are `spatialforge.crds.constants`, which
+the operator uses too. runner/README.md's env table is `env_table()` (a test keeps them equal).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+from spatialforge.crds import constants as c
+
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+
+
+def _env(*names: str) -> Any:
+    return AliasChoices(*names) if len(names) > 1 else names[0]
+
+
+class RunnerSettings(BaseSettings):
+    """The runner's configuration (pod and local runs alike)."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, use_attribute_docstrings=True)
+
+    kind: str | None = Field(default=None, validation_alias=c.ENV_RESOURCE_KIND)
+    """In a pod: `DepthBatch` or `ReconstructionJob` (set by the operator)."""
+    name: str | None = Field(default=None, validation_alias=c.ENV_RESOURCE_NAME)
+    """In a pod: the resource's name (set by the operator)."""
+    namespace: str | None = Field(default=None, validation_alias=c.ENV_RESOURCE_NAMESPACE)
+    """In a pod: the resource's namespace (set by the operator)."""
+    shard_index: int = Field(default=0, ge=0, validation_alias=c.ENV_SHARD_INDEX)
+    """Shard index (Indexed Job); the shard count is `spec.parallelism`."""
+    kubeconfig: str | None = Field(default=None, validation_alias=c.ENV_KUBECONFIG)
+    """Kubeconfig file; unset: the pod's service account."""
+    progress_interval: float = Field(default=1.0, gt=0, validation_alias=c.ENV_PROGRESS_INTERVAL)
+    """Seconds between progress patches of the status."""
+    termination_log: Path = Field(default=Path(DEFAULT_TERMINATION_LOG), validation_alias=c.ENV_TERMINATION_LOG)
+    """Where the one-line reason of a failed run goes."""
+    model_dir: str | None = Field(default=None, validation_alias=c.ENV_MODEL_DIR)
+    """Folder (or `s3://` prefix) with one subfolder per checkpoint, e.g. `depth-anything-v2-small-relative/`; unset: the Hugging Face cache."""
+    model_cache: Path | None = Field(default=None, validation_alias=c.ENV_MODEL_CACHE)
+    """Where an `s3://` model dir is mirrored; unset: `~/.cache/spatialforge/models` (or the temp dir)."""
+    hub_download: bool = Field(default=False, validation_alias=c.ENV_HUB_DOWNLOAD)
+    """Allow downloads from the Hugging Face hub when no model dir is set; off: only the local cache is read."""
+    research_mode: bool = Field(default=False, validation_alias=c.ENV_RESEARCH_MODE)
+    """Allow the CC-BY-NC base/large checkpoints."""
+    device: str = Field(default="auto", validation_alias=c.ENV_DEVICE)
+    """`auto`, `cpu`, `cuda` or `cuda:N`."""
+    fp16: bool = Field(default=True, validation_alias=c.ENV_FP16)
+    """fp16 on CUDA (always fp32 on CPU); `0` turns it off."""
+    depth_backend: str = Field(default="auto", validation_alias=c.ENV_DEPTH_BACKEND)
+    """Depth network backend: `auto` or one of runner/models/backends.py's BACKENDS."""
+    backend_cache: Path | None = Field(default=None, validation_alias=c.ENV_BACKEND_CACHE)
+    """Where exported backend graphs are cached; unset: `_backends/` in the model cache."""
+    decode_slots: int = Field(default=2, ge=1, le=64, validation_alias=c.ENV_DECODE_SLOTS)
+    """Images decoded at full size at once: peak memory grows with it (runner/README.md)."""
+    s3_endpoint: str | None = Field(
+        default=None, validation_alias=_env(c.ENV_S3_ENDPOINT, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+    )
+    """Object-store endpoint, the first one set; unset: AWS."""
+    s3_region: str = Field(default="us-east-1", validation_alias=_env("AWS_REGION", "AWS_DEFAULT_REGION"))
+    """Object-store region (`AWS_REGION`, else `AWS_DEFAULT_REGION`)."""
+    s3_access_key: str | None = Field(default=None, repr=False, validation_alias="AWS_ACCESS_KEY_ID")
+    """Access key; else the secret dir, else boto3's chain (IRSA, instance profile)."""
+    s3_secret_key: SecretStr | None = Field(default=None, validation_alias="AWS_SECRET_ACCESS_KEY")
+    """Secret key, as above."""
+    s3_secret_dir: Path | None = Field(default=None, validation_alias=c.ENV_S3_SECRET_DIR)
+    """Mounted secret folder with files `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` (or `accesskey`/`secretkey`); wins over the variables."""
+    s3_retry_mode: str = Field(default="adaptive", validation_alias=c.ENV_S3_RETRY_MODE)
+    """botocore retry mode."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RunnerSettings:
+        """Settings from `env` (default `os.environ`) only: no .env file, no other source.
+
+        Empty values count as unset. Raises pydantic's ValidationError for bad values.
+        """
+        source = EnvSettingsSource(cls, env_ignore_empty=True)
+        environ = os.environ if env is None else env
+        source.env_vars = {k.lower(): v for k, v in environ.items() if v != ""}
+        return cls(_build_sources=((source,), {}))
+
+
+def env_names(field: str) -> list[str]:
+    """The environment variables a field is read from, first match wins."""
+    alias = RunnerSettings.model_fields[field].validation_alias
+    if isinstance(alias, AliasChoices):
+        return [str(a) for a in alias.choices]
+    return [str(alias)]
+
+
+def env_table() -> str:
+    """runner/README.md's env table, generated from the fields above."""
+    rows = ["| env | default | meaning |", "|---|---|---|"]
+    for name, info in RunnerSettings.model_fields.items():
+        default = info.default
+        shown = "" if default is None else (str(default).lower() if isinstance(default, bool) else str(default))
+        names = ", ".join(f"`{n}`" for n in env_names(name))
+        rows.append(f"| {names} | {f'`{shown}`' if shown else ''} | {' '.join((info.description or '').split())} |")
+    return "\n".join(rows)
+
+
+def termination_path(env: Mapping[str, str] | None = None) -> str:
+    """Where the termination message goes, even when the rest of the environment is invalid."""
+    environ = os.environ if env is None else env
+    return environ.get(c.ENV_TERMINATION_LOG) or DEFAULT_TERMINATION_LOG
