@@ -4,7 +4,7 @@ PYTEST_ARGS ?=
 export PYTHON
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools cluster-up cluster-down cluster-status test test-unit demo bench crds verify clean
+.PHONY: help install tools cluster-up cluster-down cluster-status test test-unit demo bench crds verify lint-imports clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -41,8 +41,11 @@ bench: install tools ## Benchmarks (not tests); each prints a final JSON line
 crds: ## Regenerate every generated copy: crds/*.yaml, crds/policies/, the chart's crds/ and generated templates
 	$(PYTHON) -m spatialforge.crds.generate
 
-verify: ## Fail if any generated copy is stale
+verify: lint-imports ## Fail if any generated copy is stale or the import layering is broken
 	$(PYTHON) -m spatialforge.crds.generate --check
+
+lint-imports: ## The import-layering contract (.importlinter): components never import each other
+	$(PYTHON) hack/lint_imports.py
 
 clean: cluster-down ## Stop servers and remove local state
 	rm -rf .local
