@@ -26,6 +26,12 @@ FINALIZER: Final = f"{GROUP}/cleanup"
 # and by the REST front end alike. Absent means "only the global budget applies".
 ANNOTATION_GPU_LIMIT: Final = f"{GROUP}/gpu-limit"
 
+# What the operator keeps on a resource for itself, outside the status (which others can write):
+# the terminal outcome (phase, reason, times, GPU-seconds) once reached, and the GPU-seconds of
+# runner pods that are gone. Runners may only patch status, so they cannot touch these.
+ANNOTATION_OUTCOME: Final = f"{GROUP}/outcome"
+ANNOTATION_GPU_LEDGER: Final = f"{GROUP}/gpu-seconds-ledger"
+
 # The runner reports invalid input with this exit code; the Job's podFailurePolicy fails the
 # Job at once on it. Any other non-zero code is a retryable failure.
 EXIT_INVALID_INPUT: Final = 42

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 
 import kopf
 from aiohttp import web
@@ -18,6 +19,7 @@ from prometheus_client import start_http_server
 
 from spatialforge.operator import handlers  # noqa: F401  (registers the Kopf handlers)
 from spatialforge.operator import metrics
+from spatialforge.operator.kube import Kube
 from spatialforge.operator.leader import LeaderElector
 from spatialforge.operator.settings import OperatorSettings
 
@@ -36,7 +38,26 @@ async def _health_server(port: int, state: dict[str, str]) -> web.AppRunner:
     return runner
 
 
+CRDS_HOW = "install them with `kubectl apply -f crds/` and start the operator again"
+
+
+async def preflight(settings: OperatorSettings) -> str | None:
+    """One line saying why the operator cannot start (missing CRDs), or None."""
+    api = await handlers.api_client(settings)
+    try:
+        missing = await Kube(api).missing_crds()
+    finally:
+        await api.close()
+    if missing:
+        return f"spatialforge operator: CustomResourceDefinitions not installed: {', '.join(missing)}; {CRDS_HOW}"
+    return None
+
+
 async def run(settings: OperatorSettings) -> int:
+    problem = await preflight(settings)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     state = {"role": "starting"}
     health = await _health_server(settings.health_port, state) if settings.health_port else None
     if settings.metrics_port:
@@ -52,7 +73,7 @@ async def run(settings: OperatorSettings) -> int:
     if settings.leader_election:
         api = elector_api = await handlers.api_client(settings)
         identity = settings.identity or f"{socket.gethostname()}-{os.getpid()}"
-        elector = LeaderElector(api, settings.namespace, settings.lease_name, identity, settings.lease_duration_seconds)
+        elector = LeaderElector(Kube(api), settings.namespace, settings.lease_name, identity, settings.lease_duration_seconds)
         state["role"] = "standby"
         acquire = asyncio.create_task(elector.acquire())
         stopper = asyncio.create_task(stop.wait())

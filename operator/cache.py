@@ -9,7 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from spatialforge.crds import constants as c
+from spatialforge.crds.kinds import kind_of
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
 
@@ -66,12 +69,36 @@ class Cache:
     namespace_limits: dict[str, int] = field(default_factory=dict)
     terminating: set[str] = field(default_factory=set)
     """Namespaces being deleted: nothing new can be created in them."""
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Nodes (labels, taints, allocatable), for the admission's node-fit check."""
+    gone_pods: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    """Runner pods deleted since their resource's GPU-seconds ledger was last written."""
+    _specs: dict[Key, tuple[str, int | None, Any, str | None]] = field(default_factory=dict)
+
+    def spec_of(self, key: Key) -> tuple[Any | None, str | None]:
+        """The resource's validated spec model, or None and why it does not validate; parsed
+        once per generation (admission passes ask for every resource)."""
+        obj = self.resources.get(key)
+        if obj is None:
+            return None, "gone"
+        uid, gen = obj["metadata"].get("uid", ""), obj["metadata"].get("generation")
+        memo = self._specs.get(key)
+        if memo is not None and memo[0] == uid and memo[1] == gen:
+            return memo[2], memo[3]
+        try:
+            spec, error = kind_of(key[0]).spec_model.model_validate(obj.get("spec") or {}), None
+        except (ValidationError, ValueError) as exc:
+            spec, error = None, str(exc)
+        self._specs[key] = (uid, gen, spec, error)
+        return spec, error
 
     def put_resource(self, obj: dict[str, Any], deleted: bool = False) -> Key:
         obj = slim(obj)
         key = resource_key(obj)
         if deleted:
             self.resources.pop(key, None)
+            self._specs.pop(key, None)
+            self.gone_pods.pop(key, None)
         elif _newer(obj, self.resources.get(key)):
             self.resources[key] = obj
         return key
@@ -112,9 +139,10 @@ class Cache:
         obj = slim(obj, drop_spec_keys=("containers", "volumes", "initContainers", "tolerations", "affinity"))
         pods = self.pods.setdefault(key, {})
         if deleted:
-            pods.pop(obj["metadata"]["uid"], None)
+            last = pods.pop(obj["metadata"]["uid"], None)
             if not pods:
                 del self.pods[key]
+            self.gone_pods.setdefault(key, {})[obj["metadata"]["uid"]] = obj if _newer(obj, last) else last
         elif _newer(obj, pods.get(obj["metadata"]["uid"])):
             pods[obj["metadata"]["uid"]] = obj
         return key
@@ -140,3 +168,16 @@ class Cache:
         else:
             self.namespace_limits[name] = limit
         return old != limit
+
+    def put_node(self, obj: dict[str, Any], deleted: bool = False) -> bool:
+        """Record a node; True when what the node-fit check reads changed."""
+        name = obj["metadata"]["name"]
+        old = self.nodes.get(name)
+        if deleted:
+            self.nodes.pop(name, None)
+            return old is not None
+        slim_node = {"metadata": {"name": name, "labels": obj["metadata"].get("labels") or {}},
+                     "spec": {k: v for k, v in (obj.get("spec") or {}).items() if k in ("taints", "unschedulable")},
+                     "status": {"allocatable": (obj.get("status") or {}).get("allocatable") or {}}}
+        self.nodes[name] = slim_node
+        return old != slim_node

@@ -6,28 +6,26 @@ import hashlib
 from typing import Any
 
 from spatialforge.crds import constants as c
+from spatialforge.crds.kinds import kind_of
 from spatialforge.crds.v1alpha1 import DepthBatch, ReconstructionJob
 from spatialforge.operator.settings import OperatorSettings
 
 CONTAINER = "runner"
 Resource = DepthBatch | ReconstructionJob
-_KIND_CODE = {"DepthBatch": "db", "ReconstructionJob": "rj"}
+
+
+def parse(obj: dict[str, Any]) -> Resource:
+    """The whole resource as its kind's model (ValidationError when it does not validate)."""
+    res = kind_of(obj["kind"]).parse(obj)
+    assert isinstance(res, DepthBatch | ReconstructionJob)
+    return res
 
 
 def job_name(kind: str, name: str, uid: str) -> str:
     """Deterministic child name: the same resource always maps to the same Job, and a
     resource re-created under the same name (new uid) never adopts its predecessor's Job."""
-    suffix = f"{_KIND_CODE[kind]}{hashlib.sha256(uid.encode()).hexdigest()[:6]}"
+    suffix = f"{kind_of(kind).code}{hashlib.sha256(uid.encode()).hexdigest()[:6]}"
     return f"{name[: 63 - len(suffix) - 1].rstrip('-.')}-{suffix}"
-
-
-def shard_count(res: Resource) -> int:
-    return res.spec.parallelism if isinstance(res, DepthBatch) else 1
-
-
-def gpu_demand(res: Resource) -> int:
-    """GPUs the resource holds while admitted: per pod x pods at once."""
-    return res.spec.placement.gpus * shard_count(res)
 
 
 def labels(res: Resource) -> dict[str, str]:
@@ -59,7 +57,7 @@ def owner_reference(res: Resource) -> dict[str, Any]:
 def build_job(res: Resource, settings: OperatorSettings, *, suspend: bool) -> dict[str, Any]:
     """The Job that runs a resource: one pod per shard, GPUs, hardening, failure policy."""
     meta, spec = res.metadata, res.spec
-    shards = shard_count(res)
+    shards = spec.shards
     job_labels = labels(res)
     if spec.queue_name:
         job_labels[c.KUEUE_QUEUE_LABEL] = spec.queue_name

@@ -1,6 +1,7 @@
 """Kopf wiring: start-up, and event handlers that feed the cache and enqueue work.
 
-The handlers hold no logic: every decision is in `reconciler.py`, computed from the cache.
+The handlers hold no logic: every decision is in `reconciler.py` (and the rooms it names),
+computed from the cache.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import kopf
 from kubernetes_asyncio import config as kube_config
 
 from spatialforge.crds import constants as c
+from spatialforge.crds.kinds import BY_PLURAL, KINDS
 from spatialforge.kubeclient import tuned
 from spatialforge.operator.cache import Cache, owner_key
 from spatialforge.operator.kube import Kube
@@ -21,7 +23,6 @@ from spatialforge.operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
 MANAGED = {c.LABEL_MANAGED_BY: c.MANAGED_BY}
-KINDS = {"depthbatches": "DepthBatch", "reconstructionjobs": "ReconstructionJob"}
 
 
 @kopf.on.login()
@@ -58,8 +59,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     api.configuration.connection_pool_maxsize = 32  # type: ignore[attr-defined]
     kube, cache = Kube(api), Cache()
     # Fill the cache before the first reconcile, so nothing is decided on half a picture.
-    for kind in KINDS.values():
-        for obj in await kube.list_resources(kind):
+    for kind in KINDS:
+        for obj in await kube.list_resources(kind.kind):
             cache.put_resource(obj)
     for job in await kube.list_jobs(f"{c.LABEL_MANAGED_BY}={c.MANAGED_BY}"):
         cache.put_job(job)
@@ -67,8 +68,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         cache.put_pod(pod)
     for ns in await kube.list_namespaces():
         cache.put_namespace(ns)
+    nodes = await kube.list_nodes()
+    for node in nodes or []:
+        cache.put_node(node)
     tune_gc()
     reconciler = Reconciler(kube, cache, op_settings)
+    if nodes is None:
+        log.warning("may not list nodes: work that no node fits is admitted and left to the scheduler")
+        reconciler.admitter.node_fit_enabled = False
     memo.api, memo.kube, memo.cache, memo.reconciler = api, kube, cache, reconciler
     reconciler.start()
     for key in list(cache.resources):
@@ -113,17 +120,19 @@ def _ready(memo: kopf.Memo) -> bool:
 # where touching the cache raced with the admission pass iterating it ("dictionary changed
 # size during iteration"), and asyncio.Event.set / Queue.put_nowait from a thread do not wake
 # the loop, so an admission pass started only at the next unrelated wake-up (stalls of ~1 s).
-@kopf.on.event(c.GROUP, c.VERSION, "depthbatches")
-@kopf.on.event(c.GROUP, c.VERSION, "reconstructionjobs")
 async def resource_event(event: dict[str, Any], resource: kopf.Resource, memo: kopf.Memo, **_: Any) -> None:
     if not _ready(memo) or event.get("type") is None and not event.get("object"):
         return
     obj = dict(event["object"])
-    obj.setdefault("kind", KINDS[resource.plural])
+    obj.setdefault("kind", BY_PLURAL[resource.plural].kind)
     key = memo.cache.put_resource(obj, deleted=event.get("type") == "DELETED")
     if event.get("type") in ("ADDED", "DELETED", None) or _spec_or_meta_changed(obj):
         memo.reconciler.poke_admission()
     memo.reconciler.enqueue(key)
+
+
+for _kind in KINDS:
+    resource_event = kopf.on.event(c.GROUP, c.VERSION, _kind.plural)(resource_event)
 
 
 def _spec_or_meta_changed(obj: dict[str, Any]) -> bool:
@@ -157,6 +166,15 @@ async def namespace_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> N
         return
     if memo.cache.put_namespace(dict(event["object"]), deleted=event.get("type") == "DELETED"):
         memo.reconciler.poke_admission()
+
+
+@kopf.on.event("", "v1", "nodes")
+async def node_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    """Nodes for the node-fit check; heartbeats change nothing it reads and wake nothing."""
+    if not _ready(memo) or not event.get("object"):
+        return
+    if memo.cache.put_node(dict(event["object"]), deleted=event.get("type") == "DELETED"):
+        memo.reconciler.admitter.nodes_changed()
 
 
 __all__ = ["owner_key"]

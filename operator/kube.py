@@ -1,4 +1,5 @@
-"""The only module that calls the Kubernetes API (kubernetes_asyncio: never blocks the loop).
+"""The only module of ours that calls the Kubernetes API (kubernetes_asyncio: never blocks the
+loop); Kopf's own watches and its Events are the only other callers.
 
 Everything comes back as plain dicts (camelCase, as on the wire), which keeps the operator
 fast at thousands of objects and lets pure code consume exactly what the API returned.
@@ -14,9 +15,9 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from spatialforge.crds.constants import GROUP, VERSION
+from spatialforge.crds.kinds import BY_KIND, KINDS
 from spatialforge.crds.rbac import runner_rules
 
-PLURALS = {"DepthBatch": "depthbatches", "ReconstructionJob": "reconstructionjobs"}
 MERGE = "application/merge-patch+json"
 
 
@@ -72,7 +73,7 @@ class Kube:
         cont = None
         while True:
             page = await _json(self.custom.list_cluster_custom_object(
-                GROUP, VERSION, PLURALS[kind], limit=500, _continue=cont, _preload_content=False))
+                GROUP, VERSION, BY_KIND[kind].plural, limit=500, _continue=cont, _preload_content=False))
             for item in page["items"]:
                 item.setdefault("kind", kind)
             items.extend(page["items"])
@@ -82,21 +83,21 @@ class Kube:
 
     async def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         return await _json(self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURALS[kind], name, {"status": status},
+            GROUP, VERSION, namespace, BY_KIND[kind].plural, name, {"status": status},
             _content_type=MERGE, _preload_content=False))
 
     async def get_resource(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
         return await _json(self.custom.get_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURALS[kind], name, _preload_content=False))
+            GROUP, VERSION, namespace, BY_KIND[kind].plural, name, _preload_content=False))
 
     async def patch_resource(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         return await _json(self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURALS[kind], name, patch, _content_type=MERGE, _preload_content=False))
+            GROUP, VERSION, namespace, BY_KIND[kind].plural, name, patch, _content_type=MERGE, _preload_content=False))
 
     async def delete_resource(self, kind: str, namespace: str, name: str, uid: str) -> None:
         try:
             await self.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURALS[kind], name,
+                GROUP, VERSION, namespace, BY_KIND[kind].plural, name,
                 body={"preconditions": {"uid": uid}, "propagationPolicy": "Background"})
         except ApiException as exc:
             if exc.status not in (404, 409):
@@ -109,10 +110,6 @@ class Kube:
 
     async def list_pods(self, selector: str) -> list[dict[str, Any]]:
         page = await _json(self.core.list_pod_for_all_namespaces(label_selector=selector, _preload_content=False))
-        return page["items"]
-
-    async def list_namespace_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        page = await _json(self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False))
         return page["items"]
 
     async def get_job(self, namespace: str, name: str) -> dict[str, Any]:
@@ -166,9 +163,42 @@ class Kube:
                 if exc.status != 409:
                     _raise(exc)
 
-    # -- limits ----------------------------------------------------------------------------
+    # -- limits and nodes --------------------------------------------------------------------
     async def list_namespaces(self) -> list[dict[str, Any]]:
         return (await _json(self.core.list_namespace(_preload_content=False)))["items"]
+
+    async def list_nodes(self) -> list[dict[str, Any]] | None:
+        """Every node, or None when the operator may not list them (RBAC)."""
+        try:
+            return (await _json(self.core.list_node(_preload_content=False)))["items"]
+        except ApiException as exc:
+            if exc.status == 403:
+                return None
+            raise
+
+    async def missing_crds(self) -> list[str]:
+        """Names of our CustomResourceDefinitions the API server does not serve."""
+        ext = client.ApiextensionsV1Api(self.api)
+        page = await _json(ext.list_custom_resource_definition(_preload_content=False))
+        have = {item["metadata"]["name"] for item in page["items"]}
+        return [f"{k.plural}.{GROUP}" for k in KINDS if f"{k.plural}.{GROUP}" not in have]
+
+    # -- the leader Lease ------------------------------------------------------------------
+    async def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await _json(self.coord.read_namespaced_lease(name, namespace, _preload_content=False))
+        except NotFound:
+            return None
+
+    async def create_lease(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await _json(self.coord.create_namespaced_lease(body["metadata"]["namespace"], body,
+                                                               _preload_content=False))
+
+    async def replace_lease(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Replace with the body's resourceVersion: ConflictError when someone wrote first."""
+        meta = body["metadata"]
+        return await _json(self.coord.replace_namespaced_lease(meta["name"], meta["namespace"], body,
+                                                                _preload_content=False))
 
     async def list_configmap(self, namespace: str, name: str) -> tuple[dict[str, Any] | None, str]:
         """The named ConfigMap (or None) and the list's resourceVersion to watch from. Listing

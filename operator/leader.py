@@ -13,8 +13,8 @@ import datetime as dt
 import logging
 from typing import Any
 
-from kubernetes_asyncio import client
-from kubernetes_asyncio.client.rest import ApiException
+from spatialforge.operator import metrics
+from spatialforge.operator.kube import AlreadyExists, ConflictError, Kube
 
 log = logging.getLogger(__name__)
 
@@ -24,55 +24,56 @@ def _micro(ts: dt.datetime) -> str:
 
 
 def _parse(value: Any) -> dt.datetime | None:
-    if value is None:
+    if not value:
         return None
-    if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
     return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
+def next_spec(current: dict[str, Any] | None, identity: str, duration: float, now: dt.datetime) -> dict[str, Any] | None:
+    """The Lease spec after our attempt to take or renew it; None when another holder's lease
+    is still valid. `leaseTransitions` is kept on renewal and counts every change of holder."""
+    spec = {"holderIdentity": identity, "leaseDurationSeconds": int(duration), "renewTime": _micro(now)}
+    if current is None:
+        return {**spec, "acquireTime": _micro(now), "leaseTransitions": 0}
+    holder = current.get("holderIdentity")
+    renewed = _parse(current.get("renewTime")) or dt.datetime.fromtimestamp(0, dt.UTC)
+    expired = (now - renewed).total_seconds() > (current.get("leaseDurationSeconds") or duration)
+    if holder not in (None, "", identity) and not expired:
+        return None
+    transitions = int(current.get("leaseTransitions") or 0)
+    if holder == identity:
+        return {**spec, "acquireTime": current.get("acquireTime") or _micro(now), "leaseTransitions": transitions}
+    # A change of holder (also from a released, empty holder) counts as a transition.
+    return {**spec, "acquireTime": _micro(now), "leaseTransitions": transitions + 1}
+
+
 class LeaderElector:
-    def __init__(self, api: client.ApiClient, namespace: str, name: str, identity: str, duration: float) -> None:
-        self.coord = client.CoordinationV1Api(api)
+    def __init__(self, kube: Kube, namespace: str, name: str, identity: str, duration: float) -> None:
+        self.kube = kube
         self.namespace, self.name, self.identity, self.duration = namespace, name, identity, duration
 
     async def try_acquire(self) -> bool:
         """One attempt to take or renew the lease; True when we hold it afterwards."""
         now = dt.datetime.now(dt.UTC)
-        spec = {"holderIdentity": self.identity, "leaseDurationSeconds": int(self.duration),
-                "renewTime": _micro(now)}
-        try:
-            lease = await self.coord.read_namespaced_lease(self.name, self.namespace)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            body = {"metadata": {"name": self.name, "namespace": self.namespace},
-                    "spec": {**spec, "acquireTime": _micro(now), "leaseTransitions": 0}}
-            try:
-                await self.coord.create_namespaced_lease(self.namespace, body)
-                return True
-            except ApiException as exc2:
-                if exc2.status == 409:
-                    return False
-                raise
-        holder = lease.spec.holder_identity
-        renewed = _parse(lease.spec.renew_time) or dt.datetime.fromtimestamp(0, dt.UTC)
-        expired = (now - renewed).total_seconds() > (lease.spec.lease_duration_seconds or self.duration)
-        if holder not in (None, "", self.identity) and not expired:
+        lease = await self.kube.get_lease(self.namespace, self.name)
+        current = None if lease is None else lease.get("spec") or {}
+        spec = next_spec(current, self.identity, self.duration, now)
+        if spec is None:
             return False
-        if holder != self.identity:
-            spec["acquireTime"] = _micro(now)
-            spec["leaseTransitions"] = (lease.spec.lease_transitions or 0) + 1
-        else:
-            spec["acquireTime"] = _micro(_parse(lease.spec.acquire_time) or now)
-        lease_body = {"metadata": {"name": self.name, "namespace": self.namespace,
-                                   "resourceVersion": lease.metadata.resource_version}, "spec": spec}
+        meta = {"name": self.name, "namespace": self.namespace}
         try:
-            await self.coord.replace_namespaced_lease(self.name, self.namespace, lease_body)
-        except ApiException as exc:
-            if exc.status == 409:
-                return False  # someone else renewed or took it first
-            raise
+            if lease is None:
+                await self.kube.create_lease({"metadata": meta, "spec": spec})
+            else:
+                meta["resourceVersion"] = lease["metadata"]["resourceVersion"]
+                await self.kube.replace_lease({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                                               "metadata": meta, "spec": spec})
+        except (AlreadyExists, ConflictError):
+            return False  # someone else renewed or took it first
+        if current is not None and current.get("holderIdentity") not in (None, "", self.identity):
+            metrics.LEASE_TAKEOVERS.inc()
+            log.info("took lease %s/%s over from %s (transition %d)", self.namespace, self.name,
+                     current.get("holderIdentity"), spec["leaseTransitions"])
         return True
 
     async def acquire(self) -> None:
@@ -109,8 +110,9 @@ class LeaderElector:
     async def release(self) -> None:
         """Give the lease up on a clean shutdown so a standby takes over at once."""
         try:
-            lease = await self.coord.read_namespaced_lease(self.name, self.namespace)
-            if lease.spec.holder_identity == self.identity:
-                await self.coord.patch_namespaced_lease(self.name, self.namespace, {"spec": {"holderIdentity": None}})
+            lease = await self.kube.get_lease(self.namespace, self.name)
+            if lease is not None and (lease.get("spec") or {}).get("holderIdentity") == self.identity:
+                lease["spec"]["holderIdentity"] = None
+                await self.kube.replace_lease(lease)
         except Exception:
             log.warning("could not release the leader lease", exc_info=True)

@@ -12,3 +12,8 @@ GPUS_IN_USE = Gauge("spatialforge_operator_gpus_admitted", "GPUs held by admitte
 RESOURCES = Gauge("spatialforge_operator_resources", "Resources by kind and phase", ["kind", "phase"])
 TRANSITIONS = Counter("spatialforge_operator_phase_transitions_total", "Phase transitions", ["kind", "phase"])
 IS_LEADER = Gauge("spatialforge_operator_leader", "1 while this replica holds the leader lease")
+ADMISSIONS = Counter("spatialforge_operator_admissions_total", "Resources admitted to GPU quota (Jobs created or resumed)")
+STATUS_CORRECTIONS = Counter("spatialforge_operator_status_corrections_total",
+                             "Status writes that put back a phase or GPU-seconds someone else wrote", ["kind"])
+LEASE_TAKEOVERS = Counter("spatialforge_operator_lease_takeovers_total",
+                          "Times this replica took the leader lease over from another holder")

@@ -16,7 +16,8 @@ class OperatorSettings(BaseSettings):
     namespace: str = "spatialforge-system"
     """Where the operator runs: its leader Lease and the quota ConfigMap live here."""
     quota_configmap: str = "spatialforge-quotas"
-    """ConfigMap whose `gpuBudget` key is the global GPU budget (absent: unlimited)."""
+    """ConfigMap with the global GPU budget (`gpuBudget`, absent: unlimited) and the queueing
+    strategy (`queueingStrategy`: StrictFIFO, the default, or BestEffortFIFO)."""
     runner_image: str = "spatialforge/runner:0.1.0"
     runner_image_pull_policy: str = "IfNotPresent"
     runner_service_account: str = "spatialforge-runner"
@@ -31,7 +32,11 @@ class OperatorSettings(BaseSettings):
     """Tolerations every runner pod gets (JSON in env), e.g. for tainted GPU nodes."""
     gpu_resource: str = "nvidia.com/gpu"
     unschedulable_timeout_seconds: float = 300.0
-    """A runner pod unschedulable this long fails its resource (fail fast)."""
+    """A runner pod unschedulable this long fails its resource (fail fast); so does work that
+    no node fits, this long after its creation (when nodes autoscale)."""
+    nodes_autoscale: bool = True
+    """Whether the GPU node pools scale (e.g. from zero). False: work that no current node fits
+    (GPUs per pod, node selector, taints) fails at once instead of waiting for a node."""
     image_pull_grace_seconds: float = 60.0
     """A runner pod stuck in image pull / config errors this long fails its resource."""
     avg_run_seconds: float = 300.0

@@ -12,7 +12,7 @@ def resource(name: str, namespace: str) -> dict:
     return {"apiVersion": "spatialforge.io/v1alpha1", "kind": "DepthBatch",
             "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}", "resourceVersion": "1",
                          "creationTimestamp": "2026-01-01T00:00:00Z", "generation": 1},
-            "spec": {"inputs": ["s3://b/in/"], "output": {"uri": "s3://b/out"}, "placement": {"gpus": 1}}}
+            "spec": {"inputs": ["s3://bucket/in/"], "output": {"uri": "s3://bucket/out"}, "placement": {"gpus": 1}}}
 
 
 def test_resources_of_a_terminating_namespace_are_not_admitted() -> None:
@@ -21,7 +21,7 @@ def test_resources_of_a_terminating_namespace_are_not_admitted() -> None:
     cache.put_resource(resource("a", "live"))
     cache.put_resource(resource("b", "going"))
     cache.put_namespace({"metadata": {"name": "going", "deletionTimestamp": "2026-01-01T00:00:01Z"}})
-    assert [c.key[1] for c in r._candidates()[0]] == ["live"]
+    assert [c.key[1] for c in r.admitter.candidates()[0]] == ["live"]
     cache.put_namespace({"metadata": {"name": "going"}}, deleted=True)
     assert "going" not in cache.terminating
 

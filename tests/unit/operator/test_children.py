@@ -1,6 +1,6 @@
 from spatialforge.crds import DepthBatch, ReconstructionJob
 from spatialforge.crds.constants import EXIT_INVALID_INPUT, KUEUE_QUEUE_LABEL
-from spatialforge.operator.children import build_job, gpu_demand, job_name
+from spatialforge.operator.children import build_job, job_name
 from spatialforge.operator.settings import OperatorSettings
 from tests.factories import depth_batch, reconstruction_job
 
@@ -39,7 +39,7 @@ def test_indexed_job_with_gpus_hardening_and_failure_policy() -> None:
     assert pod["serviceAccountName"] == "spatialforge-runner"
     owner = job["metadata"]["ownerReferences"][0]
     assert owner["controller"] is True and owner["uid"] == "1234-uid"
-    assert gpu_demand(res) == 6
+    assert res.spec.gpu_demand == 6  # what admission counts (admitter.candidates)
 
 
 def test_kueue_queue_label_and_suspend() -> None:
