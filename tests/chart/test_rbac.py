@@ -57,6 +57,7 @@ OPERATOR_MAY = [
     ("patch", "jobs.batch", TENANT, None), ("delete", "jobs.batch", TENANT, None), ("get", "jobs.batch", TENANT, None),
     ("list", "pods", None, None), ("watch", "pods", None, None), ("list", "pods", TENANT, None),
     ("list", "namespaces", None, None), ("watch", "namespaces", None, None),
+    ("list", "nodes", None, None), ("watch", "nodes", None, None),
     ("create", "events", TENANT, None), ("list", "events", TENANT, None),
     ("get", "configmaps/spatialforge-quotas", NS, None), ("watch", "configmaps/spatialforge-quotas", NS, None),
     ("list", "configmaps/spatialforge-quotas", NS, None),
