@@ -20,7 +20,7 @@ from spatialforge.crds.v1alpha1.common import (
 
 
 class DepthFormat(str, enum.Enum):
-    png16 = "png16"  # 16-bit PNG, depth in millimetres (metric) or scaled relative units.
+    png16 = "png16"  # 16-bit PNG: depth = value x the manifest's png16Scale (metric: 1 mm indoor, 2 mm outdoor).
     npy = "npy"  # float32 NumPy array, metres (metric) or relative units.
 
 
@@ -34,13 +34,17 @@ class DepthOutput(CRDModel):
 
     uri: ObjectURI
     formats: list[DepthFormat] = Field(default_factory=lambda: [DepthFormat.png16, DepthFormat.npy], min_length=1, max_length=2)
+    max_pixels: int = Field(default=12_582_912, ge=1, le=200_000_000)
+    """Depth maps are written at the input's size up to this many pixels (default 4096 x 3072), and
+    downscaled to it (aspect kept) above. Set it to maxImagePixels to always get the input's size;
+    the runner's memory grows with it."""
 
 
 class DepthBatchSpec(Lifecycle):
     """Desired state of a DepthBatch."""
 
     inputs: list[ObjectURI] = Field(min_length=1, max_length=10000, json_schema_extra=immutable("inputs"))
-    """Images (JPEG, PNG, WebP) as s3:// objects, or prefixes ending in "/"."""
+    """Images (JPEG, PNG, WebP, TIFF, HEIC, AVIF) as s3:// objects, or prefixes ending in "/"."""
     output: DepthOutput = Field(json_schema_extra=immutable("output"))
     model: DepthModel = Field(default_factory=DepthModel, json_schema_extra=immutable("model"))
     intrinsics: Intrinsics | None = None
@@ -49,8 +53,8 @@ class DepthBatchSpec(Lifecycle):
     """Shards of the inputs, run as an Indexed Job with one pod per shard."""
     batch_size: int = Field(default=4, ge=1, le=64)
     """Images per forward pass."""
-    max_image_pixels: int = Field(default=40_000_000, ge=1, le=200_000_000)
-    """Larger images are invalid input."""
+    max_image_pixels: int = Field(default=64_000_000, ge=1, le=200_000_000)
+    """Larger images are invalid input (the default takes 48 and 50 MP phone photos)."""
     max_image_bytes: int = Field(default=50 * 1024 * 1024, ge=1, le=1024 * 1024 * 1024)
     """Larger files are invalid input."""
     placement: Placement = Field(default_factory=Placement)
