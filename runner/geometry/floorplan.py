@@ -1,0 +1,585 @@
+"""Floor plans from fused geometry: floor plane, wall slice, rooms as polygons, SVG/DXF/GeoJSON.
+
+Input is a point cloud in the world frame of the first camera (OpenCV axes: x right, y down,
+z forward), so "up" is found from the data:
+
+1. **Up.** Dominant plane directions are clustered from the normals (estimated with open3d when
+   not given). The vertical is the direction whose extent is a plausible storey height
+   (1.8-5 m) and that is closest to the first camera's "up" (-y); the sign comes from the
+   camera too (footage is shot with the camera held within ~60 degrees of upright).
+2. **Floor.** The lowest horizontal surface holding at least a quarter of the largest one's
+   points; a least-squares plane through it fixes the vertical exactly. The ceiling is the
+   highest such surface (when it is at least 1.8 m above the floor).
+3. **Walls.** Vertical surfaces within +-5 cm of `slice_height` are rasterised at `resolution`.
+   Where a ceiling is known, only cells whose wall also shows just below the ceiling count:
+   furniture (wardrobes, shelves) stops short of it, walls do not.
+4. **Rooms.** Interior = floor and ceiling evidence minus walls, plus the enclosed pockets
+   that touch the floor (furniture footprints); pockets bounded only by walls (the inside of
+   a wall) are not interior. Rooms are split where the free space narrows (a doorway): a
+   distance-transform watershed with markers at maxima of dynamic >= `min_prominence`.
+5. **Polygons.** Each room's outline is traced, simplified (Douglas-Peucker, shapely) and every
+   long edge is moved onto a line fitted to the wall points behind it, so walls land on the
+   measured faces rather than on the grid.
+
+Plan coordinates: metres, origin below the first camera on the floor, x along the dominant
+wall direction, y = up x x, z = height above the floor (`FloorPlan.plan_to_world` maps them
+back to the world frame).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from spatialforge.runner.errors import FloorPlanError
+
+_WALL_BAND = 0.05  # half-height of the slice (m)
+_TOP_BAND = (0.35, 0.08)  # "just below the ceiling": from ceiling-0.35 m to ceiling-0.08 m
+_FLOOR_BAND = 0.04  # horizontal points within this of the floor/ceiling plane are evidence (m)
+_MAX_CELLS = 4000  # grid cells per axis (80 m at 2 cm)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanRoom:
+    """One room: a simple polygon in plan coordinates (metres, counter-clockwise, not closed)."""
+
+    index: int
+    polygon: np.ndarray  # (K, 2)
+    area_m2: float
+
+    @property
+    def perimeter_m(self) -> float:
+        d = np.diff(np.vstack([self.polygon, self.polygon[:1]]), axis=0)
+        return float(np.hypot(d[:, 0], d[:, 1]).sum())
+
+    @property
+    def name(self) -> str:
+        return f"Room {self.index + 1}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FloorPlan:
+    """Rooms in plan coordinates and the transform back to the world frame."""
+
+    rooms: tuple[PlanRoom, ...]
+    plan_to_world: np.ndarray  # 4x4: plan (x, y, height above floor) -> world
+    ceiling_height_m: float | None
+    slice_height_m: float
+    resolution_m: float
+
+    @property
+    def area_m2(self) -> float:
+        return float(sum(r.area_m2 for r in self.rooms))
+
+    @property
+    def room_count(self) -> int:
+        return len(self.rooms)
+
+    @property
+    def up(self) -> np.ndarray:
+        """The floor normal in the world frame."""
+        return self.plan_to_world[:3, 2].copy()
+
+    def to_plan(self, points: np.ndarray) -> np.ndarray:
+        """World points (N, 3) -> plan (x, y, height above floor)."""
+        T = np.linalg.inv(self.plan_to_world)
+        return np.asarray(points, dtype=np.float64) @ T[:3, :3].T + T[:3, 3]
+
+    def summary(self) -> dict:
+        """The figures for a manifest: floor area, room count, per-room areas, ceiling height."""
+        return {
+            "areaM2": round(self.area_m2, 3),
+            "roomCount": self.room_count,
+            "rooms": [{"name": r.name, "areaM2": round(r.area_m2, 3)} for r in self.rooms],
+            "ceilingHeightM": None if self.ceiling_height_m is None else round(self.ceiling_height_m, 3),
+        }
+
+    def geojson(self) -> dict:
+        """A FeatureCollection of room polygons in local plan metres (not WGS84)."""
+        features = []
+        for r in self.rooms:
+            ring = [[round(float(x), 4), round(float(y), 4)] for x, y in r.polygon]
+            features.append({
+                "type": "Feature",
+                "id": r.index,
+                "geometry": {"type": "Polygon", "coordinates": [ring + [ring[0]]]},
+                "properties": {"name": r.name, "area_m2": round(r.area_m2, 3), "perimeter_m": round(r.perimeter_m, 3)},
+            })
+        return {
+            "type": "FeatureCollection",
+            "features": features,
+            "spatialforge": {
+                "units": "m",
+                "frame": "plan: x along the main wall direction, y = up x x, origin on the floor below the first camera",
+                "area_m2": round(self.area_m2, 3),
+                "room_count": self.room_count,
+                "ceiling_height_m": None if self.ceiling_height_m is None else round(self.ceiling_height_m, 3),
+                "plan_to_world": np.round(self.plan_to_world, 6).tolist(),
+            },
+        }
+
+    def svg(self, *, px_per_m: float = 100.0, margin_m: float = 0.5) -> str:
+        """An SVG drawing: rooms filled, walls stroked, name and area per room, a 1 m scale bar."""
+        if self.rooms:
+            allp = np.vstack([r.polygon for r in self.rooms])
+            lo, hi = allp.min(axis=0) - margin_m, allp.max(axis=0) + margin_m
+        else:
+            lo, hi = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
+        w, h = (hi - lo) * px_per_m
+
+        def xy(p: np.ndarray) -> str:  # SVG y grows downwards: flip
+            return f"{(p[0] - lo[0]) * px_per_m:.1f},{(hi[1] - p[1]) * px_per_m:.1f}"
+
+        palette = ["#e8f1fb", "#fdf2e3", "#e9f7ec", "#f6e8f7", "#fbfbe3", "#e6f6f6"]
+        font = max(10.0, 0.18 * px_per_m)
+        parts = [
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{w:.0f}" height="{h:.0f}" viewBox="0 0 {w:.1f} {h:.1f}">',
+            f"<title>Floor plan: {self.room_count} rooms, {self.area_m2:.2f} m²</title>",
+            '<rect width="100%" height="100%" fill="white"/>',
+        ]
+        from shapely.geometry import Polygon
+
+        for r in self.rooms:
+            pts = " ".join(xy(p) for p in r.polygon)
+            parts.append(
+                f'<polygon points="{pts}" fill="{palette[r.index % len(palette)]}" stroke="#222" '
+                f'stroke-width="{0.06 * px_per_m:.1f}" stroke-linejoin="miter"/>'
+            )
+            c = np.asarray(Polygon(r.polygon).representative_point().coords[0])
+            x, y = (float(v) for v in xy(c).split(","))
+            parts.append(
+                f'<text x="{x:.1f}" y="{y:.1f}" font-family="sans-serif" font-size="{font:.0f}" '
+                f'text-anchor="middle">{r.name}</text>'
+            )
+            parts.append(
+                f'<text x="{x:.1f}" y="{y + 1.2 * font:.1f}" font-family="sans-serif" font-size="{font:.0f}" '
+                f'text-anchor="middle">{r.area_m2:.2f} m²</text>'
+            )
+        bx, by = 0.2 * px_per_m, h - 0.2 * px_per_m
+        parts.append(f'<line x1="{bx:.1f}" y1="{by:.1f}" x2="{bx + px_per_m:.1f}" y2="{by:.1f}" stroke="#222" stroke-width="3"/>')
+        parts.append(f'<text x="{bx:.1f}" y="{by - 6:.1f}" font-family="sans-serif" font-size="{font:.0f}">1 m</text>')
+        parts.append("</svg>")
+        return "\n".join(parts) + "\n"
+
+    def dxf(self) -> bytes:
+        """A DXF (R2010, metres): one closed polyline per room on ROOMS, labels on LABELS."""
+        import ezdxf
+        from ezdxf import units
+        from ezdxf.enums import TextEntityAlignment
+        from shapely.geometry import Polygon
+
+        doc = ezdxf.new("R2010")
+        doc.units = units.M
+        doc.layers.add("ROOMS", color=7)
+        doc.layers.add("LABELS", color=3)
+        msp = doc.modelspace()
+        for r in self.rooms:
+            msp.add_lwpolyline([(float(x), float(y)) for x, y in r.polygon], close=True, dxfattribs={"layer": "ROOMS"})
+            c = Polygon(r.polygon).representative_point().coords[0]
+            text = msp.add_text(f"{r.name}: {r.area_m2:.2f} m2", height=0.15, dxfattribs={"layer": "LABELS"})
+            text.set_placement((float(c[0]), float(c[1])), align=TextEntityAlignment.MIDDLE_CENTER)
+        stream = io.StringIO()
+        doc.write(stream)
+        return stream.getvalue().encode("utf-8")
+
+    def geojson_bytes(self) -> bytes:
+        return json.dumps(self.geojson(), indent=1).encode()
+
+
+def extract_floorplan(
+    points: np.ndarray,
+    normals: np.ndarray | None = None,
+    *,
+    slice_height: float = 1.0,
+    resolution: float = 0.02,
+    min_room_area: float = 1.0,
+    min_prominence: float = 0.2,
+) -> FloorPlan:
+    """Rooms of the storey seen in `points` (N x 3, metres, first camera's frame).
+
+    `normals` (N x 3, any sign) are estimated when None. `min_prominence` (m): a room is kept
+    apart from its neighbour when its widest point is at least this much wider (as a
+    distance to the nearest wall) than the opening between them. Raises FloorPlanError.
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise FloorPlanError(f"points must be N x 3, got shape {pts.shape}")
+    if normals is not None:
+        nrm = np.asarray(normals, dtype=np.float64)
+        if nrm.shape != pts.shape:
+            raise FloorPlanError(f"normals must match points {pts.shape}, got {nrm.shape}")
+    else:
+        nrm = None
+    if not 0.005 <= resolution <= 0.2:
+        raise FloorPlanError(f"resolution must be 0.005-0.2 m, got {resolution}")
+    pts, nrm = _prepare(pts, nrm, voxel=resolution)
+    if len(pts) < 1000:
+        raise FloorPlanError(f"too few points for a floor plan: {len(pts)}")
+
+    up = _find_up(pts, nrm)
+    floor_point, up, ceiling = _floor_and_ceiling(pts, nrm, up)
+    if not 0.2 <= slice_height <= (ceiling - 0.15 if ceiling else 3.5):
+        raise FloorPlanError(
+            f"slice height {slice_height} m is not between 0.2 m and the ceiling ({ceiling or 3.65:.2f} m) - 0.15 m"
+        )
+    plan_to_world = _plan_frame(pts, nrm, up, floor_point)
+    T = np.linalg.inv(plan_to_world)
+    local = pts @ T[:3, :3].T + T[:3, 3]
+    n_up = np.abs(nrm @ up)
+    rooms = _rooms(local, n_up, ceiling=ceiling, slice_height=slice_height, res=resolution,
+                   min_room_area=min_room_area, min_prominence=min_prominence)
+    return FloorPlan(rooms=rooms, plan_to_world=plan_to_world, ceiling_height_m=ceiling,
+                     slice_height_m=float(slice_height), resolution_m=float(resolution))
+
+
+# --- steps -----------------------------------------------------------------------------------
+
+
+def _prepare(pts: np.ndarray, nrm: np.ndarray | None, *, voxel: float) -> tuple[np.ndarray, np.ndarray]:
+    """Finite points, voxel-averaged at the grid resolution; normals estimated if missing."""
+    import open3d as o3d
+
+    ok = np.isfinite(pts).all(axis=1)
+    if nrm is not None:
+        ok &= np.isfinite(nrm).all(axis=1) & (np.linalg.norm(nrm, axis=1) > 1e-9)
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts[ok]))
+    if nrm is not None:
+        n = nrm[ok]
+        # voxel averaging must not cancel opposite-signed normals of one surface: fold to a hemisphere
+        ref = np.array([0.5773, 0.5774, 0.5775])
+        n = n / np.linalg.norm(n, axis=1, keepdims=True)
+        n = np.where((n @ ref)[:, None] < 0, -n, n)
+        pcd.normals = o3d.utility.Vector3dVector(n)
+    pcd = pcd.voxel_down_sample(voxel)
+    if nrm is None:
+        pcd.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=max(4 * voxel, 0.06), max_nn=30))
+    out_p = np.asarray(pcd.points)
+    out_n = np.asarray(pcd.normals)
+    norm = np.linalg.norm(out_n, axis=1)
+    keep = norm > 0.5
+    return out_p[keep], out_n[keep] / norm[keep, None]
+
+
+def _dominant_directions(nrm: np.ndarray, *, k: int = 3, cos_tol: float = np.cos(np.radians(12))) -> list[tuple[np.ndarray, float]]:
+    """Up to k sign-free normal directions and the share of normals each holds (greedy, then refined)."""
+    rng = np.random.default_rng(0)
+    n = nrm if len(nrm) <= 20000 else nrm[rng.choice(len(nrm), 20000, replace=False)]
+    remaining = np.ones(len(n), bool)
+    found: list[tuple[np.ndarray, float]] = []
+    for _ in range(k):
+        idx = np.flatnonzero(remaining)
+        if len(idx) < 50:
+            break
+        cand = n[rng.choice(idx, min(200, len(idx)), replace=False)]
+        counts = (np.abs(n[idx] @ cand.T) > cos_tol).sum(axis=0)
+        d = cand[int(np.argmax(counts))]
+        for _ in range(3):  # refine: principal axis of the inliers
+            inl = n[idx][np.abs(n[idx] @ d) > cos_tol]
+            w, v = np.linalg.eigh(inl.T @ inl)
+            d = v[:, -1]
+        inl_mask = np.abs(n @ d) > cos_tol
+        found.append((d, float((inl_mask & remaining).mean())))
+        remaining &= ~inl_mask
+    return found
+
+
+def _find_up(pts: np.ndarray, nrm: np.ndarray) -> np.ndarray:
+    dirs = [(d, share) for d, share in _dominant_directions(nrm) if share >= 0.05]
+    if not dirs:
+        raise FloorPlanError("no planar surfaces found (no floor, walls or ceiling)")
+    camera_up = np.array([0.0, -1.0, 0.0])  # OpenCV: the first camera's y points down
+
+    def plausible(d: np.ndarray) -> bool:
+        h = pts @ d
+        lo, hi = np.percentile(h, [0.5, 99.5])
+        return 1.8 <= hi - lo <= 5.0
+
+    pool = [d for d, _ in dirs if plausible(d)] or [d for d, _ in dirs]
+    d = max(pool, key=lambda v: abs(float(v @ camera_up)))
+    if abs(float(d @ camera_up)) < 0.3:
+        raise FloorPlanError("cannot tell up from down: the first camera is tilted more than ~70 degrees from upright")
+    return d if d @ camera_up > 0 else -d
+
+
+def _floor_and_ceiling(pts: np.ndarray, nrm: np.ndarray, up: np.ndarray) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """A point on the floor plane, the refined up vector, and the ceiling height above the floor."""
+    horiz = np.abs(nrm @ up) > np.cos(np.radians(20))
+    if horiz.sum() < 200:
+        raise FloorPlanError("no horizontal surface: the geometry shows no floor")
+    h = pts[horiz] @ up
+    bins = np.arange(h.min() - 0.02, h.max() + 0.03, 0.01)
+    hist, edges = np.histogram(h, bins=bins)
+    smooth = np.convolve(hist, np.ones(3), mode="same")
+    significant = np.flatnonzero(smooth >= 0.25 * smooth.max())
+    floor_h = 0.5 * (edges[significant[0]] + edges[significant[0] + 1])
+    sel = pts[horiz][np.abs(h - floor_h) < _FLOOR_BAND]
+    if len(sel) < 100:
+        raise FloorPlanError("no floor plane found")
+    centre = sel.mean(axis=0)
+    _, _, vt = np.linalg.svd(sel - centre, full_matrices=False)
+    normal = vt[2] if vt[2] @ up > 0 else -vt[2]
+    if normal @ up < np.cos(np.radians(10)):
+        raise FloorPlanError("the floor is not a plane")
+    ceiling = None
+    top_h = 0.5 * (edges[significant[-1]] + edges[significant[-1] + 1])
+    if top_h - floor_h >= 1.8:
+        top = pts[horiz][np.abs(h - top_h) < _FLOOR_BAND]
+        ceiling = float(np.median((top - centre) @ normal))
+    return centre, normal, ceiling
+
+
+def _plan_frame(pts: np.ndarray, nrm: np.ndarray, up: np.ndarray, floor_point: np.ndarray) -> np.ndarray:
+    """4x4 plan -> world: x along the dominant wall direction, z = up, origin below the camera."""
+    a = np.cross(up, [1.0, 0.0, 0.0])
+    if np.linalg.norm(a) < 0.3:
+        a = np.cross(up, [0.0, 0.0, 1.0])
+    a /= np.linalg.norm(a)
+    b = np.cross(up, a)
+    vert = np.abs(nrm @ up) < 0.3
+    x_axis = a
+    if vert.sum() >= 50:
+        ang = np.arctan2(nrm[vert] @ b, nrm[vert] @ a)
+        theta = np.angle(np.exp(4j * ang).sum()) / 4  # walls are mostly at right angles
+        x_axis = np.cos(theta) * a + np.sin(theta) * b
+    y_axis = np.cross(up, x_axis)
+    origin = (floor_point @ up) * up  # the world origin (the first camera) dropped onto the floor
+    T = np.eye(4)
+    T[:3, 0], T[:3, 1], T[:3, 2], T[:3, 3] = x_axis, y_axis, up, origin
+    return T
+
+
+def _disk(radius_cells: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius_cells + 1, 2 * radius_cells + 1))
+
+
+def _rooms(
+    local: np.ndarray, n_up: np.ndarray, *, ceiling: float | None, slice_height: float, res: float,
+    min_room_area: float, min_prominence: float,
+) -> tuple[PlanRoom, ...]:
+    z = local[:, 2]
+    vertical = n_up < 0.3
+    horizontal = n_up > np.cos(np.radians(20))
+    in_slice = vertical & (np.abs(z - slice_height) <= _WALL_BAND)
+    evidence = horizontal & (np.abs(z) <= _FLOOR_BAND)
+    if ceiling is not None:
+        evidence |= horizontal & (np.abs(z - ceiling) <= _FLOOR_BAND)
+    if in_slice.sum() < 50:
+        raise FloorPlanError(f"no walls at the slice height ({slice_height} m above the floor)")
+    if evidence.sum() < 100:
+        raise FloorPlanError("no floor points")
+
+    xy_all = local[in_slice | evidence, :2]
+    lo = np.percentile(xy_all, 0.05, axis=0) - 12 * res
+    hi = np.percentile(xy_all, 99.95, axis=0) + 12 * res
+    shape = np.ceil((hi - lo) / res).astype(int)[::-1]  # rows = y, cols = x
+    if (shape > _MAX_CELLS).any():
+        raise FloorPlanError(f"the scene spans {(hi - lo).round(1).tolist()} m; at most {_MAX_CELLS * res:.0f} m per side")
+
+    def raster(mask: np.ndarray, min_count: int = 1) -> np.ndarray:
+        ij = np.floor((local[mask, :2] - lo) / res).astype(int)
+        ok = (ij >= 0).all(axis=1) & (ij[:, 0] < shape[1]) & (ij[:, 1] < shape[0])
+        grid = np.zeros(shape, np.int32)
+        np.add.at(grid, (ij[ok, 1], ij[ok, 0]), 1)
+        return grid >= min_count
+
+    wall = raster(in_slice, 2)
+    wall_points_mask = in_slice
+    if ceiling is not None:
+        near_top = vertical & (z >= ceiling - _TOP_BAND[0]) & (z <= ceiling - _TOP_BAND[1])
+        top = raster(near_top, 2)
+        if top.sum() >= 0.3 * wall.sum():  # the upper walls were seen: furniture is what stops short
+            wall &= cv2.dilate(top.astype(np.uint8), _disk(3)).astype(bool)
+            ij = np.floor((local[:, :2] - lo) / res).astype(int)
+            ij = np.clip(ij, 0, [shape[1] - 1, shape[0] - 1])
+            wall_points_mask = in_slice & wall[ij[:, 1], ij[:, 0]]
+    wall = cv2.dilate(wall.astype(np.uint8), _disk(1)).astype(bool)
+    floor_ev = cv2.morphologyEx(raster(evidence).astype(np.uint8), cv2.MORPH_CLOSE, _disk(2)).astype(bool)
+
+    interior = _interior(floor_ev, wall)
+    labels = _split_rooms(interior, res=res, min_prominence=min_prominence, min_cells=int(min_room_area / res**2))
+    wall_xy = local[wall_points_mask, :2]
+    rooms = []
+    for lab in range(1, labels.max() + 1):
+        poly = _polygon(labels == lab, lo=lo, res=res, wall_xy=wall_xy)
+        if poly is None or poly.area < min_room_area:
+            continue
+        coords = np.asarray(poly.exterior.coords)[:-1]
+        rooms.append((coords, float(poly.area)))
+    if not rooms:
+        raise FloorPlanError("no enclosed room of at least %.1f m2 at the slice height" % min_room_area)
+    rooms.sort(key=lambda r: -r[1])
+    return tuple(PlanRoom(index=i, polygon=c, area_m2=a) for i, (c, a) in enumerate(rooms))
+
+
+def _interior(floor_ev: np.ndarray, wall: np.ndarray) -> np.ndarray:
+    """Floor evidence minus walls, plus enclosed pockets that touch the floor (furniture footprints)."""
+    interior = floor_ev & ~wall
+    solid = (floor_ev | wall).astype(np.uint8)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(1 - solid, connectivity=4)
+    h, w = solid.shape
+    for k in range(1, n):
+        x, y, bw, bh, area = stats[k]
+        if x == 0 or y == 0 or x + bw >= w or y + bh >= h:
+            continue  # touches the border: outside
+        sub = (lab[y - 1:y + bh + 1, x - 1:x + bw + 1] == k).astype(np.uint8)
+        ring = cv2.dilate(sub, _disk(1)).astype(bool) & ~sub.astype(bool)
+        touching = interior[y - 1:y + bh + 1, x - 1:x + bw + 1][ring].mean()
+        if touching >= 0.2:
+            interior[y - 1:y + bh + 1, x - 1:x + bw + 1] |= sub.astype(bool)
+    return cv2.morphologyEx(interior.astype(np.uint8), cv2.MORPH_OPEN, _disk(2)).astype(bool)
+
+
+def _split_rooms(interior: np.ndarray, *, res: float, min_prominence: float, min_cells: int) -> np.ndarray:
+    """Label image of rooms: distance-transform watershed with h-maxima markers."""
+    inside = interior.astype(np.uint8)
+    dt = cv2.distanceTransform(inside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE).astype(np.float32) * res
+    # h-maxima: reconstruction by dilation of dt - h under dt; domes of height h are the markers
+    h = np.float32(min_prominence)
+    rec = np.maximum(dt - h, 0)
+    kernel = np.ones((3, 3), np.uint8)
+    for _ in range(20000):
+        nxt = np.minimum(cv2.dilate(rec, kernel), dt)
+        if np.array_equal(nxt, rec):
+            break
+        rec = nxt
+    tops = ((dt - rec) >= h - 1e-4) & interior
+    n, markers = cv2.connectedComponents(tops.astype(np.uint8), connectivity=8)
+    # components of the interior with no marker (too narrow for any dome) get one anyway
+    n_cc, cc = cv2.connectedComponents(inside, connectivity=4)
+    for k in range(1, n_cc):
+        comp = cc == k
+        if not (markers[comp] > 0).any() and comp.sum() >= min_cells:
+            markers[comp & (dt >= dt[comp].max() - 1e-6)] = n
+            n += 1
+    if n <= 1:
+        return np.zeros(interior.shape, np.int32)
+    labels = _flood(markers.astype(np.int32), dt, interior, step=res)
+    # merge rooms smaller than min_cells into the neighbour sharing the longest border
+    for lab in range(1, labels.max() + 1):
+        m = labels == lab
+        if 0 < m.sum() < min_cells:
+            ring = cv2.dilate(m.astype(np.uint8), kernel).astype(bool) & ~m
+            nb = labels[ring]
+            nb = nb[(nb > 0) & (nb != lab)]
+            labels[m] = np.bincount(nb).argmax() if len(nb) else 0
+    # renumber 1..K
+    uniq = [u for u in np.unique(labels) if u > 0]
+    out = np.zeros_like(labels)
+    for i, u in enumerate(uniq, start=1):
+        out[labels == u] = i
+    return out
+
+
+def _flood(labels: np.ndarray, dt: np.ndarray, interior: np.ndarray, *, step: float) -> np.ndarray:
+    """Watershed by immersion on the distance transform: grow the markers level by level, from
+    the widest places down to the walls, each level by geodesic dilation within it."""
+    kernel = np.ones((3, 3), np.uint8)
+    labels = labels.copy()
+    for level in np.arange(float(dt.max()), -step, -step):
+        allowed = interior & (dt >= level) & (labels == 0)
+        while allowed.any():
+            grown = cv2.dilate(labels.astype(np.float32), kernel).astype(np.int32)
+            take = allowed & (grown > 0)
+            if not take.any():
+                break
+            labels[take] = grown[take]
+            allowed &= ~take
+    return labels
+
+
+def _polygon(mask: np.ndarray, *, lo: np.ndarray, res: float, wall_xy: np.ndarray):
+    """The room's outline in plan metres: traced, simplified, edges snapped onto wall points."""
+    from shapely.geometry import Polygon
+    from shapely.geometry.polygon import orient
+
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return None
+    c = max(contours, key=cv2.contourArea)[:, 0, :].astype(np.float64)
+    if len(c) < 4:
+        return None
+    xy = lo + (c + 0.5) * res
+    poly = Polygon(xy).buffer(res / 2, join_style="mitre")  # the contour runs through cell centres
+    if poly.geom_type != "Polygon":
+        poly = max(poly.geoms, key=lambda g: g.area)
+    poly = orient(poly.simplify(max(3 * res, 0.04), preserve_topology=True), 1.0)
+    snapped = _snap_to_walls(np.asarray(poly.exterior.coords)[:-1], wall_xy, res=res)
+    if snapped is not None:
+        cand = orient(Polygon(snapped).simplify(0.005), 1.0)
+        if cand.is_valid and abs(cand.area - poly.area) < 0.1 * poly.area:
+            poly = cand
+    return poly
+
+
+def _snap_to_walls(v: np.ndarray, wall_xy: np.ndarray, *, res: float) -> np.ndarray | None:
+    """Move each long edge onto the line fitted to the wall face behind it; corners = intersections."""
+    n = len(v)
+    if n < 3 or len(wall_xy) == 0:
+        return None
+    lines: list[tuple[np.ndarray, np.ndarray] | None] = []
+    for i in range(n):
+        a, b = v[i], v[(i + 1) % n]
+        t = b - a
+        length = float(np.linalg.norm(t))
+        if length < 0.25:
+            lines.append(None)
+            continue
+        t /= length
+        out = np.array([t[1], -t[0]])  # outward normal of a counter-clockwise ring
+        rel = wall_xy - a
+        along, off = rel @ t, rel @ out
+        near = (along > 0.1 * length) & (along < 0.9 * length) & (off > -2 * res) & (off < 3 * res + 0.02)
+        if near.sum() < 10:
+            lines.append(None)
+            continue
+        med = np.median(off[near])
+        sel = wall_xy[near & (np.abs(off - med) < 0.015)]
+        if len(sel) < 10:
+            lines.append(None)
+            continue
+        centre = sel.mean(axis=0)
+        _, _, vt = np.linalg.svd(sel - centre, full_matrices=False)
+        d = vt[0] if vt[0] @ t > 0 else -vt[0]
+        if d @ t < np.cos(np.radians(8)):
+            lines.append(None)
+            continue
+        lines.append((centre, d))
+    refined = [i for i, line in enumerate(lines) if line is not None]
+    if not refined:
+        return None
+    out: list[np.ndarray] = []
+    for j, a in enumerate(refined):
+        b = refined[(j + 1) % len(refined)]
+        la, lb = lines[a], lines[b]
+        run = [(a + 1 + k) % n for k in range((b - a - 1) % n + 1)]  # vertices from the end of edge a to the start of edge b
+        run_len = sum(float(np.linalg.norm(v[(k + 1) % n] - v[k])) for k in run[:-1])
+        cross = abs(float(la[1][0] * lb[1][1] - la[1][1] * lb[1][0]))
+        if run_len < 0.3 and cross > 0.5:  # a corner, maybe chamfered by the raster: rebuild it
+            p = _intersect(la, lb)
+            if max(float(np.linalg.norm(p - v[k])) for k in run) < 0.25:
+                out.append(p)
+                continue
+        if len(run) == 1 and cross <= 0.5:  # two nearly parallel refined edges meet
+            out.append(0.5 * (_project(v[run[0]], la) + _project(v[run[0]], lb)))
+            continue
+        first, last = _project(v[run[0]], la), _project(v[run[-1]], lb)
+        out.append(first if np.linalg.norm(first - v[run[0]]) < 0.15 else v[run[0]])
+        out.extend(v[k] for k in run[1:-1])
+        if len(run) > 1:
+            out.append(last if np.linalg.norm(last - v[run[-1]]) < 0.15 else v[run[-1]])
+    return np.asarray(out) if len(out) >= 3 else None
+
+
+def _project(p: np.ndarray, line: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    c, d = line
+    return c + ((p - c) @ d) * d
+
+
+def _intersect(l1: tuple[np.ndarray, np.ndarray], l2: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    (p, d), (q, e) = l1, l2
+    s = np.linalg.solve(np.column_stack([d, -e]), q - p)
+    return p + s[0] * d
