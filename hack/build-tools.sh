@@ -18,8 +18,12 @@ build_kube() {
   local staging="v0.${KUBE_VERSION#v1.}"
   (
     cd "${mod}" || exit 1
-    go mod download -json "k8s.io/kubernetes@${KUBE_VERSION}" >/dev/null 2>&1 ||
-      log_fatal "k8s.io/kubernetes ${KUBE_VERSION} cannot be fetched from the Go module proxy ($(go env GOPROXY)); check KUBE_VERSION in hack/lib.sh and the network"
+    local fetched cause
+    if ! fetched="$(go mod download -json "k8s.io/kubernetes@${KUBE_VERSION}" 2>&1)"; then
+      # The proxy's own answer (version unknown, or a network error) is the useful part.
+      cause="$(printf '%s\n' "${fetched}" | sed -n 's/^[[:space:]]*"Error": "\(.*\)",\{0,1\}$/\1/p' | sed 's/\\n\\t/ /g')"
+      log_fatal "k8s.io/kubernetes ${KUBE_VERSION} cannot be fetched from the Go module proxy ($(go env GOPROXY)): ${cause:-${fetched}}; check KUBE_VERSION in hack/lib.sh and the network"
+    fi
     local gomod
     gomod="$(go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/${KUBE_VERSION}.mod"
     {

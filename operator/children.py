@@ -71,6 +71,7 @@ def build_job(res: Resource, settings: OperatorSettings, *, suspend: bool) -> di
         # The root filesystem is read-only: caches go to the writable emptyDir.
         {"name": "HF_HOME", "value": "/cache/hf"},
         {"name": "SPATIALFORGE_MODEL_CACHE", "value": "/cache/models"},
+        {"name": c.ENV_RESEARCH_MODE, "value": "1" if settings.research_mode else "0"},
     ]
     container: dict[str, Any] = {
         "name": CONTAINER,

@@ -24,6 +24,8 @@ class OperatorSettings(BaseSettings):
     runner_command: list[str] = Field(default_factory=lambda: ["python", "-m", "spatialforge.runner"])
     runner_env_from_secret: str | None = None
     """Secret whose keys become runner env (object-store endpoint and credentials)."""
+    research_mode: bool = False
+    """SPATIALFORGE_RESEARCH_MODE: passed on to every runner pod (the CC-BY-NC model sizes)."""
     runner_runtime_class: str | None = None
     runner_node_selector: dict[str, str] = Field(default_factory=dict)
     """Node labels every runner pod requires (JSON in env), e.g. the GPU node pool's; a

@@ -83,14 +83,25 @@ def kube_version() -> str:
     raise RuntimeError("KUBE_VERSION not found in hack/lib.sh")
 
 
+SYSTEM_NAMESPACE = "spatialforge-system"
+BEHAVIOUR_NAMESPACE = "spatialforge-devcluster"
+CRD_FILES = ("spatialforge.io_depthbatches.yaml", "spatialforge.io_reconstructionjobs.yaml")
+
+
+def plane_env() -> dict[str, str]:
+    """The environment hack/cluster.sh needs to act on this session's own plane."""
+    return {**os.environ, "SPATIALFORGE_STATE": str(STATE), "SF_PORTS": "free",
+            "SF_BUILD_OK": os.environ.get("SF_BUILD_OK", "1")}
+
+
 def start_cluster() -> tuple[Cluster, bool]:
-    """Start the plane via hack/cluster.sh unless it already runs; return (cluster, started_here)."""
+    """Start the session's plane via hack/cluster.sh unless it already runs, with the CRDs and the
+    system namespaces in place (tests and benches alike); return (cluster, started_here)."""
     script = REPO / "hack" / "cluster.sh"
-    status = subprocess.run(["bash", str(script), "status"], capture_output=True, text=True)
+    status = subprocess.run(["bash", str(script), "status"], capture_output=True, text=True, env=plane_env())
     started = False
     if status.returncode != 0:
-        env = {**os.environ, "SF_BUILD_OK": os.environ.get("SF_BUILD_OK", "1")}
-        up = subprocess.run(["bash", str(script), "up"], capture_output=True, text=True, env=env)
+        up = subprocess.run(["bash", str(script), "up"], capture_output=True, text=True, env=plane_env())
         if up.returncode != 0:
             raise HowToGetIt(
                 "the local control plane did not start. Build and start it with `make cluster-up` "
@@ -98,8 +109,21 @@ def start_cluster() -> tuple[Cluster, bool]:
         started = True
     cache = Path(os.environ.get("SPATIALFORGE_CACHE", Path.home() / ".cache" / "spatialforge"))
     kubectl = cache / "bin" / f"kube-{kube_version()}" / "kubectl"
-    return Cluster(STATE / "kubeconfig", kubectl), started
+    plane = Cluster(STATE / "kubeconfig", kubectl)
+    prepare(plane)
+    return plane, started
+
+
+def prepare(plane: Cluster) -> None:
+    """Install the generated CRDs and create the namespaces the operator and node agent use."""
+    files = [arg for name in CRD_FILES for arg in ("-f", str(REPO / "crds" / name))]
+    plane.kubectl("apply", "--server-side", "--force-conflicts", *files)
+    plane.kubectl("wait", "--for=condition=Established", "crd/depthbatches.spatialforge.io",
+                  "crd/reconstructionjobs.spatialforge.io", "--timeout=30s")
+    for ns in (SYSTEM_NAMESPACE, BEHAVIOUR_NAMESPACE):
+        plane.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
 
 
 def stop_cluster() -> None:
-    subprocess.run(["bash", str(REPO / "hack" / "cluster.sh"), "down"], capture_output=True, text=True)
+    subprocess.run(["bash", str(REPO / "hack" / "cluster.sh"), "down"], capture_output=True, text=True,
+                   env=plane_env())

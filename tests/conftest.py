@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import REPO, STATE, Cluster, HowToGetIt, isolate_environment, start_cluster, stop_cluster
+from tests.cluster import BEHAVIOUR_NAMESPACE as BEHAVIOUR_NS
+from tests.cluster import SYSTEM_NAMESPACE  # noqa: F401  (re-exported for the tests)
+from tests.cluster import STATE, Cluster, HowToGetIt, isolate_environment, start_cluster, stop_cluster
 from tests.operator_process import OperatorProcess
 
-SYSTEM_NAMESPACE = "spatialforge-system"
-BEHAVIOUR_NS = "spatialforge-devcluster"
 RUNNER_SECRET = "spatialforge-objectstore"  # runner pods take their object-store env from it
 
 
@@ -26,12 +26,6 @@ def cluster() -> Iterator[Cluster]:
         plane, started = start_cluster()
     except HowToGetIt as exc:
         pytest.fail(str(exc), pytrace=False)
-    plane.kubectl("apply", "--server-side", "-f", str(REPO / "crds" / "spatialforge.io_depthbatches.yaml"),
-                  "-f", str(REPO / "crds" / "spatialforge.io_reconstructionjobs.yaml"))
-    plane.kubectl("wait", "--for=condition=Established", "crd/depthbatches.spatialforge.io",
-                  "crd/reconstructionjobs.spatialforge.io", "--timeout=30s")
-    for ns in (SYSTEM_NAMESPACE, BEHAVIOUR_NS):
-        plane.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
     yield plane
     if started:
         stop_cluster()

@@ -34,6 +34,10 @@ class OperatorProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        """Start the operator; refuses while this one still runs (two leaders with one identity
+        would act at once)."""
+        if self.alive():
+            raise RuntimeError(f"{self.name} is already running (pid {self.proc.pid}); stop or kill it first")
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), **self.settings,
                "SPATIALFORGE_HEALTH_PORT": str(self.health_port),
                "SPATIALFORGE_METRICS_PORT": str(self.metrics_port),

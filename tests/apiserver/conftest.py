@@ -136,7 +136,10 @@ def make_settings(redis_server: ScriptServer, stripe_mock: ScriptServer, minio: 
             s3_access_key_id=minio.env["AWS_ACCESS_KEY_ID"], s3_secret_access_key=minio.env["AWS_SECRET_ACCESS_KEY"],
             bucket=BUCKET, stripe_api_key=STRIPE_KEY, stripe_api_base=stripe_mock.env["SPATIALFORGE_API_STRIPE_API_BASE"],
             stripe_webhook_secret=STRIPE_WEBHOOK_SECRET, webhook_allow=["127.0.0.1/32"],
-            webhook_backoff_seconds=0.2, webhook_max_attempts=4, log_json=False)
+            webhook_backoff_seconds=0.2, webhook_max_attempts=4, log_json=False,
+            # Every test calls from 127.0.0.1: the failed-auth limit is tested with its own server.
+            failed_auth_per_ip_per_minute=100_000,
+            metrics_port=0)  # several apps per process: a test that needs metrics gives a free port
         values.update(overrides)
         return Settings(**values)
 
@@ -183,7 +186,8 @@ class ServerThread:
 
     @property
     def services(self) -> Any:
-        return self.app.state.services
+        """The lifespan's services (`app.state.jobs`, `.billing`, `.tenants`, ...)."""
+        return self.app.state
 
 
 @pytest.fixture(scope="session")

@@ -44,10 +44,6 @@ def test_job_runs_to_succeeded_with_status_and_results(make_tenant, cluster, min
         ns = cluster.get("namespace", t.namespace, "")
         assert ns["metadata"]["annotations"][ANNOTATION_GPU_LIMIT] == "16"
 
-        # Results are not there before success.
-        early = c.get(f"/v1/jobs/{job['id']}/results")
-        assert early.status_code in (409, 200)
-
         done = _wait_phase(c, job["id"], "Succeeded")
         assert done["started_at"] and done["completed_at"] and done["duration_seconds"] >= 0
         assert any(cond["type"] == "Succeeded" and cond["status"] == "True" for cond in done["conditions"])
@@ -67,6 +63,7 @@ def test_job_runs_to_succeeded_with_status_and_results(make_tenant, cluster, min
         files = {f["key"]: f for f in res.json()["files"]}
         assert set(files) == {"shard-00000/img-0.png", "shard-00000/manifest.json"}
         assert res.json()["expires_in"] == 24 * 3600
+        assert res.json()["expires_at"] == done["expires_at"] and done["expires_at"] > done["completed_at"]
         assert httpx.get(files["shard-00000/manifest.json"]["url"]).content == b'{"ok": true}'
 
         # A URL signed for 1 s stops working.
@@ -81,13 +78,17 @@ def test_cancel_deletes_the_resource_and_reports_cancelled(make_tenant, cluster)
         job = c.post("/v1/reconstructions", json=t.recon_spec()).json()
         assert job["id"].startswith("rj-")
         _wait_phase(c, job["id"], "Running")
+        early = c.get(f"/v1/jobs/{job['id']}/results")  # a running job has no results yet
+        assert early.status_code == 409 and early.json()["error"]["code"] == "not_ready", early.text
+        assert "Running" in early.json()["error"]["message"]
         r = c.delete(f"/v1/jobs/{job['id']}")
         assert r.status_code == 202 and r.json()["phase"] == "Cancelled"
         wait_until("resource deleted", lambda: cluster.get("reconstructionjob", job["id"], t.namespace) is None, MEDIUM)
         wait_until("runner Job deleted", lambda: not cluster.list("jobs", t.namespace), MEDIUM)
         assert c.get(f"/v1/jobs/{job['id']}").json()["phase"] == "Cancelled"
         assert c.delete(f"/v1/jobs/{job['id']}").status_code == 202  # idempotent
-        assert c.get(f"/v1/jobs/{job['id']}/results").status_code == 409
+        gone = c.get(f"/v1/jobs/{job['id']}/results")
+        assert gone.status_code == 409 and gone.json()["error"]["code"] == "no_results"
 
 
 def test_idempotency_key_returns_the_first_job(make_tenant, cluster):
@@ -102,7 +103,8 @@ def test_idempotency_key_returns_the_first_job(make_tenant, cluster):
         assert len(cluster.list("depthbatches", t.namespace)) == 1
         assert c.get("/v1/usage").json()["units_used"] == 1  # charged once
         other = c.post("/v1/depth-batches", json=t.depth_spec(3), headers=headers)
-        assert other.status_code == 422 and other.json()["error"]["code"] == "idempotency_key_reused"
+        assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
+        assert "already used" in other.json()["error"]["message"]
         # After a cancel, the retry still answers with the first (now cancelled) job.
         job_id = responses[0].json()["id"]
         assert c.delete(f"/v1/jobs/{job_id}").status_code == 202
@@ -127,18 +129,20 @@ def test_another_tenants_job_is_404_for_every_verb(make_tenant):
         assert r.status_code == 403 and r.json()["error"]["code"] == "outside_tenant_prefix"
 
 
-def test_uploads_sign_puts_into_the_tenant_prefix(make_tenant, minio):
+def test_uploads_sign_forms_into_the_tenant_prefix(make_tenant, minio):
     t = make_tenant("builder")
     with t.client() as c:
         r = c.post("/v1/uploads", json={"files": [{"name": "a.jpg", "content_type": "image/jpeg"}, {"name": "b.jpg"}]})
         assert r.status_code == 201, r.text
         body = r.json()
-        assert body["prefix"].startswith(f"{t.prefix}inputs/")
+        assert body["prefix"].startswith(f"{t.prefix}inputs/") and body["max_bytes"] == 50 * 1024 * 1024
         for f in body["files"]:
-            put = httpx.put(f["url"], content=f"data-{f['name']}".encode(), headers=f["headers"])
-            assert put.status_code == 200, put.text
+            assert f["method"] == "POST"
+            sent = httpx.post(f["url"], data=f["fields"], files={"file": (f["name"], f"data-{f['name']}".encode())})
+            assert sent.status_code in (200, 204), sent.text
         key = body["files"][0]["uri"].removeprefix(f"s3://{BUCKET}/")
-        assert _s3(minio).get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"data-a.jpg"
+        got = _s3(minio).get_object(Bucket=BUCKET, Key=key)
+        assert got["Body"].read() == b"data-a.jpg" and got["ContentType"] == "image/jpeg"
         assert c.post("/v1/uploads", json={"files": [{"name": "../escape"}]}).status_code == 422
 
 

@@ -15,16 +15,18 @@ from tests.apiserver.conftest import SECRET_KEY, STRIPE_KEY, STRIPE_WEBHOOK_SECR
 from tests.timeouts import MEDIUM
 
 
-def test_health_ready_metrics(api):
+def test_health_ready_metrics(api, make_tenant):
     assert httpx.get(f"{api.url}/health").json() == {"status": "ok"}
     ready = httpx.get(f"{api.url}/readyz")
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"redis": "ok", "kubernetes": "ok", "object_store": "ok"}
-    httpx.get(f"{api.url}/v1/jobs")  # a 401, counted
-    text = httpx.get(f"{api.url}/metrics").text
-    assert 'sf_api_requests_total{method="GET",route="/v1/jobs",status="401"}' in text
-    for name in ("sf_api_request_seconds_bucket", "sf_api_quota_refusals_total", "sf_api_jobs_created_total"):
-        assert name in text
+    registry = api.app.state.metrics.registry  # served on metrics_port (tests/apiserver/test_edge.py)
+    labels = {"method": "GET", "route": "/v1/jobs", "status": "200"}
+    before = registry.get_sample_value("sf_api_requests_total", labels) or 0
+    with make_tenant("pro").client() as c:
+        assert c.get("/v1/jobs").status_code == 200
+    assert registry.get_sample_value("sf_api_requests_total", labels) == before + 1
+    assert registry.get_sample_value("sf_api_request_seconds_count", {"method": "GET", "route": "/v1/jobs"}) >= 1
 
 
 def test_security_headers_and_request_ids(api):
@@ -35,10 +37,8 @@ def test_security_headers_and_request_ids(api):
     assert "default-src 'none'" in r.headers["Content-Security-Policy"]
     generated = httpx.get(f"{api.url}/health", headers={"X-Request-ID": "bad id!" * 10}).headers["X-Request-ID"]
     assert len(generated) == 32 and generated.isalnum()
-    docs = httpx.get(f"{api.url}/docs")
-    assert docs.status_code == 200 and "cdn.jsdelivr.net" in docs.headers["Content-Security-Policy"]
-    spec = httpx.get(f"{api.url}/openapi.json").json()
-    op = spec["paths"]["/v1/depth-batches"]["post"]
+    # The OpenAPI document (served only with public_docs: tests/apiserver/test_edge.py).
+    op = api.app.openapi()["paths"]["/v1/depth-batches"]["post"]
     assert op["operationId"] == "jobs-create_depth_batch"
     assert op["requestBody"]["content"]["application/json"]["examples"]
 
@@ -69,7 +69,7 @@ def test_secrets_and_keys_never_logged(api, admin, make_tenant, caplog):
     ({"stripe_webhook_secret": "whsec_xxx"}, "stripe_webhook_secret is an example"),
     ({"stripe_api_key": None}, "stripe_api_key is missing"),
 ])
-def test_refuses_to_start_with_weak_secrets(make_settings, overrides, problem):
+def test_refuses_to_start_with_weak_secrets(make_settings, overrides, problem, caplog):
     from spatialforge.apiserver.main import create_app
 
     with pytest.raises(ValidationError, match=problem):
@@ -77,7 +77,10 @@ def test_refuses_to_start_with_weak_secrets(make_settings, overrides, problem):
     good = make_settings().model_dump()
     good.update(overrides)
     good["dev_mode"] = True
-    assert create_app(Settings(**good))  # dev mode accepts it (with a warning)
+    caplog.set_level(logging.WARNING, logger="spatialforge.apiserver")
+    app = create_app(Settings(**good))  # dev mode accepts it, with a warning, and serves the docs
+    assert "dev mode: weak or missing secrets are accepted" in caplog.text
+    assert app.state.settings.dev_mode and app.docs_url == "/docs" and app.openapi_url == "/openapi.json"
 
 
 def test_redis_down_is_503_with_a_reason_and_creates_nothing(api, make_tenant, redis_server, cluster):

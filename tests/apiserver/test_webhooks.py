@@ -31,25 +31,37 @@ from tests.timeouts import MEDIUM, SHORT
 
 
 class Receiver:
-    """A local HTTP receiver that fails the first `fail` deliveries with 500."""
+    """A local HTTP receiver that fails the first `fail` deliveries with 500 (or answers
+    `status` to every call). `spans` keeps, per call, when it arrived and when it was answered."""
 
-    def __init__(self, fail: int, delay: float = 0.0) -> None:
+    def __init__(self, fail: int, delay: float = 0.0, status: int | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         self.fail = fail
         self.calls: list[tuple[dict[str, str], bytes]] = []
+        self.spans: list[tuple[float, float]] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
+                start = time.monotonic()
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 outer.calls.append((dict(self.headers), body))
                 time.sleep(delay)
-                self.send_response(500 if len(outer.calls) <= outer.fail else 204)
+                self.send_response(status or (500 if len(outer.calls) <= outer.fail else 204))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
                 self.end_headers()
+                outer.spans.append((start, time.monotonic()))
+
+            do_GET = do_POST  # noqa: N815
 
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 128  # a real receiver's backlog; the default 5 resets bursts
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/sf"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -245,6 +257,9 @@ async def _close(*senders: WebhookSender) -> None:
 
 
 def test_two_workers_deliver_each_event_once(redis_server):
+    """Each event is recorded delivered exactly once, no two attempts of one event are ever in
+    flight together, and every POST the receiver saw is an attempt the record counts: a retry
+    (after a transport error, say) is a recorded attempt, never a second worker's copy."""
     url = _db(redis_server.env["SPATIALFORGE_API_REDIS_URL"], 2)
     receiver = Receiver(fail=0, delay=0.05)
 
@@ -258,22 +273,33 @@ def test_two_workers_deliver_each_event_once(redis_server):
             assert sum(added) == len(uids)
             a.start()
             b.start()
-            await _until("all delivered", lambda: _all_delivered(a, uids), MEDIUM)
-            await asyncio.sleep(0.3)  # a duplicate would arrive now
-            ids = [json.loads(body)["id"] for _, body in receiver.calls]
-            assert sorted(ids) == sorted(f"evt_{u}" for u in uids)
+            settled = await _until("every event settled", lambda: _settled(a, uids), MEDIUM)
+            await _close(a, b)  # nothing in flight any more: what the receiver saw is final
+            attempts = {u: int(v.removeprefix("delivered:")) for u, v in settled.items()}
+            assert all(v.startswith("delivered:") for v in settled.values()), settled
+            by_event: dict[str, list[tuple[float, float]]] = {}
+            for (_, body), span in zip(receiver.calls, receiver.spans):
+                by_event.setdefault(json.loads(body)["id"], []).append(span)
+            assert set(by_event) == {f"evt_{u}" for u in uids}
+            for u in uids:
+                spans = sorted(by_event[f"evt_{u}"])
+                assert len(spans) <= attempts[u], (u, spans, attempts[u])
+                assert all(prev[1] <= nxt[0] for prev, nxt in zip(spans, spans[1:])), spans  # never overlapping
             assert _count(a, "delivered") + _count(b, "delivered") == len(uids)
             assert await a.redis.zcard(wh.DUE_KEY) == 0
         finally:
-            await a.redis.flushdb()
+            r = aioredis.Redis.from_url(url, decode_responses=True)
+            await r.flushdb()
+            await r.aclose()
             await _close(a, b)
 
     _run(go, receiver)
 
 
-async def _all_delivered(sender: WebhookSender, uids: list[str]) -> bool:
+async def _settled(sender: WebhookSender, uids: list[str]) -> dict[str, str] | None:
+    """uid -> its final record, once none is pending."""
     values = await sender.redis.mget([wh.sent_key(u) for u in uids])
-    return all(v == "delivered:1" for v in values)
+    return dict(zip(uids, values)) if all(v and v != "pending" for v in values) else None
 
 
 def test_a_dead_claimers_delivery_is_retried_after_its_lease(redis_server):
@@ -338,3 +364,105 @@ def test_delivery_is_given_up_after_max_attempts_and_recorded(redis_server):
             await _close(s)
 
     _run(go, receiver)
+
+
+def test_ipv6_forms_embedding_private_ipv4_are_refused():
+    async def go() -> None:
+        for host in ("2002:a00:1::1", "2002:7f00:1::", "2002:c0a8:101::1",  # 6to4 of 10/8, 127/8, 192.168/16
+                     "64:ff9b::a00:1", "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe",  # NAT64 of 10.0.0.1, 127.0.0.1, 169.254.169.254
+                     "64:ff9b:1::5db8:d70e",  # NAT64 local-use prefix
+                     "2001:0:4136:e378:8000:63bf:3fff:fdd2", "2001::a00:1",  # Teredo
+                     "::ffff:a9fe:a9fe", "::a00:1"):  # IPv4-mapped, IPv4-compatible
+            with pytest.raises(UnsafeTarget):
+                await check_target(f"http://[{host}]/hook", [])
+        # The same forms around a public IPv4 address are fine (6to4 and NAT64 of 93.184.215.14).
+        for host in ("2002:5db8:d70e::1", "64:ff9b::5db8:d70e"):
+            await check_target(f"http://[{host}]/hook", [])
+
+    asyncio.run(go())
+
+
+class FlippingResolver:
+    """Answers `first` the first time and `later` afterwards (DNS rebinding), counting calls."""
+
+    def __init__(self, first: str, later: str) -> None:
+        self.answers = [first, later]
+        self.calls = 0
+
+    async def __call__(self, host: str, port: int) -> list[Any]:
+        import ipaddress
+
+        self.calls += 1
+        return [ipaddress.ip_address(self.answers[min(self.calls, 2) - 1])]
+
+
+def test_delivery_connects_only_to_the_checked_address(redis_server):
+    """The resolver answers the allow-listed 127.0.0.1 once, then 127.0.0.2 (not allow-listed,
+    and where nothing listens). Each attempt resolves once, checks that answer and connects to
+    it: the delivery succeeds at 127.0.0.1. A second lookup would have connected elsewhere."""
+    url = _db(redis_server.env["SPATIALFORGE_API_REDIS_URL"], 2)
+    receiver = Receiver(fail=0)
+    hook = receiver.url.replace("127.0.0.1", "hooks.example.test")
+
+    async def go() -> None:
+        resolver = FlippingResolver("127.0.0.1", "127.0.0.2")
+        s = _sender(url, resolver=resolver)
+        await s.redis.flushdb()
+        uid = uuid.uuid4().hex
+        try:
+            # The submission-time check with the same resolver takes its first answer.
+            target = await check_target(hook, ["127.0.0.1/32"], resolver)
+            assert [str(a) for a in target.addresses] == ["127.0.0.1"]
+            resolver.calls = 0  # the delivery's own lookup sees the first answer again
+            await s.enqueue("acme", uid, hook, _body(uid))
+            s.start()
+            await _until("delivered", lambda: _all_delivered_at(s, uid, "delivered:1"))
+            assert resolver.calls == 1 and len(receiver.calls) == 1
+            headers, _ = receiver.calls[0]
+            assert headers["Host"] == f"hooks.example.test:{receiver.server.server_port}"  # the URL's host
+            # The next lookup answers 127.0.0.2: refused before any connection, never sent there.
+            other = uuid.uuid4().hex
+            await s.enqueue("acme", other, hook, _body(other))
+            await _until("refused", lambda: _all_delivered_at(s, other, "refused"))
+            assert len(receiver.calls) == 1
+        finally:
+            await s.redis.flushdb()
+            await _close(s)
+
+    _run(go, receiver)
+
+
+def test_redirects_are_not_followed_and_each_attempt_is_bounded(redis_server):
+    url = _db(redis_server.env["SPATIALFORGE_API_REDIS_URL"], 2)
+    target = Receiver(fail=0)
+    redirecting = Receiver(fail=0, status=307, headers={"Location": target.url})
+    slow = Receiver(fail=0, delay=1.5)
+
+    async def go() -> None:
+        s = _sender(url, attempts=2, backoff=0.05, timeout=0.5, lease=2.0)
+        await s.redis.flushdb()
+        moved, stalled = uuid.uuid4().hex, uuid.uuid4().hex
+        try:
+            await s.enqueue("acme", moved, redirecting.url, _body(moved))
+            await s.enqueue("acme", stalled, slow.url, _body(stalled))
+            started = time.monotonic()
+            s.start()
+            await _until("redirect given up", lambda: _all_delivered_at(s, moved, "failed"))
+            await _until("slow target given up", lambda: _all_delivered_at(s, stalled, "failed"))
+            took = time.monotonic() - started
+            # The 307 is a failed attempt; its Location is never called.
+            assert len(redirecting.calls) == 2 and target.calls == []
+            records = {r["event_id"]: r for r in map(json.loads, await s.redis.lrange(wh.failures_key("acme"), 0, -1))}
+            assert records[f"evt_{moved}"]["last_error"] == "HTTP 307"
+            # Each attempt at the slow target ended at the 0.5 s timeout, not after its 1.5 s answer.
+            assert len(slow.calls) == 2 and records[f"evt_{stalled}"]["last_error"] in ("ReadTimeout", "TimeoutError")
+            assert took < 2 * 1.5, took
+        finally:
+            await s.redis.flushdb()
+            await _close(s)
+
+    try:
+        _run(go, target)
+    finally:
+        redirecting.close()
+        slow.close()

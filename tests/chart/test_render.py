@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -70,10 +71,37 @@ def test_operator_deployment(default_objects: list[dict[str, Any]]) -> None:
     assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
 
 
-def test_operator_env_is_what_operator_settings_read(full_objects: list[dict[str, Any]], monkeypatch) -> None:
+# Values that differ from every default (values.yaml and OperatorSettings alike), so a chart that
+# ignored one of them, or an env name the settings do not read, cannot pass.
+NON_DEFAULT_VALUES = {
+    "operator.replicas": 1,
+    "operator.leaderElection.enabled": False,
+    "operator.leaderElection.leaseName": "sf-leader-b",
+    "operator.leaderElection.leaseDurationSeconds": 23,
+    "operator.workers": 3,
+    "operator.admissionIntervalSeconds": 5,
+    "operator.unschedulableTimeoutSeconds": 120,
+    "operator.imagePullGraceSeconds": 45,
+    "operator.avgRunSeconds": 600,
+    "operator.quotas.configMapName": "gpu-quotas-b",
+    "operator.healthPort": 8181,
+    "operator.metricsPort": 9191,
+    "runner.image.repository": "registry.example.com/sf/runner",
+    "runner.image.tag": "9.9.9",
+    "runner.image.pullPolicy": "Always",
+    "runner.serviceAccount.name": "gpu-runner",
+    "runner.gpuResource": "amd.com/gpu",
+    "runner.runtimeClassName": "nvidia-cdi",
+    "runner.envFromSecret": "tenant-objectstore",
+}
+
+
+def test_operator_env_is_what_operator_settings_read(helm: Helm, monkeypatch) -> None:
     """Every SPATIALFORGE_* variable the chart sets is a field of OperatorSettings, and the
-    settings parse from it to the chart's values."""
-    c = find(full_objects, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]
+    settings parse from it to the values given, none of them a default."""
+    sets = [arg for k, v in NON_DEFAULT_VALUES.items() for arg in ("--set-json", f"{k}={json.dumps(v)}")]
+    objects = helm.render("-f", str(CHART / "ci" / "full-values.yaml"), *sets)
+    c = find(objects, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]
     plain = {e["name"]: e["value"] for e in c["env"] if "value" in e}
     fields = {f"SPATIALFORGE_{name.upper()}" for name in OperatorSettings.model_fields}
     unknown = {n for n in plain if n.startswith("SPATIALFORGE_")} - fields - {"SPATIALFORGE_LOG_LEVEL", "SPATIALFORGE_EXTRA"}
@@ -86,13 +114,19 @@ def test_operator_env_is_what_operator_settings_read(full_objects: list[dict[str
     for k, v in plain.items():
         monkeypatch.setenv(k, v)
     s = OperatorSettings()
-    assert s.runner_image == "spatialforge/runner:0.1.0"
-    assert s.runner_service_account == "spatialforge-runner"
-    assert s.runner_env_from_secret == "spatialforge-objectstore"
-    assert s.runner_runtime_class == "nvidia"
-    assert s.gpu_resource == "nvidia.com/gpu"
-    assert s.leader_election is True and s.lease_name == "spatialforge-operator"
-    assert (s.health_port, s.metrics_port) == (8080, 9090)
+    expected = {
+        "runner_image": "registry.example.com/sf/runner:9.9.9", "runner_image_pull_policy": "Always",
+        "runner_service_account": "gpu-runner", "runner_env_from_secret": "tenant-objectstore",
+        "runner_runtime_class": "nvidia-cdi", "gpu_resource": "amd.com/gpu",
+        "leader_election": False, "lease_name": "sf-leader-b", "lease_duration_seconds": 23.0,
+        "workers": 3, "admission_interval_seconds": 5.0, "unschedulable_timeout_seconds": 120.0,
+        "image_pull_grace_seconds": 45.0, "avg_run_seconds": 600.0, "quota_configmap": "gpu-quotas-b",
+        "health_port": 8181, "metrics_port": 9191,
+    }
+    defaults = {name: OperatorSettings.model_fields[name].get_default(call_default_factory=True) for name in expected}
+    assert not {k for k in expected if expected[k] == defaults[k]}, "a checked value equals its default"
+    assert {k: getattr(s, k) for k in expected} == expected
+    assert [p["containerPort"] for p in c["ports"]] == [8181, 9191]
 
 
 def test_apiserver(full_objects: list[dict[str, Any]]) -> None:

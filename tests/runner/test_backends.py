@@ -1,0 +1,131 @@
+"""Depth backends (runner/models/backends.py): parity with transformers, export cache, selection."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spatialforge.crds.v1alpha1.common import DepthModel
+from spatialforge.runner.devices import choose_device
+from spatialforge.runner.errors import ModelLoadError
+from spatialforge.runner.models import backends
+from spatialforge.runner.models.backends import AUTO_ORDER_CPU, BACKENDS, BackendError, relative_difference
+from spatialforge.runner.models.estimator import DepthEstimator
+
+CKPT = "depth-anything-v2-small-relative"
+
+
+def _load(model_dir: Path, backend: str, cache: Path | None = None) -> DepthEstimator:
+    env = {**os.environ, "SPATIALFORGE_MODEL_DIR": str(model_dir), "SPATIALFORGE_DEPTH_BACKEND": backend}
+    if cache is not None:
+        env["SPATIALFORGE_BACKEND_CACHE"] = str(cache)
+    return DepthEstimator.load(DepthModel(), device=choose_device("cpu"), env=env)
+
+
+def _transformers_depth(folder: Path, x: np.ndarray) -> np.ndarray:
+    """The reference: transformers' own model, loaded on its own, fp32 on CPU."""
+    import torch
+    from transformers import AutoModelForDepthEstimation
+
+    model = AutoModelForDepthEstimation.from_pretrained(str(folder), dtype=torch.float32).eval()
+    with torch.inference_mode():
+        return model(pixel_values=torch.from_numpy(x)).predicted_depth.numpy()
+
+
+def _inputs(shapes: list[tuple[int, int, int, int]]) -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [rng.standard_normal(s).astype(np.float32) for s in shapes]
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_each_backend_matches_transformers_on_the_tiny_model(model_dir, rgb_image, name):
+    est = _load(model_dir, name)
+    assert est.backend.name == name
+    assert est.parity is None if name == "torch" else est.parity <= backends.PARITY_RTOL
+    # Batch sizes and aspect ratios the export never saw: the graph is dynamic in all three.
+    for x in _inputs([(1, 3, 518, 686), (3, 3, 392, 518), (2, 3, 14, 28)]):
+        got = est.backend.forward(x).cpu().numpy()
+        want = _transformers_depth(model_dir / CKPT, x)
+        assert got.shape == want.shape
+        assert relative_difference(got, want) <= 1e-3, (name, x.shape)
+    # End to end (preprocess, batched forward, bicubic upsampling) against eager.
+    images = [rgb_image(48, 64, 1), rgb_image(60, 40, 2), rgb_image(48, 64, 3)]
+    eager = _load(model_dir, "torch").predict_rgb(images)
+    for got, want in zip(est.predict_rgb(images), eager, strict=True):
+        assert got.shape == want.shape
+        assert relative_difference(got, want) <= 1e-3
+
+
+@pytest.mark.slow
+def test_fast_backends_match_transformers_on_v2_small_dimensions(tmp_path):
+    """The published Small architecture (random weights, built here), at 518 px."""
+    from spatialforge.runner.models.configs import save_random, v2_small_config
+
+    root = tmp_path / "models"
+    save_random(v2_small_config(), str(root / CKPT))
+    (x,) = _inputs([(1, 3, 518, 686)])
+    want = _transformers_depth(root / CKPT, x)
+    for name in ("onnxruntime", "openvino"):
+        est = _load(root, name, cache=tmp_path / "cache")
+        got = est.backend.forward(x).cpu().numpy()
+        rel = relative_difference(got, want)
+        assert rel <= 1e-3, (name, rel)
+
+
+def test_the_export_is_cached_by_checkpoint_content(tmp_path, monkeypatch):
+    from spatialforge.runner.models.tiny import build_tiny_model
+
+    cache = tmp_path / "cache"
+    build_tiny_model(tmp_path / "a" / CKPT, seed=0)
+    first = _load(tmp_path / "a", "onnxruntime", cache)
+    exports = sorted(p.name for p in cache.iterdir() if p.name.startswith(CKPT))
+    assert len(exports) == 1
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again although the cache holds this checkpoint")
+
+    monkeypatch.setattr(backends, "export_onnx", no_export)
+    again = _load(tmp_path / "a", "openvino", cache)  # same ONNX file, another runtime
+    x = _inputs([(2, 3, 56, 84)])[0]
+    assert relative_difference(again.backend.forward(x).numpy(), first.backend.forward(x).numpy()) <= 1e-3
+    monkeypatch.undo()
+    # Other weights under the same checkpoint name: a new export, the old one kept.
+    build_tiny_model(tmp_path / "b" / CKPT, seed=1)
+    _load(tmp_path / "b", "onnxruntime", cache)
+    assert len([p for p in cache.iterdir() if p.name.startswith(CKPT)]) == 2
+
+
+def test_a_cached_export_that_breaks_parity_is_refused(tmp_path, caplog):
+    """A stale or foreign file in the cache: named backends refuse it, auto falls back to eager."""
+    from spatialforge.runner.models.tiny import build_tiny_model
+
+    cache = tmp_path / "cache"
+    build_tiny_model(tmp_path / "a" / CKPT, seed=0)
+    build_tiny_model(tmp_path / "b" / CKPT, seed=1)
+    _load(tmp_path / "a", "onnxruntime", cache)
+    (folder_a,) = [p for p in cache.iterdir() if p.name.startswith(CKPT)]
+    _load(tmp_path / "b", "onnxruntime", cache)
+    (folder_b,) = [p for p in cache.iterdir() if p.name.startswith(CKPT) and p != folder_a]
+    shutil.copy(folder_b / "model.onnx", folder_a / "model.onnx")  # b's graph under a's key
+    for marker in folder_a.glob("parity-*.json"):
+        marker.unlink()
+    for name in ("onnxruntime", "openvino"):
+        with pytest.raises(BackendError, match="differs from transformers"):
+            _load(tmp_path / "a", name, cache)
+    with caplog.at_level("WARNING"):
+        est = _load(tmp_path / "a", "auto", cache)
+    assert est.backend.name == "torch"
+    assert "differs from transformers" in caplog.text
+
+
+def test_auto_takes_the_fastest_measured_backend(model_dir):
+    assert _load(model_dir, "auto").backend.name == AUTO_ORDER_CPU[0]
+
+
+def test_an_unknown_backend_setting_is_refused(model_dir):
+    with pytest.raises(ModelLoadError, match="SPATIALFORGE_DEPTH_BACKEND"):
+        _load(model_dir, "tensorflow")
