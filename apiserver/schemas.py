@@ -55,6 +55,8 @@ class JobPublic(BaseModel):
     attempts: int | None = None
     status_url: str
     results_url: str
+    expires_at: str | None = None
+    """When a Succeeded job's results expire (the bucket's retention rule); then its results are 410."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "id": "db-3f2a9c1b7d4e", "kind": "DepthBatch", "phase": "Running", "reason": "Running",
@@ -79,7 +81,16 @@ class ResultFile(BaseModel):
 class ResultsPublic(BaseModel):
     id: str
     expires_in: int
+    """Seconds the signed URLs stay valid."""
+    expires_at: str | None = None
+    """When the results themselves expire (retention); afterwards this endpoint answers 410."""
     files: list[ResultFile]
+
+
+class ResultsDeleted(BaseModel):
+    id: str
+    deleted_files: int
+    deleted_at: str
 
 
 # --- uploads ------------------------------------------------------------------------------
@@ -98,15 +109,36 @@ class UploadTarget(BaseModel):
     name: str
     uri: str
     url: str
-    method: Literal["PUT"] = "PUT"
+    method: Literal["POST"] = "POST"
+    """A multipart/form-data POST to `url`: every `fields` entry, then the file as field `file`."""
+    fields: dict[str, str] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
 
 
 class UploadPublic(BaseModel):
+    id: str
     prefix: str
     """Use this as a DepthBatch input (a prefix) once every file is uploaded."""
     expires_in: int
+    """Seconds the upload forms stay valid."""
+    max_bytes: int
+    """The largest file each form accepts (the store refuses a larger one)."""
     files: list[UploadTarget]
+
+
+class UploadSummary(BaseModel):
+    id: str
+    prefix: str
+    files: int
+    bytes: int
+    uploaded_at: str
+    expires_at: str
+    """When the uploads' retention rule removes it (days after upload, rounded to midnight UTC)."""
+
+
+class UploadsPublic(BaseModel):
+    data: list[UploadSummary]
+    count: int
 
 
 # --- keys, plans, usage -------------------------------------------------------------------
@@ -143,6 +175,7 @@ class PlanUpdate(BaseModel):
     monthly_units: int | None = Field(default=None, ge=0)
     rate_per_minute: int | None = Field(default=None, ge=1)
     gpu_limit: int | None = Field(default=None, ge=0)
+    concurrent_jobs: int | None = Field(default=None, ge=1)
 
 
 class PlanPublic(BaseModel):
@@ -151,6 +184,7 @@ class PlanPublic(BaseModel):
     monthly_units: int
     rate_per_minute: int
     gpu_limit: int
+    concurrent_jobs: int
     model_sizes: list[str]
     presets: list[str]
     grace_until: float | None = None
@@ -162,7 +196,11 @@ class UsagePublic(BaseModel):
     plan: str
     units_used: int
     units_limit: int
+    units_refunded: int = 0
+    """Units given back this month for jobs that never ran a runner (included in units_used's net)."""
     gpu_seconds: float
+    upload_bytes: int = 0
+    """Bytes of uploads counted this month (when a job used them or the uploads were listed)."""
     jobs: dict[str, int]
 
 

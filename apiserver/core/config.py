@@ -8,6 +8,8 @@ from typing import Self
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from spatialforge.crds.constants import ENV_RESEARCH_MODE
+
 # Secrets that appear in docs, samples and tutorials: never acceptable outside dev mode.
 EXAMPLE_SECRETS = frozenset({
     "changeme", "change-me", "changethis", "secret", "password", "example", "test", "dev",
@@ -61,7 +63,7 @@ class Settings(BaseSettings):
     max_spec_bytes: int = Field(default=1024 * 1024, ge=1024, le=1536 * 1024)
     """Largest serialized job resource accepted (etcd stores objects up to 1.5 MiB; status needs room)."""
     research_mode: bool = Field(default=False, validation_alias=AliasChoices(
-        "SPATIALFORGE_RESEARCH_MODE", "SPATIALFORGE_API_RESEARCH_MODE", "research_mode"))
+        ENV_RESEARCH_MODE, "SPATIALFORGE_API_RESEARCH_MODE", "research_mode"))
     """Accept the CC-BY-NC-4.0 (non-commercial) base/large checkpoints. The chart's one
     `researchMode` value sets SPATIALFORGE_RESEARCH_MODE for the front end, operator and runner pods."""
 

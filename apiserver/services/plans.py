@@ -1,4 +1,5 @@
-"""Plans: monthly units, per-minute rate, concurrent GPUs, allowed model sizes and presets.
+"""Plans: monthly units, per-minute rate, concurrent GPUs, concurrent jobs, allowed model
+sizes and presets.
 
 Units: a DepthBatch costs one unit per input entry (an object or a prefix); a
 ReconstructionJob costs 5 (draft), 10 (standard) or 20 (high).
@@ -17,29 +18,36 @@ class Plan(BaseModel):
     rate_per_minute: int = Field(ge=1)
     gpu_limit: int = Field(ge=0)
     """Concurrent GPUs: written to the tenant namespace's spatialforge.io/gpu-limit annotation."""
+    concurrent_jobs: int = Field(ge=1)
+    """Jobs not yet finished at once, whatever their GPU count (`placement.gpus: 0` included):
+    CPU pods cost too. Enforced by the front end at submission."""
     model_sizes: tuple[str, ...]
     presets: tuple[str, ...]
 
 
 PLANS: dict[str, Plan] = {
-    "free": Plan(name="free", monthly_units=100, rate_per_minute=60, gpu_limit=1,
+    "free": Plan(name="free", monthly_units=100, rate_per_minute=60, gpu_limit=1, concurrent_jobs=2,
                  model_sizes=("small",), presets=("draft", "standard")),
-    "builder": Plan(name="builder", monthly_units=5_000, rate_per_minute=300, gpu_limit=4,
+    "builder": Plan(name="builder", monthly_units=5_000, rate_per_minute=300, gpu_limit=4, concurrent_jobs=20,
                     model_sizes=("small", "base"), presets=("draft", "standard", "high")),
-    "pro": Plan(name="pro", monthly_units=50_000, rate_per_minute=1_200, gpu_limit=16,
+    "pro": Plan(name="pro", monthly_units=50_000, rate_per_minute=1_200, gpu_limit=16, concurrent_jobs=100,
                 model_sizes=("small", "base", "large"), presets=("draft", "standard", "high")),
-    # Enterprise quotas are by contract: set per tenant with `plans set --units/--rate/--gpus`.
-    "enterprise": Plan(name="enterprise", monthly_units=1_000_000, rate_per_minute=6_000, gpu_limit=64,
+    # Enterprise quotas are by contract: set per tenant with `plans set --units/--rate/--gpus`
+    # (and concurrent jobs through PUT /v1/admin/tenants/<tenant>/plan's `concurrent_jobs`).
+    "enterprise": Plan(name="enterprise", monthly_units=1_000_000, rate_per_minute=6_000, gpu_limit=64, concurrent_jobs=5_000,
                        model_sizes=("small", "base", "large"), presets=("draft", "standard", "high")),
 }
 PRESET_UNITS = {"draft": 5, "standard": 10, "high": 20}
+# Depth Anything V2 Small is Apache-2.0; Base and Large are CC-BY-NC-4.0 (non-commercial).
+OPEN_MODEL_SIZES = frozenset({"small"})
 
 
 def effective(plan_name: str, overrides: dict[str, str]) -> Plan:
     """The tenant's plan with its per-tenant overrides (units, rate, gpus) applied."""
     plan = PLANS.get(plan_name, PLANS["free"])
     update = {}
-    for field, key in (("monthly_units", "units"), ("rate_per_minute", "rate"), ("gpu_limit", "gpus")):
+    for field, key in (("monthly_units", "units"), ("rate_per_minute", "rate"), ("gpu_limit", "gpus"),
+                       ("concurrent_jobs", "jobs")):
         if overrides.get(key) not in (None, ""):
             update[field] = int(overrides[key])
     return plan.model_copy(update=update)
@@ -61,3 +69,14 @@ def refusal(plan: Plan, spec: DepthBatchSpec | ReconstructionJobSpec) -> str | N
     if gpus > plan.gpu_limit:
         return f"{gpus} GPUs exceed plan {plan.name!r}'s concurrent limit of {plan.gpu_limit}"
     return None
+
+
+def licence_refusal(spec: DepthBatchSpec | ReconstructionJobSpec, *, research_mode: bool) -> str | None:
+    """Why the deployment may not run this model (403), or None: the non-commercial
+    checkpoints run only where the operator of the deployment enabled research mode."""
+    size = spec.model.size.value
+    if size in OPEN_MODEL_SIZES or research_mode:
+        return None
+    return (f"model size {size!r} (Depth Anything V2 {size.capitalize()}) is licensed CC-BY-NC-4.0, for "
+            "non-commercial use only; this deployment does not enable research mode, so only 'small' "
+            "(Apache-2.0) is accepted")

@@ -108,18 +108,35 @@ class Client:
 
     # --- files ----------------------------------------------------------------------------
     def upload(self, paths: Iterable[str | Path], *, progress: Callable[[int], None] | None = None) -> str:
-        """PUT each file through a signed URL; returns the upload prefix (a DepthBatch input)."""
+        """Send each file through its signed upload form; returns the upload prefix (a
+        DepthBatch input). Files over the server's `max_bytes` are refused before sending."""
         files = [Path(p) for p in paths]
         names = [{"name": f.name} for f in files]
         plan = self._call("POST", "/v1/uploads", json={"files": names})
+        limit = plan.get("max_bytes")
+        for f in files:
+            if limit is not None and f.stat().st_size > limit:
+                raise ApiError(413, "upload_too_large", f"{f} is {f.stat().st_size} bytes; uploads take at most {limit}")
         for f, target in zip(files, plan["files"], strict=True):
             with f.open("rb") as fh:
-                r = self.storage.put(target["url"], content=fh.read(), headers=target.get("headers") or {})
+                if target.get("method", "PUT") == "POST":  # a presigned POST form: fields, then the file
+                    r = self.storage.post(target["url"], data=target.get("fields") or {},
+                                          files={"file": (f.name, fh)}, headers=target.get("headers") or {})
+                else:  # servers before the upload forms signed PUT URLs
+                    r = self.storage.put(target["url"], content=fh.read(), headers=target.get("headers") or {})
             if r.status_code >= 300:
                 raise ApiError(r.status_code, "upload_failed", r.text[:300], r)
             if progress:
                 progress(1)
         return plan["prefix"]
+
+    def uploads(self) -> dict[str, Any]:
+        """The tenant's uploads with size and `expires_at`."""
+        return self._call("GET", "/v1/uploads")
+
+    def delete_results(self, job_id: str) -> dict[str, Any]:
+        """Delete a finished job's outputs now; its results then answer 410."""
+        return self._call("DELETE", f"/v1/jobs/{job_id}/results")
 
     def wait(self, job_id: str, *, interval: float = 1.0, timeout: float | None = None,
              on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:

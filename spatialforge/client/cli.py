@@ -153,3 +153,20 @@ def cancel(ctx: click.Context, job_id: str) -> None:
 def usage(ctx: click.Context) -> None:
     """Your usage this month."""
     _echo(_client(ctx).usage())
+
+
+@client_cli.command("uploads")
+@click.pass_context
+@_guard
+def list_uploads(ctx: click.Context) -> None:
+    """List your uploads (size, expiry)."""
+    _echo(_client(ctx).uploads())
+
+
+@client_cli.command("delete-results")
+@click.argument("job_id")
+@click.pass_context
+@_guard
+def delete_results(ctx: click.Context, job_id: str) -> None:
+    """Delete a finished job's results now."""
+    _echo(_client(ctx).delete_results(job_id))
