@@ -5,10 +5,12 @@
     │   ├── InvalidSpecError          the resource's spec does not validate
     │   ├── InputNotFoundError        an input URI names no object (or an empty prefix)
     │   ├── InvalidImageError         corrupt, truncated, zero-byte, oversized or too many pixels
+    │   ├── InvalidOutputError        the output URI is an existing file, or cannot be written
     │   ├── InvalidVideoError         unreadable video, or one with no frames
     │   ├── ModelNotAllowedError      a CC-BY-NC checkpoint without research mode
     │   ├── EmptyReconstructionError  the input produced no surface
-    │   └── FloorPlanError            the geometry holds no floor or no enclosed room
+    │   ├── FloorPlanError            the geometry holds no floor or no enclosed room
+    │   └── MeasurementError          a point outside the image or without depth, a bad reference box
     ├── ModelLoadError                weights missing or unreadable (deployment problem; retryable)
     └── StorageError                  the object store failed (network, permissions; retryable)
 
@@ -55,6 +57,11 @@ class InvalidImageError(InvalidInputError):
     """An image is corrupt, truncated, empty, or larger than the spec allows."""
 
 
+class InvalidOutputError(InvalidInputError):
+    """The output location cannot take results: an existing file, no such bucket, no permission.
+    Checked before the model loads."""
+
+
 class InvalidVideoError(InvalidInputError):
     """A video cannot be decoded or holds no frames."""
 
@@ -71,12 +78,20 @@ class FloorPlanError(InvalidInputError):
     """No floor plan in the geometry: no floor plane, no walls at the slice height, or no enclosed room."""
 
 
+class MeasurementError(InvalidInputError):
+    """A measurement cannot be made: a point outside the depth map or with no valid depth, a bad reference box."""
+
+
 class ModelLoadError(RunnerError):
     """The weights could not be found or loaded from the configured location."""
 
 
 class StorageError(RunnerError):
-    """The object store failed in a way that a retry may fix."""
+    """The object store failed in a way that a retry may fix; `code` is the store's error code."""
+
+    def __init__(self, message: str, *, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def exit_code_for(exc: BaseException) -> int:
