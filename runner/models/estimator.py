@@ -17,6 +17,7 @@ import numpy as np
 from spatialforge.crds.v1alpha1.common import DepthModel
 from spatialforge.runner.devices import DeviceChoice, choose_device
 from spatialforge.runner.errors import ModelLoadError
+from spatialforge.runner.models.backends import DepthBackend, TorchBackend, select_backend
 from spatialforge.runner.models.registry import Checkpoint, check_allowed, forget_download, resolve_weights
 from spatialforge.runner.settings import RunnerSettings
 
@@ -79,11 +80,22 @@ def _multiple_of(value: float, multiple: int) -> int:
 class DepthEstimator:
     """A Depth Anything model on one device; metric models predict metres, relative ones disparity."""
 
-    def __init__(self, model: Any, preprocessing: Preprocessing, device: DeviceChoice, *, checkpoint: Checkpoint) -> None:
+    def __init__(
+        self,
+        model: Any,
+        preprocessing: Preprocessing,
+        device: DeviceChoice,
+        *,
+        checkpoint: Checkpoint,
+        backend: DepthBackend | None = None,
+        parity: float | None = None,
+    ) -> None:
         self.model = model
         self.preprocess = preprocessing
         self.device = device
         self.checkpoint = checkpoint
+        self.backend: DepthBackend = backend or TorchBackend(model, device)
+        self.parity = parity  # relative difference of the backend from eager transformers
 
     @property
     def metric(self) -> bool:
@@ -98,7 +110,8 @@ class DepthEstimator:
         env: Mapping[str, str] | None = None,
         settings: RunnerSettings | None = None,
     ) -> DepthEstimator:
-        """Check the licence, find the weights, load model and processor with transformers."""
+        """Check the licence, find the weights, load model and processor with transformers, then
+        pick the backend (SPATIALFORGE_DEPTH_BACKEND; see models/backends.py)."""
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
         settings = settings or RunnerSettings.from_env(env)
@@ -116,7 +129,10 @@ class DepthEstimator:
             forget_download(location)
             raise ModelLoadError(f"cannot load {ckpt.name} from {location}: {type(exc).__name__}: {exc}") from exc
         model = model.to(device.torch_device).eval()
-        return cls(model, Preprocessing.from_processor(processor), device, checkpoint=ckpt)
+        chosen = select_backend(model=model, location=location, ckpt_name=ckpt.name, device=device, settings=settings)
+        return cls(
+            model, Preprocessing.from_processor(processor), device, checkpoint=ckpt, backend=chosen.backend, parity=chosen.parity
+        )
 
     def predict(self, pixels: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         """Preprocessed (3, h, w) arrays -> depth (H, W) float32 at each original size.
@@ -132,12 +148,8 @@ class DepthEstimator:
             groups.setdefault(tuple(arr.shape), []).append(i)
         with torch.inference_mode():
             for idx in groups.values():
-                batch = torch.from_numpy(np.stack([pixels[i] for i in idx]))
-                if self.device.is_cuda:
-                    batch = batch.pin_memory()  # lets the copy below run asynchronously
-                batch = batch.to(self.device.torch_device, dtype=self.device.torch_dtype, non_blocking=True)
-                pred = self.model(pixel_values=batch).predicted_depth  # (B, h, w)
-                pred = pred.unsqueeze(1).float()
+                pred = self.backend.forward(np.stack([pixels[i] for i in idx]))  # (B, h, w) float32
+                pred = pred.unsqueeze(1)
                 for j, i in enumerate(idx):
                     h, w = sizes[i]
                     up = F.interpolate(pred[j : j + 1], size=(h, w), mode="bicubic", align_corners=False)
