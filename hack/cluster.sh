@@ -166,7 +166,26 @@ cluster_up() {
       "${PYTHON}" -m spatialforge.devcluster --nodes "${NODES}" --gpus "${GPUS_PER_NODE}"
   fi
   cluster_wait_nodes
+  cluster_install_crds
+  cluster_install_policy
   log_info "cluster up: export KUBECONFIG=${KUBECONFIG_PATH} PATH=${KUBE_DIR}:\$PATH"
+}
+
+# The plane is ready for SpatialForge: the generated CRDs installed, the operator's namespace there.
+cluster_install_crds() {
+  local kc=("${KUBE_DIR}/kubectl" --kubeconfig "${KUBECONFIG_PATH}")
+  "${kc[@]}" apply --server-side --force-conflicts -f "${REPO_ROOT}/crds/spatialforge.io_depthbatches.yaml" \
+    -f "${REPO_ROOT}/crds/spatialforge.io_reconstructionjobs.yaml" >/dev/null
+  "${kc[@]}" wait --for=condition=Established crd/depthbatches.spatialforge.io \
+    crd/reconstructionjobs.spatialforge.io --timeout=30s >/dev/null
+  "${kc[@]}" create namespace spatialforge-system --dry-run=client -o yaml | "${kc[@]}" apply -f - >/dev/null
+}
+
+# The runner-status ValidatingAdmissionPolicy (generated: crds/policies/, make crds): a runner pod may
+# change only its own shard's progress in the status of its own resource, as in the chart.
+cluster_install_policy() {
+  "${KUBE_DIR}/kubectl" --kubeconfig "${KUBECONFIG_PATH}" apply --server-side --force-conflicts \
+    -f "${REPO_ROOT}/crds/policies/" >/dev/null
 }
 
 cluster_wait_nodes() {
