@@ -27,7 +27,7 @@ from spatialforge.apiserver.core.config import Settings, get_settings
 from spatialforge.apiserver.core.errors import ApiError
 from spatialforge.apiserver.core.metrics import Metrics
 from spatialforge.apiserver.middleware import GuardMiddleware, ServiceMiddleware
-from spatialforge.apiserver.services.billing import Billing, configure_stripe
+from spatialforge.apiserver.services.billing import Billing
 from spatialforge.apiserver.services.gate import Gate
 from spatialforge.apiserver.services.jobs import JobService
 from spatialforge.apiserver.services.kube import JobCache, Kube, make_api_client
@@ -202,7 +202,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await storage.ensure_bucket()
         except Exception as exc:
             log.warning("object store not reachable at start (%s); /readyz reports it", type(exc).__name__)
-        configure_stripe(settings)
         tenants = Tenants(redis, settings.hmac_key())
         namespaces = Namespaces(kube, tenants, settings.namespace_prefix)
         quotas = Quotas(redis)
@@ -237,6 +236,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await grace.stop()
             await cache.stop()
             await webhooks.close()
+            await billing.close()
             await redis.aclose()
             await api.close()
 

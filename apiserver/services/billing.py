@@ -1,7 +1,6 @@
 """Stripe: checkout and portal sessions, webhook events (each handled once), usage meter events.
 
-The `stripe` library is configured once (`stripe.api_key`, `stripe.api_base`: stripe-mock in
-tests). Usage of every finished job is reported once per resource uid: a Redis claim makes
+Each Billing has its own asynchronous `stripe.StripeClient` (api base: stripe-mock in tests). Usage of every finished job is reported once per resource uid: a Redis claim makes
 it once across replicas and restarts, and the meter event carries the uid as its
 `identifier`, which Stripe itself de-duplicates.
 
@@ -26,7 +25,6 @@ from typing import Any
 import stripe
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.asyncio import Redis
-from starlette.concurrency import run_in_threadpool
 
 from spatialforge.apiserver.core.config import Settings
 from spatialforge.apiserver.core.metrics import Metrics
@@ -42,7 +40,8 @@ HANDLED_EVENTS = ("checkout.session.completed", "customer.subscription.updated",
 GRACE_DUE = "grace:due"  # sorted set: tenant -> grace_until (or the end of a sweeper's lease)
 GRACE_LEASE = 120.0  # a sweeper that dies holding a tenant leaves it to the next sweep after this
 GRACE_APPLY_TTL = 60  # the once-per-grace-period claim; expires so a crashed applier is retried
-GRACE_RETRY = 10.0  # a downgrade whose GPU-limit write failed is retried by the sweep after this
+GRACE_RETRY = 10.0
+STRIPE_TIMEOUT = 20.0  # a downgrade whose GPU-limit write failed is retried by the sweep after this
 
 
 def grace_reapply_key(tenant: str) -> str:
@@ -136,11 +135,13 @@ def _reason(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
-def configure_stripe(settings: Settings) -> None:
-    stripe.api_key = settings.stripe_api_key.get_secret_value() if settings.stripe_api_key else None
-    if settings.stripe_api_base:
-        stripe.api_base = settings.stripe_api_base
-    stripe.max_network_retries = 2
+def stripe_client(settings: Settings, http: stripe.HTTPXClient) -> stripe.StripeClient:
+    """A Stripe client of this app's own (no module globals: several apps may share a process),
+    asynchronous (httpx), so no Stripe call holds a thread or the event loop."""
+    key = settings.stripe_api_key.get_secret_value() if settings.stripe_api_key else ""
+    base = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
+    return stripe.StripeClient(key or "sk_test_dev_mode", base_addresses=base, max_network_retries=2,
+                               http_client=http)
 
 
 class Billing:
@@ -152,14 +153,19 @@ class Billing:
         self.namespaces = namespaces  # re-applies a tenant's GPU limit after a plan change
         self.metrics = metrics
         self.price_to_plan = {price: plan for plan, price in settings.stripe_prices.items()}
+        self._http = stripe.HTTPXClient(timeout=STRIPE_TIMEOUT)
+        self.stripe = stripe_client(settings, self._http)
+
+    async def close(self) -> None:
+        await self._http.close_async()
 
     # --- sessions -------------------------------------------------------------------------
     async def customer(self, tenant: str) -> str:
         info = await self.tenants.info(tenant)
         if info.get("stripe_customer"):
             return info["stripe_customer"]
-        cus = await run_in_threadpool(stripe.Customer.create, metadata={"tenant": tenant},
-                                      idempotency_key=f"customer-{tenant}")
+        cus = await self.stripe.v1.customers.create_async({"metadata": {"tenant": tenant}},
+                                                          {"idempotency_key": f"customer-{tenant}"})
         await self.tenants.link_customer(tenant, cus.id)
         return cus.id
 
@@ -169,17 +175,17 @@ class Billing:
             raise InvalidRequest(f"plan {plan!r} is not sold through checkout", code="not_for_sale")
         customer = await self.customer(tenant)
         base = self.settings.public_url.rstrip("/")
-        session = await run_in_threadpool(
-            stripe.checkout.Session.create, mode="subscription", customer=customer,
-            line_items=[{"price": price, "quantity": 1}], client_reference_id=tenant,
-            metadata={"tenant": tenant, "plan": plan},
-            success_url=f"{base}/v1/billing/done?session={{CHECKOUT_SESSION_ID}}", cancel_url=f"{base}/v1/billing/cancelled")
+        session = await self.stripe.v1.checkout.sessions.create_async({
+            "mode": "subscription", "customer": customer, "line_items": [{"price": price, "quantity": 1}],
+            "client_reference_id": tenant, "metadata": {"tenant": tenant, "plan": plan},
+            "success_url": f"{base}/v1/billing/done?session={{CHECKOUT_SESSION_ID}}",
+            "cancel_url": f"{base}/v1/billing/cancelled"})
         return {"id": session.id, "url": session.url}
 
     async def portal(self, tenant: str) -> dict[str, str]:
         customer = await self.customer(tenant)
-        session = await run_in_threadpool(stripe.billing_portal.Session.create, customer=customer,
-                                          return_url=self.settings.public_url)
+        session = await self.stripe.v1.billing_portal.sessions.create_async(
+            {"customer": customer, "return_url": self.settings.public_url})
         return {"id": session.id, "url": session.url}
 
     # --- webhooks -------------------------------------------------------------------------
@@ -334,9 +340,9 @@ class Billing:
             stripe_id = ""  # the meter event's identifier (the uid; Stripe de-duplicates on it)
             if info.get("stripe_customer"):
                 value = str(max(0, math.ceil(gpu_seconds)))
-                await run_in_threadpool(
-                    stripe.billing.MeterEvent.create, event_name=self.settings.stripe_meter_event,
-                    payload={"stripe_customer_id": info["stripe_customer"], "value": value}, identifier=uid)
+                await self.stripe.v1.billing.meter_events.create_async({
+                    "event_name": self.settings.stripe_meter_event, "identifier": uid,
+                    "payload": {"stripe_customer_id": info["stripe_customer"], "value": value}})
                 stripe_id = uid
             async with self.redis.pipeline(transaction=True) as p:
                 p.hincrbyfloat(quotas.usage_key(tenant), "gpu_seconds", gpu_seconds)

@@ -1,8 +1,10 @@
 """Completion webhooks: SSRF-checked targets, Stripe-style signatures, durable retries with backoff.
 
-A target must be http(s) and every address its host resolves to must be public, unless the
-host or the address is allow-listed (`webhook_allow`: hostnames or CIDRs). The check runs
-when the job is submitted and again before every delivery (DNS may change in between).
+A target must be http(s) and every address its host resolves to must be public (IPv6 forms
+that embed a private IPv4 address, 6to4, NAT64 and Teredo, included), unless the host or the
+address is allow-listed (`webhook_allow`: hostnames or CIDRs). The check runs when the job is
+submitted and again in every delivery attempt, inside the HTTP transport (`PinnedTransport`):
+the connection goes to an address that was checked, never to a second DNS answer.
 
 Deliveries live in Redis, not in the process, so a restart (or another replica) carries on
 where a stopped one left off:
@@ -31,6 +33,8 @@ import logging
 import secrets
 import socket
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,16 +42,72 @@ import httpx
 from redis.asyncio import Redis
 
 from spatialforge.apiserver.core import security
+from spatialforge.apiserver.errors import InvalidRequest
 
 log = logging.getLogger("spatialforge.apiserver.webhooks")
 SIGNATURE_HEADER = "SpatialForge-Signature"
 
 
-class UnsafeTarget(ValueError):
-    pass
+class UnsafeTarget(InvalidRequest):
+    """The webhook URL may not receive webhooks (422 `unsafe_webhook` at submission)."""
+
+    code = "unsafe_webhook"
 
 
-def _allowed(host: str, addresses: list[ipaddress._BaseAddress], allow: list[str]) -> bool:
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], Awaitable[list[Address]]]
+"""(host, port) -> the addresses to connect to; injected in tests."""
+
+# NAT64 prefixes (RFC 6052 well-known, RFC 8215 local use): the last 32 bits are an IPv4 address.
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+async def system_resolver(host: str, port: int) -> list[Address]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A checked webhook target: connect only to `addresses`."""
+
+    host: str
+    port: int
+    addresses: list[Address]
+
+
+def _embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 form carries: mapped (::ffff:a.b.c.d), 6to4 (2002::/16), Teredo
+    (2001::/32, the client), NAT64 (64:ff9b::/96, 64:ff9b:1::/48)."""
+    if addr.ipv4_mapped:
+        return addr.ipv4_mapped
+    if addr.sixtofour:
+        return addr.sixtofour
+    if addr.teredo:
+        return addr.teredo[1]
+    if any(addr in net for net in _NAT64):
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    return None
+
+
+def _public(addr: Address) -> bool:
+    return addr.is_global and not (addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_multicast
+                                   or addr.is_reserved or addr.is_unspecified)
+
+
+def _refusal(addr: Address) -> str | None:
+    if isinstance(addr, ipaddress.IPv6Address):
+        inner = _embedded_ipv4(addr)
+        if inner is not None and not _public(inner):
+            return f"{addr} embeds the non-public IPv4 address {inner}"
+        if addr.teredo or any(addr in net for net in _NAT64[1:]):
+            return f"{addr} is a tunnel or local translation address"
+    if not _public(addr):
+        return f"{addr} is not a public address"
+    return None
+
+
+def _allowed(host: str, addresses: list[Address], allow: list[str]) -> bool:
     for entry in allow:
         if entry.lower() == host.lower():
             return True
@@ -60,8 +120,8 @@ def _allowed(host: str, addresses: list[ipaddress._BaseAddress], allow: list[str
     return False
 
 
-async def check_target(url: str, allow: list[str]) -> None:
-    """Raise UnsafeTarget unless `url` may receive webhooks."""
+async def check_target(url: str, allow: list[str], resolver: Resolver | None = None) -> Target:
+    """The target's checked addresses; UnsafeTarget unless `url` may receive webhooks."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UnsafeTarget("webhook URLs must be http(s) with a host")
@@ -69,21 +129,56 @@ async def check_target(url: str, allow: list[str]) -> None:
         raise UnsafeTarget("webhook URLs must not carry credentials")
     host = parts.hostname
     try:
-        addresses = [ipaddress.ip_address(host)]
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise UnsafeTarget("webhook URL has an invalid port") from None
+    try:
+        addresses: list[Address] = [ipaddress.ip_address(host)]
     except ValueError:
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
+            addresses = await (resolver or system_resolver)(host, port)
+        except (OSError, UnicodeError) as exc:
             raise UnsafeTarget(f"webhook host {host!r} does not resolve") from exc
-        addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
-    if _allowed(host, addresses, allow):
-        return
-    for addr in addresses:
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-            addr = addr.ipv4_mapped
-        if not addr.is_global or addr.is_private or addr.is_loopback or addr.is_link_local \
-                or addr.is_multicast or addr.is_reserved or addr.is_unspecified:
-            raise UnsafeTarget(f"webhook target {host!r} resolves to a non-public address ({addr})")
+        if not addresses:
+            raise UnsafeTarget(f"webhook host {host!r} does not resolve")
+    if not _allowed(host, addresses, allow):
+        for addr in addresses:
+            why = _refusal(addr)
+            if why:
+                raise UnsafeTarget(f"webhook target {host!r} resolves to a non-public address ({why})")
+    return Target(host, port, addresses)
+
+
+class PinnedTransport(httpx.AsyncBaseTransport):
+    """Connects only to addresses that passed the SSRF check (no second DNS lookup between the
+    check and the connection, so no DNS rebinding): each request's host is resolved once
+    through `resolver`, checked, and the request goes to a checked address. The Host header and
+    the TLS server name (and so the certificate check) stay the URL's host name."""
+
+    def __init__(self, allow: list[str], resolver: Resolver | None = None) -> None:
+        self.allow = allow
+        self.resolver = resolver
+        self._inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        target = await check_target(str(request.url), self.allow, self.resolver)
+        last: Exception | None = None
+        for addr in target.addresses:
+            pinned = request.url.copy_with(host=str(addr))
+            extensions = {**request.extensions}
+            if request.url.scheme == "https":
+                extensions["sni_hostname"] = target.host
+            attempt = httpx.Request(request.method, pinned, headers=request.headers, stream=request.stream,
+                                    extensions=extensions)
+            try:
+                return await self._inner.handle_async_request(attempt)
+            except httpx.ConnectError as exc:  # the next checked address, if any
+                last = exc
+        assert last is not None
+        raise last
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 def event_body(obj: dict[str, Any], summary: dict[str, Any]) -> bytes:
@@ -160,7 +255,7 @@ class WebhookSender:
 
     def __init__(self, redis: Redis, secret: bytes, allow: list[str], *, attempts: int, backoff: float,
                  timeout: float, metrics: Any, poll: float = 1.0, lease: float = 30.0,
-                 concurrency: int = 16) -> None:
+                 concurrency: int = 16, resolver: Resolver | None = None) -> None:
         self.redis = redis
         self.secret = secret
         self.allow = allow
@@ -173,7 +268,9 @@ class WebhookSender:
         self.lease = max(lease, timeout + 1.0)
         self.concurrency = concurrency
         self.tasks: set[asyncio.Task[None]] = set()
-        self.http = httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+        # Redirects are not followed (a 3xx is a failed attempt): a redirect could point anywhere.
+        self.http = httpx.AsyncClient(transport=PinnedTransport(allow, resolver), timeout=timeout,
+                                      follow_redirects=False)
         self._enqueue = redis.register_script(_ENQUEUE)
         self._claim = redis.register_script(_CLAIM)
         self._settle = redis.register_script(_SETTLE)
@@ -238,8 +335,8 @@ class WebhookSender:
             log.error("webhook delivery crashed: %r", task.exception())
 
     async def _attempt(self, tenant: str, url: str, body: bytes) -> str | None:
-        """One POST; None when delivered, else why not. Raises UnsafeTarget."""
-        await check_target(url, self.allow)
+        """One POST; None when delivered, else why not. Raises UnsafeTarget (the transport
+        checks the target and connects only to the addresses it checked)."""
         secret = security.tenant_webhook_secret(self.secret, tenant)
         headers = {"Content-Type": "application/json", "User-Agent": "SpatialForge-Webhooks/1",
                    SIGNATURE_HEADER: security.sign_payload(secret, body)}
@@ -266,6 +363,9 @@ class WebhookSender:
                     await self._record_failure(tenant, uid, url, attempt, f"refused: {exc}")
                 return
             except (httpx.HTTPError, TimeoutError) as exc:
+                reason = type(exc).__name__
+            except Exception as exc:  # any other transport failure is a failed attempt too, retried
+                log.warning("webhook for %s attempt %d raised %r", uid, attempt, exc)
                 reason = type(exc).__name__
             if reason is None:
                 if await self._settle(keys=keys, args=[uid, token, "done", f"delivered:{attempt}", RECORD_TTL, ""]):

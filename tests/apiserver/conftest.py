@@ -155,8 +155,9 @@ class ServerThread:
         self.app = create_app(settings)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # proxy_headers=False as `spatialforge api serve` runs it: the app's trusted_proxies decide.
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None, access_log=False,
-                                lifespan="on", timeout_graceful_shutdown=3)
+                                lifespan="on", timeout_graceful_shutdown=3, proxy_headers=False)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
