@@ -1,7 +1,9 @@
 """Synthetic scenes with known geometry, for accuracy tests, benchmarks and demos.
 
-A camera moves inside a box-shaped room whose walls carry a random cell texture; ray casting
-in numpy gives exact RGB, depth and poses. No network, no files.
+A camera moves inside a box-shaped room (optionally furnished with solid boxes) whose
+surfaces carry a texture: random cells (high contrast) or plaster-like multi-scale value
+noise (what real walls look like to a feature detector). Ray casting in numpy gives exact
+RGB, depth and poses. No network, no files.
 """
 
 from __future__ import annotations
@@ -11,20 +13,57 @@ from pathlib import Path
 
 import numpy as np
 
+BoxBounds = tuple[tuple[float, float, float], tuple[float, float, float]]
+
 
 @dataclass(frozen=True, kw_only=True)
 class Room:
-    """An axis-aligned box, seen from inside; walls textured with cells of `cell` metres."""
+    """An axis-aligned box seen from inside, with solid axis-aligned `boxes` (furniture) in it.
+
+    World axes follow the first camera of `walk`: x right, y down (the floor is at `hi[1]`),
+    z forward. `texture` is "cells" (cells of `cell` metres) or "plaster" (value noise).
+    """
 
     lo: tuple[float, float, float] = (-1.6, -1.0, -1.0)
     hi: tuple[float, float, float] = (1.6, 1.0, 2.6)
+    boxes: tuple[BoxBounds, ...] = ()
     cell: float = 0.05
+    texture: str = "cells"
     seed: int = 7
 
     def distance(self, points: np.ndarray) -> np.ndarray:
-        """Distance from each point (N, 3) to the nearest wall plane."""
+        """Distance from each point (N, 3) to the nearest surface (walls, floor, ceiling, boxes)."""
         lo, hi = np.asarray(self.lo), np.asarray(self.hi)
-        return np.minimum(np.abs(points - lo), np.abs(points - hi)).min(axis=1)
+        best = np.minimum(np.abs(points - lo), np.abs(points - hi)).min(axis=1)
+        for blo, bhi in self.boxes:
+            blo_a, bhi_a = np.asarray(blo), np.asarray(bhi)
+            outside = np.maximum(np.maximum(blo_a - points, points - bhi_a), 0.0)
+            d_out = np.linalg.norm(outside, axis=1)
+            d_in = np.minimum(points - blo_a, bhi_a - points).min(axis=1)
+            best = np.minimum(best, np.where(d_out > 0, d_out, np.abs(d_in)))
+        return best
+
+    @property
+    def floor_area(self) -> float:
+        """Floor area of the room in m² (x by z), furniture included."""
+        return float((self.hi[0] - self.lo[0]) * (self.hi[2] - self.lo[2]))
+
+
+def furnished_room(seed: int = 11) -> Room:
+    """A 4.4 x 5.2 x 2.6 m room with plaster-like walls, a table, a sofa, cabinets and a shelf.
+
+    The floor is at y = 1.4 (an eye height of 1.4 m above it for a camera at y = 0).
+    """
+    floor = 1.4
+    boxes: tuple[BoxBounds, ...] = (
+        ((-0.45, floor - 0.75, -0.7), (0.45, floor, 0.7)),  # table in the middle
+        ((-2.2, floor - 0.85, -1.9), (-1.65, floor, -0.3)),  # sofa along the left wall
+        ((1.75, floor - 2.0, 0.6), (2.2, floor, 1.6)),  # tall cabinet on the right wall
+        ((-1.2, floor - 0.9, 2.15), (0.2, floor, 2.6)),  # sideboard at the far wall
+        ((0.8, floor - 1.6, -2.6), (1.7, floor, -2.25)),  # shelf at the near wall
+        ((-0.25, floor - 1.1, -0.25), (0.25, floor - 0.75, 0.25)),  # a box on the table
+    )
+    return Room(lo=(-2.2, floor - 2.6, -2.6), hi=(2.2, floor, 2.6), boxes=boxes, texture="plaster", cell=0.02, seed=seed)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +80,15 @@ class PinholeCamera:
         cx = self.width / 2 if self.cx < 0 else self.cx
         cy = self.height / 2 if self.cy < 0 else self.cy
         return np.array([[self.fx, 0, cx], [0, self.fy, cy], [0, 0, 1]], dtype=np.float64)
+
+    def scaled(self, width: int, height: int) -> PinholeCamera:
+        """The camera of this image resized to width x height (pixel centres at integers)."""
+        K = self.K
+        sx, sy = width / self.width, height / self.height
+        return PinholeCamera(
+            width=width, height=height, fx=self.fx * sx, fy=self.fy * sy,
+            cx=(K[0, 2] + 0.5) * sx - 0.5, cy=(K[1, 2] + 0.5) * sy - 0.5,
+        )
 
 
 def look_pose(position: tuple[float, float, float], yaw_deg: float = 0.0, pitch_deg: float = 0.0) -> np.ndarray:
@@ -62,10 +110,51 @@ def orbit(n: int, *, step: float = 0.04, yaw_step: float = 1.5) -> list[np.ndarr
     ]
 
 
-def _cell_value(i: np.ndarray, j: np.ndarray, wall: np.ndarray, seed: int) -> np.ndarray:
+def walk(n: int, *, fraction: float = 1.0, rx: float = 1.35, rz: float = 1.75) -> list[np.ndarray]:
+    """A closed walk around the table of `furnished_room`: an ellipse of about 9.8 m.
+
+    The camera looks ahead and 50 degrees outwards (towards the walls), 12 degrees down,
+    with a little bobbing; it turns 360 degrees and ends where it began. `fraction` < 1 cuts
+    the walk short (n poses over that part of it). Poses are in the room's frame.
+    """
+    poses = []
+    for i in range(n):
+        a = 2 * np.pi * fraction * i / max(n - 1, 1)
+        pos = np.array([rx * np.sin(a), 0.03 * np.sin(5 * a), -rz * np.cos(a)])
+        tangent = np.array([rx * np.cos(a), 0.0, rz * np.sin(a)])
+        yaw = np.degrees(np.arctan2(tangent[0], tangent[2])) - 50.0
+        poses.append(look_pose(tuple(pos), yaw_deg=yaw, pitch_deg=-12 + 3 * np.sin(3 * a)))
+    return poses
+
+
+def path_length(poses: list[np.ndarray]) -> float:
+    return float(sum(np.linalg.norm(b[:3, 3] - a[:3, 3]) for a, b in zip(poses, poses[1:])))
+
+
+def _hash(i: np.ndarray, j: np.ndarray, wall: np.ndarray, seed: int) -> np.ndarray:
     h = (i * 73856093) ^ (j * 19349663) ^ (wall * 83492791) ^ seed * 2654435761
     h = (h ^ (h >> 13)) * 1274126177
     return ((h ^ (h >> 16)) & 0xFF).astype(np.float32) / 255.0
+
+
+_cell_value = _hash
+
+
+def _value_noise(a: np.ndarray, b: np.ndarray, wall: np.ndarray, seed: int, cell: float) -> np.ndarray:
+    """Plaster: four octaves of bilinear value noise, from 24 to 1 cells of `cell` metres."""
+    out = np.zeros(a.shape, np.float32)
+    total = 0.0
+    for octave, (scale, amp) in enumerate(((24.0, 0.35), (8.0, 0.3), (3.0, 0.25), (1.0, 0.2))):
+        s = cell * scale
+        fa, fb = a / s, b / s
+        ia, ib = np.floor(fa).astype(np.int64), np.floor(fb).astype(np.int64)
+        ta, tb = (fa - ia).astype(np.float32), (fb - ib).astype(np.float32)
+        sd = seed + 101 * octave
+        v00, v10 = _hash(ia, ib, wall, sd), _hash(ia + 1, ib, wall, sd)
+        v01, v11 = _hash(ia, ib + 1, wall, sd), _hash(ia + 1, ib + 1, wall, sd)
+        out += amp * ((v00 * (1 - ta) + v10 * ta) * (1 - tb) + (v01 * (1 - ta) + v11 * ta) * tb)
+        total += amp
+    return out / total
 
 
 _TINTS = np.array(
@@ -75,24 +164,46 @@ _TINTS = np.array(
 
 
 def _cast(room: Room, cam_to_world: np.ndarray, K: np.ndarray, us: np.ndarray, vs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per ray (pixel coords us, vs): z-depth in the camera and the RGB of the wall hit."""
+    """Per ray (pixel coords us, vs): z-depth in the camera and the RGB of the surface hit."""
     dirs = np.stack([(us - K[0, 2]) / K[0, 0], (vs - K[1, 2]) / K[1, 1], np.ones_like(us)], axis=-1)
     R, o = cam_to_world[:3, :3], cam_to_world[:3, 3]
     d = dirs @ R.T
     lo, hi = np.asarray(room.lo), np.asarray(room.hi)
     with np.errstate(divide="ignore", invalid="ignore"):
         t_axes = np.where(d > 0, (hi - o) / d, np.where(d < 0, (lo - o) / d, np.inf))
-    axis = np.argmin(t_axes, axis=-1)
-    t = np.take_along_axis(t_axes, axis[..., None], axis=-1)[..., 0]
+        axis = np.argmin(t_axes, axis=-1)
+        t = np.take_along_axis(t_axes, axis[..., None], axis=-1)[..., 0]
+        side = np.take_along_axis(d, axis[..., None], axis=-1)[..., 0] > 0
+        wall = axis * 2 + side.astype(np.int64)
+        dx, dy, dz = d[..., 0], d[..., 1], d[..., 2]
+        for k, (blo, bhi) in enumerate(room.boxes):
+            near, far = [], []
+            for c, dc in enumerate((dx, dy, dz)):
+                t1, t2 = (blo[c] - o[c]) / dc, (bhi[c] - o[c]) / dc
+                near.append(np.minimum(t1, t2))
+                far.append(np.maximum(t1, t2))
+            t_in = np.maximum(np.maximum(near[0], near[1]), near[2])
+            t_out = np.minimum(np.minimum(far[0], far[1]), far[2])
+            hit = (t_in <= t_out) & (t_in > 1e-6) & (t_in < t)
+            if not hit.any():
+                continue
+            face_axis = np.where(near[0] == t_in, 0, np.where(near[1] == t_in, 1, 2))
+            t = np.where(hit, t_in, t)
+            axis = np.where(hit, face_axis, axis)
+            face_side = np.take_along_axis(d, face_axis[..., None], axis=-1)[..., 0] < 0
+            wall = np.where(hit, 6 + 6 * k + face_axis * 2 + face_side.astype(np.int64), wall)
     p = o + d * t[..., None]
-    side = np.take_along_axis(d, axis[..., None], axis=-1)[..., 0] > 0
-    wall = axis * 2 + side.astype(np.int64)
     a = np.take_along_axis(p, ((axis + 1) % 3)[..., None], axis=-1)[..., 0]
     b = np.take_along_axis(p, ((axis + 2) % 3)[..., None], axis=-1)[..., 0]
-    ci = np.floor(a / room.cell).astype(np.int64)
-    cj = np.floor(b / room.cell).astype(np.int64)
-    value = _cell_value(ci, cj, wall, room.seed)
-    rgb = (0.15 + 0.85 * value)[..., None] * _TINTS[wall]
+    if room.texture == "plaster":
+        value = _value_noise(a, b, wall, room.seed, room.cell)
+        value = np.clip((value - 0.5) * 2.2 + 0.5, 0.0, 1.0)
+        rgb = (0.25 + 0.7 * value)[..., None] * _TINTS[(wall + room.seed) % len(_TINTS)]
+    else:
+        ci = np.floor(a / room.cell).astype(np.int64)
+        cj = np.floor(b / room.cell).astype(np.int64)
+        value = _hash(ci, cj, wall, room.seed)
+        rgb = (0.15 + 0.85 * value)[..., None] * _TINTS[wall % len(_TINTS)]
     return t.astype(np.float32), rgb
 
 
@@ -101,7 +212,9 @@ def render(room: Room, camera: PinholeCamera, cam_to_world: np.ndarray, *, super
     K = camera.K
     h, w, s = camera.height, camera.width, supersample
     vs, us = np.mgrid[0:h, 0:w].astype(np.float64)
-    depth, _ = _cast(room, cam_to_world, K, us, vs)
+    depth, rgb1 = _cast(room, cam_to_world, K, us, vs)
+    if s == 1:
+        return (np.clip(rgb1, 0, 1) * 255 + 0.5).astype(np.uint8), depth
     sub = (np.arange(s) + 0.5) / s - 0.5
     vss, uss = np.mgrid[0 : h * s, 0 : w * s].astype(np.float64)
     uss = np.floor(uss / s) + sub[(uss % s).astype(int)]
@@ -111,12 +224,26 @@ def render(room: Room, camera: PinholeCamera, cam_to_world: np.ndarray, *, super
     return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8), depth
 
 
-def write_video(path: Path, frames: list[np.ndarray], fps: float = 30.0) -> Path:
-    """RGB frames -> an MP4 (mp4v) file with OpenCV."""
+def monocular_like(depth: np.ndarray, rng: np.random.Generator, *, scale_err: float = 0.05,
+                   noise: float = 0.01, corr_px: float = 20.0) -> np.ndarray:
+    """Depth as a monocular model gets it wrong: a per-frame scale error uniform in ±scale_err,
+    times smooth noise with σ = noise (relative) and a correlation length of corr_px pixels."""
+    import cv2
+
+    h, w = depth.shape
+    white = rng.standard_normal((h, w)).astype(np.float32)
+    smooth = cv2.GaussianBlur(white, (0, 0), sigmaX=corr_px / 2, borderType=cv2.BORDER_REFLECT)
+    smooth *= noise / max(float(smooth.std()), 1e-9)
+    scale = 1.0 + rng.uniform(-scale_err, scale_err)
+    return (depth * scale * (1.0 + smooth)).astype(np.float32)
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: float = 30.0, fourcc: str = "mp4v") -> Path:
+    """RGB frames -> a video file with OpenCV (mp4v in .mp4, MJPG in .avi)."""
     import cv2
 
     h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
     if not writer.isOpened():
         raise RuntimeError(f"cannot open a video writer for {path}")
     for rgb in frames:

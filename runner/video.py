@@ -8,17 +8,20 @@ from pathlib import Path
 
 import numpy as np
 
-from spatialforge.runner.errors import InvalidVideoError
+from spatialforge.runner.errors import InvalidImageError, InvalidVideoError
 from spatialforge.runner.images import decode_image
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".m4v", ".mkv", ".avi")
+MAX_GAP = 300  # undecodable frames in a row after which a video is taken to have ended
 
 
 @dataclass(kw_only=True)
 class Frame:
+    """A decoded frame at the working size; `rgb` is None for a frame that could not be decoded."""
+
     index: int
     timestamp: float
-    rgb: np.ndarray
+    rgb: np.ndarray | None
 
 
 def fit_size(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -55,21 +58,38 @@ class VideoSource:
         self.metadata_focal_px: float | None = None
 
     def frames(self, wants: Callable[[int], bool]) -> Iterator[Frame]:
+        """Wanted frames in order; a damaged stretch yields frames with `rgb` None and decoding
+        goes on after it (up to the container's frame count, or MAX_GAP failures in a row)."""
         import cv2
 
-        index = 0
+        index = decoded = failures = 0
         try:
-            while self.cap.grab():
+            while True:
+                ok = self.cap.grab()
+                if not ok:
+                    failures += 1
+                    if index >= self.frame_count or failures > MAX_GAP:
+                        break
+                    if wants(index):
+                        yield Frame(index=index, timestamp=index / self.fps, rgb=None)
+                    index += 1
+                    continue
+                failures = 0
                 if wants(index):
                     ok, bgr = self.cap.retrieve()
-                    if ok and bgr is not None:
+                    if ok and bgr is not None and bgr.size:
+                        decoded += 1
                         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
                         yield Frame(index=index, timestamp=index / self.fps, rgb=_resize(rgb, self.max_side))
+                    else:
+                        yield Frame(index=index, timestamp=index / self.fps, rgb=None)
+                else:
+                    decoded += 1
                 index += 1
         finally:
             self.cap.release()
-        if index == 0:
-            raise InvalidVideoError(f"{self.name}: video has no frames")
+        if decoded == 0:
+            raise InvalidVideoError(f"{self.name}: no frame of the video could be decoded")
 
 
 class ImageSequenceSource:
@@ -89,7 +109,11 @@ class ImageSequenceSource:
         for index, uri in enumerate(self.uris):
             if not wants(index):
                 continue
-            img = decode_image(uri, self.fetch(uri), max_pixels=200_000_000, max_bytes=1 << 30)
+            try:
+                img = decode_image(uri, self.fetch(uri), max_pixels=200_000_000, max_bytes=1 << 30)
+            except InvalidImageError:
+                yield Frame(index=index, timestamp=index / self.fps, rgb=None)
+                continue
             if self.full_size is None:
                 self.full_size = (img.width, img.height)
             if index == 0 or self.metadata_focal_px is None:

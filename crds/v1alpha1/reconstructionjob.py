@@ -33,7 +33,11 @@ class QualityPreset(str, enum.Enum):
 class ReconstructionFormat(str, enum.Enum):
     pointcloud = "pointcloud"  # Coloured point cloud, PLY.
     mesh = "mesh"  # Coloured triangle mesh, PLY.
-    trajectory = "trajectory"  # Camera poses, JSON.
+    trajectory = "trajectory"  # Metric camera poses with intrinsics, JSON; alone, only poses are computed.
+    floorplan = "floorplan"  # Rooms as polygons: SVG, DXF, GeoJSON; area and room count in the manifest.
+
+
+DEFAULT_FORMATS = (ReconstructionFormat.pointcloud, ReconstructionFormat.mesh, ReconstructionFormat.trajectory)
 
 
 class ReconstructionOutput(CRDModel):
@@ -41,8 +45,9 @@ class ReconstructionOutput(CRDModel):
 
     uri: ObjectURI
     formats: list[ReconstructionFormat] = Field(
-        default_factory=lambda: list(ReconstructionFormat), min_length=1, max_length=3
+        default_factory=lambda: list(DEFAULT_FORMATS), min_length=1, max_length=len(ReconstructionFormat)
     )
+    """What to produce: any of trajectory, pointcloud, mesh, floorplan (default: the first three)."""
 
 
 def _metric_model() -> DepthModel:

@@ -26,10 +26,15 @@ class Camera:
         return np.array([[self.fx, 0, self.cx], [0, self.fy, self.cy], [0, 0, 1]], dtype=np.float64)
 
     def scaled(self, width: int, height: int) -> Camera:
-        """The same camera for a resized image."""
+        """The same camera for a resized image.
+
+        Pixel centres sit at integer coordinates (OpenCV), so the image edge is at -0.5 and
+        a coordinate scales as (c + 0.5) * s - 0.5: 319.5 at 640 px is 255.5 at 512 px.
+        """
         sx, sy = width / self.width, height / self.height
         return Camera(
-            fx=self.fx * sx, fy=self.fy * sy, cx=self.cx * sx, cy=self.cy * sy, width=width, height=height, source=self.source
+            fx=self.fx * sx, fy=self.fy * sy, cx=(self.cx + 0.5) * sx - 0.5, cy=(self.cy + 0.5) * sy - 0.5,
+            width=width, height=height, source=self.source,
         )
 
     def as_dict(self) -> dict[str, float | int | str]:

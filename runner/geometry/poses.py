@@ -1,9 +1,9 @@
-"""Camera poses from features and depth: ORB matches -> PnP RANSAC (+ LM refinement).
+"""Sparse relative poses from features and depth: ORB matches -> PnP RANSAC (+ LM refinement).
 
-Each keyframe is posed against the previous posed keyframe: the reference's depth lifts its
-keypoints to 3D, PnP finds the new camera. When PnP fails (too few inliers), the essential
-matrix gives rotation and a unit translation, scaled with the reference depth. Poses are
-camera-to-world 4x4 matrices with the first keyframe as the world frame.
+The reference's depth lifts its keypoints to 3D, PnP finds the other camera. When PnP fails
+(too few inliers), the essential matrix gives rotation and a unit translation, scaled with
+the reference depth. These seed the dense odometry and verify loop closures (tracking.py).
+Degenerate input (few or collinear points, flat depth) returns "failed", never raises.
 """
 
 from __future__ import annotations
@@ -18,15 +18,32 @@ MIN_INLIERS = 20
 
 @dataclass(kw_only=True)
 class PoseResult:
-    """Per keyframe: camera-to-world pose (None when it could not be posed) and how."""
+    """Per keyframe: camera-to-world pose (None when it could not be posed) and how.
+
+    `scales` are the factors applied to each depth map (per-frame scale alignment; 1.0 when
+    none was needed); `loops` the loop-closure edges accepted by the pose graph.
+    """
 
     poses: list[np.ndarray | None]
     methods: list[str]
     inliers: list[int] = field(default_factory=list)
+    scales: list[float] = field(default_factory=list)
+    loops: int = 0
+    edges: int = 0
 
     @property
     def posed(self) -> list[int]:
         return [i for i, p in enumerate(self.poses) if p is not None]
+
+
+def spread_ok(points: np.ndarray, min_px: float = 8.0) -> bool:
+    """Whether 2D points span an area (not a clump or a line): both principal axes > min_px."""
+    if len(points) < 6:
+        return False
+    cov = np.cov(np.asarray(points, dtype=np.float64).T)
+    if not np.all(np.isfinite(cov)):
+        return False
+    return float(np.sqrt(max(np.linalg.eigvalsh(cov)[0], 0.0))) > min_px
 
 
 def _gray(img: np.ndarray) -> np.ndarray:
@@ -106,7 +123,27 @@ def relative_pose(
     depth_max: float = 100.0,
     features: tuple | None = None,
 ) -> tuple[np.ndarray | None, str, int]:
-    """T_cur_ref (reference camera -> current camera), the method used, and inlier count."""
+    """T_cur_ref (reference camera -> current camera), the method used, and inlier count.
+
+    Never raises: OpenCV assertions on degenerate point sets become ("failed", 0).
+    """
+    import cv2
+
+    try:
+        return _relative_pose(gray_ref, depth_ref, gray_cur, K, depth_max=depth_max, features=features)
+    except (cv2.error, ValueError, np.linalg.LinAlgError):
+        return None, "failed", 0
+
+
+def _relative_pose(
+    gray_ref: np.ndarray,
+    depth_ref: np.ndarray,
+    gray_cur: np.ndarray,
+    K: np.ndarray,
+    *,
+    depth_max: float,
+    features: tuple | None,
+) -> tuple[np.ndarray | None, str, int]:
     import cv2
 
     kp_r, des_r = features if features is not None else detect(gray_ref)
@@ -116,19 +153,23 @@ def relative_pose(
         return None, "failed", len(pairs)
     pts_r = np.float32([kp_r[i].pt for i, _ in pairs])
     pts_c = np.float32([kp_c[j].pt for _, j in pairs])
+    if not (spread_ok(pts_r) and spread_ok(pts_c)):
+        return None, "failed", len(pairs)
     pts_r, pts_c = refine_points(gray_ref, gray_cur, pts_r, pts_c)
     xyz, ok = lift(pts_r, depth_ref, K, depth_max)
-    if ok.sum() >= MIN_MATCHES:
+    if ok.sum() >= MIN_MATCHES and spread_ok(pts_c[ok]):
         found, rvec, tvec, inl = cv2.solvePnPRansac(
             xyz[ok].astype(np.float64), pts_c[ok].astype(np.float64), K, None,
             iterationsCount=500, reprojectionError=1.5, confidence=0.999, flags=cv2.SOLVEPNP_SQPNP,
         )
-        if found and inl is not None and len(inl) >= MIN_INLIERS:
+        if found and inl is not None and len(inl) >= MIN_INLIERS and spread_ok(pts_c[ok][inl.reshape(-1)]):
             idx = inl.reshape(-1)
             rvec, tvec = cv2.solvePnPRefineLM(
                 xyz[ok][idx].astype(np.float64), pts_c[ok][idx].astype(np.float64), K, None, rvec, tvec
             )
-            return _to_matrix(rvec, tvec), "pnp", int(len(idx))
+            T = _to_matrix(rvec, tvec)
+            if np.all(np.isfinite(T)):
+                return T, "pnp", int(len(idx))
     return _essential(pts_r, pts_c, depth_ref, K, depth_max)
 
 
@@ -162,31 +203,6 @@ def _essential(
     T = np.eye(4)
     T[:3, :3] = R
     T[:3, 3] = t.reshape(3) * scale
+    if not np.all(np.isfinite(T)):
+        return None, "failed", int(n)
     return T, "essential", int(n)
-
-
-def estimate_poses(images: list[np.ndarray], depths: list[np.ndarray], K: np.ndarray, *, depth_max: float = 100.0) -> PoseResult:
-    """Camera-to-world poses for keyframes, the first at the origin.
-
-    Each frame is matched to the last posed frame; a frame that cannot be posed is left None
-    and the next one tries the same reference.
-    """
-    if len(images) != len(depths):
-        raise ValueError("one depth map per image")
-    result = PoseResult(poses=[None] * len(images), methods=["failed"] * len(images), inliers=[0] * len(images))
-    if not images:
-        return result
-    result.poses[0], result.methods[0] = np.eye(4), "first"
-    ref = 0
-    ref_gray = _gray(images[0])
-    ref_feat = detect(ref_gray)
-    for i in range(1, len(images)):
-        gray = _gray(images[i])
-        T_cur_ref, method, n = relative_pose(ref_gray, depths[ref], gray, K, depth_max=depth_max, features=ref_feat)
-        result.inliers[i] = n
-        if T_cur_ref is None:
-            continue
-        result.poses[i] = result.poses[ref] @ np.linalg.inv(T_cur_ref)
-        result.methods[i] = method
-        ref, ref_gray, ref_feat = i, gray, detect(gray)
-    return result

@@ -1,16 +1,23 @@
-"""ReconstructionJob: frames -> keyframes -> depth -> poses -> TSDF fusion -> PLY + trajectory.
+"""ReconstructionJob: frames -> quality gate -> keyframes -> depth -> poses -> fusion -> outputs.
 
-Outputs under shard-00000: `pointcloud.ply`, `mesh.ply`, `trajectory.json` (as the spec's
-formats ask), then `manifest.json`. Timings per stage go into the manifest (and the bench).
+Outputs under shard-00000, as `spec.output.formats` asks: `trajectory.json` (metric camera
+poses with intrinsics), `pointcloud.ply`, `mesh.ply`, `floorplan.{svg,dxf,geojson}`; then
+`manifest.json`. A trajectory-only job stops after the pose stage (no fusion).
+
+Footage never crashes the stage: unusable frames are dropped before pose estimation and
+listed in the manifest with the reason; a video with one usable view (one frame, a frozen
+camera) gives a single-view result marked `singleView`; only a video without any usable
+frame fails (exit 42) with a reason that says what was wrong and what to do.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,17 +26,35 @@ from spatialforge.crds.v1alpha1.reconstructionjob import QualityPreset, Reconstr
 from spatialforge.runner.errors import EmptyReconstructionError, InputNotFoundError, InvalidVideoError
 from spatialforge.runner.geometry.camera import Camera, resolve_camera
 from spatialforge.runner.geometry.fusion import FusionResult, fuse
-from spatialforge.runner.geometry.keyframes import Keyframe, KeyframeSelector
-from spatialforge.runner.geometry.poses import PoseResult, estimate_poses
+from spatialforge.runner.geometry.keyframes import Drops, Keyframe, KeyframeSelector
+from spatialforge.runner.geometry.poses import PoseResult
+from spatialforge.runner.geometry.quality import ADVICE, DropReason
+from spatialforge.runner.geometry.single_view import single_view
+from spatialforge.runner.geometry.tracking import estimate_poses
 from spatialforge.runner.images import is_image_name
 from spatialforge.runner.stages.base import RunContext, StageResult, manifest_header
 from spatialforge.runner.storage import join_uri
 from spatialforge.runner.storage.local import file_path
 from spatialforge.runner.video import VIDEO_EXTENSIONS, ImageSequenceSource, VideoSource
 
+log = logging.getLogger(__name__)
+
 # Working resolution (longer side) and voxel size (metres) per preset.
 MAX_SIDE = {QualityPreset.draft: 384, QualityPreset.standard: 512, QualityPreset.high: 768}
 VOXEL_SIZE = {QualityPreset.draft: 0.04, QualityPreset.standard: 0.02, QualityPreset.high: 0.01}
+# Dense odometry works at most at this size (longer side): finer costs time, not accuracy.
+POSE_MAX_SIDE = 512
+FLOORPLAN_SLICE_HEIGHT = 1.0
+# Below this, a camera is taken not to have moved (metres, degrees).
+STILL_BASELINE, STILL_ROTATION = 0.01, 2.0
+
+_DROP_WORDS = {
+    DropReason.corrupt: "could not be decoded",
+    DropReason.dark: "too dark",
+    DropReason.textureless: "without texture",
+    DropReason.blurred: "blurred",
+    DropReason.duplicate: "unchanged",
+}
 
 
 def disparity_to_depth(disp: np.ndarray) -> np.ndarray:
@@ -40,6 +65,19 @@ def disparity_to_depth(disp: np.ndarray) -> np.ndarray:
     if valid.any():
         depth /= float(np.median(depth[valid]))
     return depth
+
+
+def no_usable_frame_reason(drops: Drops, candidates: int) -> str:
+    """Why nothing could be reconstructed, by share of the sampled frames, with advice."""
+    if candidates == 0:
+        return "the video has no frames"
+    parts = [f"{100 * n / candidates:.0f} % {_DROP_WORDS[r]}" for r, n in drops.counts.most_common()]
+    main = drops.counts.most_common(1)[0][0] if drops.counts else DropReason.corrupt
+    if main == DropReason.textureless:
+        head = f"no texture in {100 * drops.counts[main] / candidates:.0f} % of frames"
+    else:
+        head = "no usable frame"
+    return f"{head} ({', '.join(parts)} of {candidates} sampled frames); {ADVICE[main]}"
 
 
 DepthProvider = Callable[[list[Keyframe]], tuple[list[np.ndarray], bool]]
@@ -62,15 +100,16 @@ class ReconstructStage:
         timings: dict[str, float] = {}
         progress = ctx.progress
         preset = QualityPreset(spec.quality)
-        max_side = MAX_SIDE[preset]
+        formats = set(spec.output.formats)
+        warnings: list[str] = []
         with tempfile.TemporaryDirectory(prefix="sf-recon-") as tmp:
             progress.update(stage="decode")
-            source = self._open_source(spec.input, ctx, Path(tmp), max_side)
+            source = self._open_source(spec.input, ctx, Path(tmp), MAX_SIDE[preset])
             selector = KeyframeSelector(max_keyframes=preset.max_keyframes, total_frames=source.frame_count or 1)
             keyframes, t_decode, t_select = self._select(source, selector)
             timings["decode"], timings["keyframes"] = t_decode, t_select
             if not keyframes:
-                raise InvalidVideoError(f"{spec.input}: no usable frames")
+                raise EmptyReconstructionError(f"{spec.input}: {no_usable_frame_reason(selector.drops, selector.candidates)}")
             h, w = keyframes[0].rgb.shape[:2]
             camera = resolve_camera(w, h, spec=None, metadata_focal_px=source.metadata_focal_px)
             if spec.intrinsics is not None:  # spec intrinsics are for the full-size input
@@ -78,37 +117,63 @@ class ReconstructStage:
                 camera = resolve_camera(full[0], full[1], spec=spec.intrinsics).scaled(w, h)
             progress.update(done=0, total=len(keyframes), stage="depth")
             t0 = time.monotonic()
-            depths, metric = self._depth(spec, ctx, keyframes)
+            depths, metric, checkpoint = self._depth(spec, ctx, keyframes)
             timings["depth"] = time.monotonic() - t0
             progress.update(stage="poses")
             t0 = time.monotonic()
-            poses = estimate_poses([k.rgb for k in keyframes], depths, camera.K, depth_max=spec.depth_max)
+            poses, depths = self._poses(keyframes, depths, camera, spec, ctx, warnings)
             timings["poses"] = time.monotonic() - t0
-            progress.update(stage="fusion")
-            t0 = time.monotonic()
+            single = len(poses.posed) < 2
+            if single:
+                warnings.append(self._single_view_why(keyframes, selector))
+            else:
+                self._check_motion(poses, keyframes, warnings)
+            geometry: FusionResult | None = None
+            plan = None
             voxel = spec.voxel_size or VOXEL_SIZE[preset]
             device = ctx.get_device().open3d_device
-            fusion = fuse(
-                [k.rgb for k in keyframes], depths, poses.poses, camera.K,
-                voxel_size=voxel, depth_max=spec.depth_max, device=device,
-            )
-            timings["fusion"] = time.monotonic() - t0
+            if formats & {ReconstructionFormat.pointcloud, ReconstructionFormat.mesh, ReconstructionFormat.floorplan}:
+                progress.update(stage="fusion")
+                t0 = time.monotonic()
+                if single:
+                    k = poses.posed[0] if poses.posed else 0
+                    geometry = single_view(keyframes[k].rgb, depths[k], camera.K, depth_max=spec.depth_max)
+                else:
+                    geometry = fuse(
+                        [k.rgb for k in keyframes], depths, poses.poses, camera.K,
+                        voxel_size=voxel, depth_max=spec.depth_max, device=device,
+                    )
+                timings["fusion"] = time.monotonic() - t0
+                if ReconstructionFormat.floorplan in formats:
+                    progress.update(stage="floorplan")
+                    t0 = time.monotonic()
+                    plan = self._floorplan(geometry)
+                    timings["floorplan"] = time.monotonic() - t0
             progress.update(stage="write")
             t0 = time.monotonic()
             manifest_uri = self._write(
-                spec, ctx, Path(tmp), keyframes, poses, fusion, camera,
-                extra={"voxelSize": voxel, "metric": metric, "device": device, "quality": preset.value},
+                spec, ctx, Path(tmp), keyframes, poses, geometry, plan, camera,
+                extra={
+                    "voxelSize": voxel, "metric": metric, "device": device, "quality": preset.value,
+                    "singleView": single, "warnings": warnings,
+                    "model": {"size": spec.model.size.value, "variant": spec.model.variant.value,
+                              "checkpoint": checkpoint, "metric": metric},
+                    "frames": {"total": source.frame_count, "sampled": selector.candidates,
+                               "dropped": {r.value: n for r, n in selector.drops.counts.items()},
+                               "droppedFrames": selector.drops.listed},
+                },
                 timings=timings, started=started,
             )
             timings["write"] = time.monotonic() - t0
         seconds = time.monotonic() - started
         progress.update(done=len(keyframes), total=len(keyframes), stage="done")
-        return StageResult(
-            manifest_uri=manifest_uri,
-            items=len(keyframes),
-            seconds=seconds,
-            summary={"keyframes": len(keyframes), "posed": len(poses.posed), "points": fusion.n_points, "timings": timings},
-        )
+        summary: dict[str, Any] = {
+            "keyframes": len(keyframes), "posed": len(poses.posed), "singleView": single,
+            "points": geometry.n_points if geometry is not None else 0, "timings": timings,
+        }
+        if plan is not None:
+            summary["floorplan"] = {"areaM2": round(plan.area_m2, 3), "roomCount": plan.room_count}
+        return StageResult(manifest_uri=manifest_uri, items=len(keyframes), seconds=seconds, summary=summary)
 
     # --- steps -------------------------------------------------------------------------------
 
@@ -144,11 +209,11 @@ class ReconstructStage:
         keyframes = selector.finish()
         return keyframes, time.monotonic() - t0 - t_select, t_select
 
-    def _depth(self, spec: ReconstructionJobSpec, ctx: RunContext, keyframes: list[Keyframe]) -> tuple[list[np.ndarray], bool]:
+    def _depth(self, spec: ReconstructionJobSpec, ctx: RunContext, keyframes: list[Keyframe]) -> tuple[list[np.ndarray], bool, str]:
         if self.depth_provider is not None:
             depths, metric = self.depth_provider(keyframes)
             ctx.progress.update(done=len(depths))
-            return depths, metric
+            return depths, metric, "provided"
         estimator = ctx.estimator(spec.model)
         batch = 4 if ctx.get_device().is_cuda else 1
         depths: list[np.ndarray] = []
@@ -158,7 +223,67 @@ class ReconstructStage:
             ctx.progress.update(done=len(depths))
         if not estimator.metric:
             depths = [disparity_to_depth(d) for d in depths]
-        return depths, bool(estimator.metric)
+        checkpoint = getattr(getattr(estimator, "checkpoint", None), "name", f"{spec.model.size.value}-{spec.model.variant.value}")
+        return depths, bool(estimator.metric), str(checkpoint)
+
+    def _poses(
+        self, keyframes: list[Keyframe], depths: list[np.ndarray], camera: Camera, spec: ReconstructionJobSpec,
+        ctx: RunContext, warnings: list[str],
+    ) -> tuple[PoseResult, list[np.ndarray]]:
+        """Tracking at most POSE_MAX_SIDE wide; poses carry over to the working size unchanged."""
+        import cv2
+
+        first_only = PoseResult(poses=[np.eye(4)] + [None] * (len(keyframes) - 1),
+                                methods=["first"] + ["failed"] * (len(keyframes) - 1),
+                                inliers=[0] * len(keyframes), scales=[1.0] * len(keyframes))
+        if len(keyframes) < 2:
+            return first_only, depths
+        h, w = depths[0].shape
+        scale = min(1.0, POSE_MAX_SIDE / max(w, h))
+        if scale < 1.0:
+            sw, sh = round(w * scale), round(h * scale)
+            images = [cv2.resize(k.rgb, (sw, sh), interpolation=cv2.INTER_AREA) for k in keyframes]
+            small = [cv2.resize(d, (sw, sh), interpolation=cv2.INTER_NEAREST) for d in depths]
+            K = camera.scaled(sw, sh).K
+        else:
+            images, small, K = [k.rgb for k in keyframes], depths, camera.K
+        try:
+            result, _ = estimate_poses(images, small, K, depth_max=spec.depth_max, device=ctx.get_device().open3d_device)
+        except Exception as exc:  # noqa: BLE001 - a geometry failure must not fail the job: one view remains
+            log.warning("pose estimation failed: %s", exc, exc_info=True)
+            warnings.append(f"pose estimation failed ({type(exc).__name__}); kept the first view only")
+            return first_only, depths
+        scaled = [d * np.float32(s) for d, s in zip(depths, result.scales, strict=True)]
+        return result, scaled
+
+    @staticmethod
+    def _single_view_why(keyframes: list[Keyframe], selector: KeyframeSelector) -> str:
+        dup = selector.drops.counts.get(DropReason.duplicate, 0)
+        if len(keyframes) == 1 and dup:
+            return (f"the camera did not move: {dup} of {selector.candidates} sampled frames look the same as the first "
+                    f"(largest change {100 * selector.max_motion:.1f} %); single-view result, move around the object for a full model")
+        if len(keyframes) == 1:
+            return "only one usable frame; single-view result, film a longer pass around the object for a full model"
+        return (f"no keyframe could be placed relative to the first ({len(keyframes)} keyframes share too little); "
+                "single-view result, move more slowly")
+
+    @staticmethod
+    def _check_motion(poses: PoseResult, keyframes: list[Keyframe], warnings: list[str]) -> None:
+        posed = [poses.poses[i] for i in poses.posed]
+        baseline = max(float(np.linalg.norm(p[:3, 3])) for p in posed)
+        turn = max(float(np.degrees(np.arccos(np.clip((np.trace(p[:3, :3]) - 1) / 2, -1, 1)))) for p in posed)
+        if baseline < STILL_BASELINE and turn < STILL_ROTATION:
+            span = keyframes[-1].index - keyframes[0].index + 1
+            warnings.append(f"the camera did not move: {1000 * baseline:.1f} mm over {span} frames; move around the object")
+
+    @staticmethod
+    def _floorplan(geometry: FusionResult) -> Any:
+        from spatialforge.runner.geometry.floorplan import extract_floorplan
+
+        normals = None
+        if "normals" in geometry.point_cloud.point:
+            normals = geometry.point_cloud.point.normals.numpy()
+        return extract_floorplan(geometry.points, normals, slice_height=FLOORPLAN_SLICE_HEIGHT)
 
     def _write(
         self,
@@ -167,7 +292,8 @@ class ReconstructStage:
         tmp: Path,
         keyframes: list[Keyframe],
         poses: PoseResult,
-        fusion: FusionResult,
+        geometry: FusionResult | None,
+        plan: Any,
         camera: Camera,
         *,
         extra: dict[str, Any],
@@ -180,24 +306,35 @@ class ReconstructStage:
         prefix = ctx.shard_prefix(spec.output.uri)
         outputs: dict[str, Any] = {}
         formats = set(spec.output.formats)
-        for geometry in (fusion.point_cloud.point, fusion.mesh.vertex):
-            if "colors" in geometry:  # weighted averages can overshoot [0, 1] by a hair
-                geometry.colors = geometry.colors.clip(0.0, 1.0)
-        if ReconstructionFormat.pointcloud in formats:
+        if geometry is not None:
+            for attrs in (geometry.point_cloud.point, geometry.mesh.vertex):
+                if "colors" in attrs:  # weighted averages can overshoot [0, 1] by a hair
+                    attrs.colors = attrs.colors.clip(0.0, 1.0)
+        if geometry is not None and ReconstructionFormat.pointcloud in formats:
             path = tmp / "pointcloud.ply"
-            if not o3d.t.io.write_point_cloud(str(path), fusion.point_cloud, write_ascii=False):
+            if not o3d.t.io.write_point_cloud(str(path), geometry.point_cloud, write_ascii=False):
                 raise RuntimeError("writing the point cloud failed")
-            outputs["pointcloud"] = self._put(store, join_uri(prefix, path.name), path, points=fusion.n_points)
-        if ReconstructionFormat.mesh in formats:
+            outputs["pointcloud"] = self._put(store, join_uri(prefix, path.name), path, points=geometry.n_points)
+        if geometry is not None and ReconstructionFormat.mesh in formats:
             path = tmp / "mesh.ply"
-            if fusion.n_triangles == 0:
+            if geometry.n_triangles == 0:
                 raise EmptyReconstructionError("fusion produced points but no mesh triangles")
-            if not o3d.t.io.write_triangle_mesh(str(path), fusion.mesh, write_ascii=False):
+            if not o3d.t.io.write_triangle_mesh(str(path), geometry.mesh, write_ascii=False):
                 raise RuntimeError("writing the mesh failed")
-            outputs["mesh"] = self._put(store, join_uri(prefix, path.name), path, triangles=fusion.n_triangles)
+            outputs["mesh"] = self._put(store, join_uri(prefix, path.name), path, triangles=geometry.n_triangles)
+        if plan is not None:
+            files = {"svg": (plan.svg().encode(), "image/svg+xml"), "dxf": (plan.dxf(), "application/dxf"),
+                     "geojson": (json.dumps(plan.geojson()).encode(), "application/geo+json")}
+            entry: dict[str, Any] = {"areaM2": round(plan.area_m2, 3), "roomCount": plan.room_count, "files": {}}
+            for ext, (data, content_type) in files.items():
+                uri = join_uri(prefix, f"floorplan.{ext}")
+                entry["files"][ext] = {"uri": uri, "sha256": store.put(uri, data, content_type=content_type), "bytes": len(data)}
+            outputs["floorplan"] = entry
+            extra["floorplan"] = plan.summary()
         trajectory = {
             "intrinsics": camera.as_dict(),
             "convention": "cameraToWorld, OpenCV axes (x right, y down, z forward), metres",
+            "singleView": extra.get("singleView", False),
             "frames": [
                 {
                     "keyframe": i,
@@ -205,6 +342,7 @@ class ReconstructStage:
                     "timestamp": round(k.timestamp, 4),
                     "method": poses.methods[i],
                     "inliers": poses.inliers[i],
+                    "depthScale": round(poses.scales[i], 5) if poses.scales else 1.0,
                     "cameraToWorld": None if poses.poses[i] is None else np.asarray(poses.poses[i]).round(6).tolist(),
                 }
                 for i, k in enumerate(keyframes)
@@ -217,11 +355,11 @@ class ReconstructStage:
         manifest = {
             **manifest_header(self.kind, ctx),
             "input": spec.input,
-            "model": {"size": spec.model.size.value, "variant": spec.model.variant.value},
             "intrinsics": camera.as_dict(),
             "keyframes": len(keyframes),
             "posed": len(poses.posed),
-            "framesFused": fusion.frames_fused,
+            "poseGraph": {"edges": poses.edges, "loopClosures": poses.loops},
+            "framesFused": 0 if geometry is None else geometry.frames_fused,
             "outputs": outputs,
             "timings": {k: round(v, 3) for k, v in timings.items()},
             "seconds": round(time.monotonic() - started, 3),
