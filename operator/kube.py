@@ -38,18 +38,44 @@ def _raise(exc: ApiException) -> None:
         raise NotFound(exc.reason) from exc
     if exc.status == 409:
         body = exc.body.decode() if isinstance(exc.body, bytes) else str(exc.body or "")
+        body += f" {exc.reason or ''}"
         if "AlreadyExists" in body or "already exists" in body:
             raise AlreadyExists(exc.reason) from exc
         raise ConflictError(exc.reason) from exc
     raise exc
 
 
-async def _json(coro: Any) -> dict[str, Any]:
+async def _checked(coro: Any) -> Any:
+    """The raw response of a `_preload_content=False` call. kubernetes_asyncio raises for an
+    error status only when it preloads the body, so the status is checked here: an error
+    answer (a missing CRD's route answers a plain-text "404 page not found") becomes our
+    exception, never a JSON parse error of its body."""
     try:
         resp = await coro
     except ApiException as exc:
         _raise(exc)
         raise
+    if not 200 <= resp.status <= 299:
+        async with resp:
+            body = await resp.read()
+        _raise(ApiException(status=resp.status, reason=_reason(resp.status, body)))
+        raise AssertionError("unreachable")
+    return resp
+
+
+def _reason(status: int, body: bytes) -> str:
+    """The API server's message from a Status body, else the body's first line."""
+    try:
+        data = json.loads(body)
+        if isinstance(data, dict):
+            return str(data.get("message") or data.get("reason") or status)
+    except ValueError:
+        pass
+    return body.decode(errors="replace").strip().splitlines()[0][:300] if body.strip() else str(status)
+
+
+async def _json(coro: Any) -> dict[str, Any]:
+    resp = await _checked(coro)
     async with resp:
         body = json.loads(await resp.read())
     if body.get("kind") == "Status":  # e.g. a write that finished deleting the object
@@ -211,14 +237,10 @@ class Kube:
                               timeout_seconds: int = 240) -> AsyncIterator[dict[str, Any]]:
         """Watch events ({"type", "object"}) of the named ConfigMap, until the server ends the
         watch (bounded, like Kopf's watches, against silently stalled streams)."""
-        try:
-            resp = await self.core.list_namespaced_config_map(
-                namespace, field_selector=f"metadata.name={name}", watch=True, resource_version=resource_version,
-                allow_watch_bookmarks=True, timeout_seconds=timeout_seconds, _preload_content=False,
-                _request_timeout=timeout_seconds + 30)
-        except ApiException as exc:
-            _raise(exc)
-            raise
+        resp = await _checked(self.core.list_namespaced_config_map(
+            namespace, field_selector=f"metadata.name={name}", watch=True, resource_version=resource_version,
+            allow_watch_bookmarks=True, timeout_seconds=timeout_seconds, _preload_content=False,
+            _request_timeout=timeout_seconds + 30))
         async with resp:
             while line := await resp.content.readline():
                 yield json.loads(line)
