@@ -95,14 +95,18 @@ def render_policy(service_account: str = RUNNER_SERVICE_ACCOUNT, name: str = POL
 
 
 # Placeholders replaced by Helm expressions in the chart's copy of the policy.
-_SA, _NAME = "sa-placeholder-0", "name-placeholder-0"
+_SA, _NAME, _LABELS = "sa-placeholder-0", "name-placeholder-0", "labels-placeholder-0"
 
 
 def render_chart_policy() -> str:
     """The chart's template of the policy: the runner account and a per-release name from values."""
-    text = yaml.safe_dump_all(runner_status_policy(_SA, _NAME), sort_keys=False, width=100)
+    docs = runner_status_policy(_SA, _NAME)
+    for doc in docs:
+        doc["metadata"]["labels"] = {_LABELS: "x"}
+    text = yaml.safe_dump_all(docs, sort_keys=False, width=100)
     assert "{{" not in text and "}}" not in text, "the policy would clash with Helm's template syntax"
-    text = text.replace(_SA, "{{ $sa }}").replace(_NAME, "{{ $name }}")
+    labels = '{{- include "spatialforge.labels" (dict "ctx" $ "component" "runner") | nindent 4 }}'
+    text = text.replace(_SA, "{{ $sa }}").replace(_NAME, "{{ $name }}").replace(f"\n    {_LABELS}: x", labels)
     return (
         HELM_HEADER
         + "{{- if .Values.runner.statusPolicy.enabled }}\n"

@@ -198,3 +198,17 @@ def test_apiserver_env_is_what_its_settings_read(full_objects: list[dict[str, An
     secret_fields = {f"SPATIALFORGE_API_{n.upper()}" for n, f in Settings.model_fields.items()
                      if "SecretStr" in str(f.annotation)}
     assert secret_fields <= names, f"secrets the front end needs but the chart does not pass: {secret_fields - names}"
+
+
+def test_runner_status_policy_is_the_generated_one(helm: Helm) -> None:
+    """The chart's policy is crds/policy.py's, for the runner account the values name."""
+    from spatialforge.crds.policy import runner_status_policy
+
+    objects = helm.render("--set", "runner.serviceAccount.name=gpu-runner")
+    policy, binding = find(objects, "ValidatingAdmissionPolicy"), find(objects, "ValidatingAdmissionPolicyBinding")
+    name = policy["metadata"]["name"]
+    want_policy, want_binding = runner_status_policy("gpu-runner", name)
+    assert policy["spec"] == want_policy["spec"] and binding["spec"] == want_binding["spec"]
+    assert "endsWith(':gpu-runner')" in policy["spec"]["matchConditions"][0]["expression"]
+    off = helm.render("--set", "runner.statusPolicy.enabled=false")
+    assert not [o for o in off if o["kind"].startswith("ValidatingAdmissionPolicy")]
