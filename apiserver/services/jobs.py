@@ -303,12 +303,12 @@ class JobService:
 
     async def _earlier(self, ns: str, name: str, kind: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None] | None:
         """The job (or the tombstone of a cancelled one) an expired record's key created."""
+        stone = await self.redis.get(f"tombstone:{ns}:{name}")
+        if stone:  # cancelled (its resource may linger while the operator finalizes it)
+            return None, json.loads(stone)
         obj = self.cache.get(ns, name)
         if obj is not None:
             return obj, None
-        stone = await self.redis.get(f"tombstone:{ns}:{name}")
-        if stone:
-            return None, json.loads(stone)
         return None
 
     async def _answer_earlier(self, idem_key: str, name: str, body_hash: str, obj: dict[str, Any] | None,
