@@ -2,11 +2,14 @@
 
     <output uri>/<namespace>/<name>/shard-<index>/...        one folder per shard
     <output uri>/<namespace>/<name>/shard-<index>/manifest.json   written last
+    <output uri>/<namespace>/<name>/.staging/shard-<index>/<attempt>/...   a running attempt's
+        outputs, moved into shard-<index>/ when it succeeds; never a result
 """
 
 from __future__ import annotations
 
 MANIFEST = "manifest.json"
+STAGING = ".staging"
 
 
 def output_base(output_uri: str, namespace: str, name: str) -> str:
@@ -16,6 +19,11 @@ def output_base(output_uri: str, namespace: str, name: str) -> str:
 
 def shard_prefix(output_uri: str, namespace: str, name: str, index: int) -> str:
     return f"{output_base(output_uri, namespace, name)}/shard-{index:05d}"
+
+
+def staging_prefix(output_uri: str, namespace: str, name: str, index: int) -> str:
+    """Where the attempts of one shard stage their outputs (no trailing slash)."""
+    return f"{output_base(output_uri, namespace, name)}/{STAGING}/shard-{index:05d}"
 
 
 def manifest_uri(output_uri: str, namespace: str, name: str, index: int = 0) -> str:

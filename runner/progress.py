@@ -18,6 +18,8 @@ class Snapshot:
     done: int
     total: int
     stage: str
+    skipped: int = 0
+    """Of `done`, the invalid images skipped (spec.onInvalidImage: Skip)."""
     updated_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
 
     def as_status(self) -> dict[str, object]:
@@ -26,6 +28,7 @@ class Snapshot:
             "done": self.done,
             "total": self.total,
             "stage": self.stage[:64],
+            "skipped": self.skipped,
             "updatedAt": self.updated_at.replace(microsecond=0).isoformat().replace("+00:00", "Z"),
         }
 
@@ -42,23 +45,27 @@ class Progress:
     def subscribe(self, listener: Callable[[Snapshot], None]) -> None:
         self._listeners.append(listener)
 
-    def update(self, *, done: int | None = None, total: int | None = None, stage: str | None = None) -> None:
+    def update(
+        self, *, done: int | None = None, total: int | None = None, stage: str | None = None, skipped: int | None = None
+    ) -> None:
         with self._lock:
             old = self._snap
             self._snap = Snapshot(
                 done=old.done if done is None else done,
                 total=old.total if total is None else total,
                 stage=old.stage if stage is None else stage,
+                skipped=old.skipped if skipped is None else skipped,
             )
             self.version += 1
             snap = self._snap
         for listener in self._listeners:
             listener(snap)
 
-    def advance(self, n: int = 1) -> None:
+    def advance(self, n: int = 1, *, skipped: int = 0) -> None:
+        """n more items done, `skipped` of them skipped."""
         with self._lock:
-            done = self._snap.done + n
-        self.update(done=done)
+            done, skips = self._snap.done + n, self._snap.skipped + skipped
+        self.update(done=done, skipped=skips)
 
     @property
     def snapshot(self) -> Snapshot:

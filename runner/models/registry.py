@@ -24,6 +24,9 @@ from spatialforge.runner.settings import RunnerSettings
 # Apache-2.0; every other size is CC-BY-NC-4.0 (non-commercial).
 OPEN_SIZES = frozenset({ModelSize.small})
 METRIC_MAX_DEPTH = {ModelVariant.metric_indoor: 20, ModelVariant.metric_outdoor: 80}  # metres (ints: transformers types it so)
+# Metres per step of the 16-bit PNG, per metric variant: its max depth fits in 65535 steps
+# (indoor 1 mm up to 65.5 m, outdoor 2 mm up to 131 m). Relative depth is scaled per image.
+PNG16_METRIC_SCALE = {ModelVariant.metric_indoor: 0.001, ModelVariant.metric_outdoor: 0.002}
 _DONE_MARKER = ".spatialforge-complete"
 
 
@@ -50,6 +53,11 @@ class Checkpoint:
             return f"depth-anything/Depth-Anything-V2-{size}-hf"
         scene = "Indoor" if self.variant == ModelVariant.metric_indoor else "Outdoor"
         return f"depth-anything/Depth-Anything-V2-Metric-{scene}-{size}-hf"
+
+    @property
+    def png16_scale(self) -> float | None:
+        """Metres per PNG step for a metric checkpoint; None for relative (scaled per image)."""
+        return PNG16_METRIC_SCALE.get(self.variant)
 
     @property
     def licence(self) -> str:

@@ -85,6 +85,9 @@ class RunContext:
     def shard_prefix(self, output_uri: str) -> str:
         return layout.shard_prefix(output_uri, self.namespace, self.name, self.shard_index)
 
+    def staging_prefix(self, output_uri: str) -> str:
+        return layout.staging_prefix(output_uri, self.namespace, self.name, self.shard_index)
+
     def manifest_uri(self, output_uri: str) -> str:
         return layout.manifest_uri(output_uri, self.namespace, self.name, self.shard_index)
 

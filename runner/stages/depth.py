@@ -2,8 +2,14 @@
 
 Outputs per image under the shard prefix: `<stem>.depth.png` (uint16; depth = value x
 png16Scale), `<stem>.depth.npy` (float32), then `manifest.json` once every file is stored.
-Metric models give metres (png16Scale 0.001, i.e. millimetres); relative models give
-disparity in the model's own units, scaled to fill 16 bits per image.
+Metric models give metres: png16Scale is fixed per variant (registry.PNG16_METRIC_SCALE:
+indoor 0.001 = 1 mm up to 65.5 m, outdoor 0.002 = 2 mm up to 131 m). Relative models give
+disparity in the model's own units, scaled per image so its maximum is 65535.
+
+Depth maps are written at the input's size up to `spec.output.maxPixels`, downscaled (aspect
+kept) above it; `width`/`height` and the intrinsics in the manifest are the depth map's.
+Outputs are staged and published at the end (storage/staging.py). With `onInvalidImage: Skip`
+an invalid image is listed under `skipped` with its reason instead of failing the shard.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import concurrent.futures as cf
 import io
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -20,11 +27,18 @@ from typing import Any
 import numpy as np
 
 from spatialforge.crds.layout import shard_of
-from spatialforge.crds.v1alpha1.depthbatch import DepthBatchSpec, DepthFormat
-from spatialforge.runner.images import DecodedImage, check_size, decode_image, heuristic_focal_px, is_image_name
+from spatialforge.crds.v1alpha1.depthbatch import DepthBatchSpec, DepthFormat, OnInvalidImage
+from spatialforge.runner.errors import InvalidImageError
+from spatialforge.runner.images import DecodedImage, check_size, decode_image, fit_pixels, heuristic_focal_px, is_image_name
 from spatialforge.runner.inputs import expand
 from spatialforge.runner.stages.base import RunContext, StageResult, manifest_header
-from spatialforge.runner.storage import ObjectInfo, join_uri
+from spatialforge.runner.storage import ObjectInfo
+from spatialforge.runner.storage.staging import StagedOutput
+
+PNG16_MAX = 65535
+# Images are decoded at least this large (when they are) whatever output.maxPixels says, so
+# that the model's input (518 px on the short side) is never upsampled from a tiny decode.
+MIN_DECODE_PIXELS = 1024 * 1024
 
 
 @dataclass(kw_only=True)
@@ -33,18 +47,21 @@ class _Item:
     stem: str
     image: DecodedImage | None = None
     pixels: np.ndarray | None = None
+    out_size: tuple[int, int] = (0, 0)  # (height, width) of the depth map
+    error: InvalidImageError | None = None
 
 
-def encode_png16(depth: np.ndarray, *, metric: bool) -> tuple[bytes, float]:
-    """uint16 PNG bytes and the scale that maps a stored value back to depth units."""
+def encode_png16(depth: np.ndarray, *, scale: float | None) -> tuple[bytes, float]:
+    """uint16 PNG bytes and the scale that maps a stored value back to depth units.
+
+    `scale`: metres per step (metric); None scales per image so the maximum is 65535 (relative).
+    """
     import cv2
 
-    if metric:
-        scale = 0.001  # millimetres
-    else:
+    if scale is None:
         peak = float(depth.max()) if depth.size else 0.0
-        scale = peak / 65535.0 if peak > 0 else 1.0
-    values = np.clip(np.rint(depth / scale), 0, 65535).astype(np.uint16)
+        scale = peak / PNG16_MAX if peak > 0 else 1.0
+    values = np.clip(np.rint(depth / scale), 0, PNG16_MAX).astype(np.uint16)
     ok, buf = cv2.imencode(".png", values, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise RuntimeError("PNG encoding failed")
@@ -57,22 +74,26 @@ def encode_npy(depth: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def focal_for(spec: DepthBatchSpec, image: DecodedImage) -> dict[str, Any]:
-    """Intrinsics for the manifest: spec, else EXIF, else 0.9 x max(w, h)."""
-    w, h = image.width, image.height
+def focal_for(spec: DepthBatchSpec, image: DecodedImage, out_w: int, out_h: int) -> dict[str, Any]:
+    """Intrinsics of the depth map (out_w x out_h): spec, else EXIF, else 0.9 x max(w, h).
+
+    Spec and EXIF values are in the input's pixels and scale with the depth map.
+    """
+    sx, sy = out_w / image.width, out_h / image.height
     if spec.intrinsics is not None:
         k = spec.intrinsics
-        return {
-            "fx": k.fx,
-            "fy": k.fy,
-            "cx": k.cx if k.cx is not None else w / 2,
-            "cy": k.cy if k.cy is not None else h / 2,
-            "source": "spec",
-        }
+        cx = k.cx if k.cx is not None else image.width / 2
+        cy = k.cy if k.cy is not None else image.height / 2
+        return {"fx": k.fx * sx, "fy": k.fy * sy, "cx": cx * sx, "cy": cy * sy, "source": "spec"}
     if image.exif_focal_px:
-        return {"fx": image.exif_focal_px, "fy": image.exif_focal_px, "cx": w / 2, "cy": h / 2, "source": "exif"}
-    f = heuristic_focal_px(w, h)
-    return {"fx": f, "fy": f, "cx": w / 2, "cy": h / 2, "source": "heuristic"}
+        f = image.exif_focal_px
+        return {"fx": f * sx, "fy": f * sy, "cx": out_w / 2, "cy": out_h / 2, "source": "exif"}
+    f = heuristic_focal_px(out_w, out_h)
+    return {"fx": f, "fy": f, "cx": out_w / 2, "cy": out_h / 2, "source": "heuristic"}
+
+
+def _skip_record(item: _Item, exc: InvalidImageError) -> dict[str, str]:
+    return {"input": item.info.uri, "reason": exc.reason}
 
 
 class DepthStage:
@@ -86,57 +107,116 @@ class DepthStage:
     def run(self, spec: DepthBatchSpec, ctx: RunContext) -> StageResult:
         started = time.monotonic()
         progress = ctx.progress
+        skip = spec.on_invalid_image == OnInvalidImage.skip
         progress.update(stage="listing")
         everything = expand(spec.inputs, ctx.store, accept=is_image_name)
         by_uri = {info.uri: (info, stem) for info, stem in everything}
         mine = shard_of(list(by_uri), ctx.shard_index, ctx.shard_count)
-        items = [_Item(info=by_uri[u][0], stem=by_uri[u][1]) for u in mine]
-        for item in items:  # fail fast, before loading a model
-            check_size(item.info.uri, item.info.size, max_bytes=spec.max_image_bytes)
-        progress.update(done=0, total=len(items), stage="loading")
+        items: list[_Item] = []
+        skipped: list[dict[str, str]] = []
+        for uri in mine:  # fail fast, before loading a model
+            item = _Item(info=by_uri[uri][0], stem=by_uri[uri][1])
+            try:
+                check_size(uri, item.info.size, max_bytes=spec.max_image_bytes)
+            except InvalidImageError as exc:
+                if not skip:
+                    raise
+                skipped.append(_skip_record(item, exc))
+                continue
+            items.append(item)
+        out = StagedOutput(
+            ctx.store(spec.output.uri),
+            final_prefix=ctx.shard_prefix(spec.output.uri),
+            staging_prefix=ctx.staging_prefix(spec.output.uri),
+            attempt=ctx.attempt,
+        )
+        progress.update(stage="output")
+        out.check()  # an unusable output location is invalid input, found before the model loads
+        progress.update(done=len(skipped), total=len(mine), skipped=len(skipped), stage="loading")
         estimator = ctx.estimator(spec.model)
-        prefix = ctx.shard_prefix(spec.output.uri)
-        out_store = ctx.store(spec.output.uri)
+        out.clear_leftovers()
         progress.update(stage="depth")
+        try:
+            records, skipped_late, t_forward = self._depth(spec, ctx, estimator, items, out)
+            skipped += skipped_late
+            if not records and skipped:
+                raise InvalidImageError(
+                    f"no valid image in this shard: {len(skipped)} skipped, first {skipped[0]['reason']}"
+                )
+            seconds = time.monotonic() - started
+            manifest = self._manifest(spec, ctx, estimator, records, skipped, seconds, t_forward)
+            progress.update(stage="manifest")
+            manifest_uri = out.publish(json.dumps(manifest, indent=2).encode())
+        except BaseException:
+            out.discard()
+            raise
+        progress.update(done=len(mine), total=len(mine), skipped=len(skipped), stage="done")
+        return StageResult(manifest_uri=manifest_uri, items=len(records), seconds=seconds, summary=manifest["summary"])
+
+    def _depth(
+        self, spec: DepthBatchSpec, ctx: RunContext, estimator: Any, items: list[_Item], out: StagedOutput
+    ) -> tuple[list[dict[str, Any]], list[dict[str, str]], float]:
+        """Decode, infer and write every item; returns (records, skipped, forward seconds)."""
+        progress = ctx.progress
+        skip = spec.on_invalid_image == OnInvalidImage.skip
+        scale = estimator.checkpoint.png16_scale
+        decode_pixels = max(spec.output.max_pixels, MIN_DECODE_PIXELS)
+        slots = threading.BoundedSemaphore(ctx.settings.decode_slots or self.io_workers)
 
         def load(item: _Item) -> _Item:
-            data = ctx.store(item.info.uri).get(item.info.uri)
-            item.image = decode_image(
-                item.info.uri, data, max_pixels=spec.max_image_pixels, max_bytes=spec.max_image_bytes
-            )
-            item.pixels = estimator.preprocess(item.image.rgb)
+            try:
+                with slots:  # bounds the full-size buffers alive at once (runner/README.md)
+                    data = ctx.store(item.info.uri).get(item.info.uri)
+                    item.image = decode_image(
+                        item.info.uri,
+                        data,
+                        max_pixels=spec.max_image_pixels,
+                        max_bytes=spec.max_image_bytes,
+                        target_pixels=decode_pixels,
+                    )
+                    del data
+                item.pixels = estimator.preprocess(item.image.rgb)
+            except InvalidImageError as exc:
+                if not skip:
+                    raise
+                item.error = exc
+                return item
+            w, h = fit_pixels(item.image.width, item.image.height, spec.output.max_pixels)
+            item.out_size = (h, w)
+            item.image.rgb = np.empty((0, 0, 3), np.uint8)  # the pixels are in `item.pixels` now
             return item
 
         def write(item: _Item, depth: np.ndarray) -> dict[str, Any]:
             assert item.image is not None
             outputs: dict[str, Any] = {}
-            scale = None
+            png_scale = None
             if DepthFormat.png16 in spec.output.formats:
-                png, scale = encode_png16(depth, metric=estimator.metric)
-                uri = join_uri(prefix, f"{item.stem}.depth.png")
-                outputs["png16"] = {"uri": uri, "sha256": out_store.put(uri, png, content_type="image/png"), "bytes": len(png)}
+                png, png_scale = encode_png16(depth, scale=scale)
+                uri, digest = out.put(f"{item.stem}.depth.png", png, content_type="image/png")
+                outputs["png16"] = {"uri": uri, "sha256": digest, "bytes": len(png)}
             if DepthFormat.npy in spec.output.formats:
                 npy = encode_npy(depth)
-                uri = join_uri(prefix, f"{item.stem}.depth.npy")
-                outputs["npy"] = {
-                    "uri": uri,
-                    "sha256": out_store.put(uri, npy, content_type="application/x-npy"),
-                    "bytes": len(npy),
-                }
+                uri, digest = out.put(f"{item.stem}.depth.npy", npy, content_type="application/x-npy")
+                outputs["npy"] = {"uri": uri, "sha256": digest, "bytes": len(npy)}
             progress.advance()
+            h, w = depth.shape
             return {
                 "input": item.info.uri,
                 "stem": item.stem,
-                "width": item.image.width,
-                "height": item.image.height,
+                "width": w,
+                "height": h,
+                "inputWidth": item.image.width,
+                "inputHeight": item.image.height,
+                "inputMode": item.image.source_mode,
                 "exifOrientation": item.image.orientation,
                 "outputs": outputs,
-                "png16Scale": scale,
+                "png16Scale": png_scale,
                 "stats": {"min": float(depth.min()), "max": float(depth.max()), "mean": float(depth.mean())},
-                "intrinsics": focal_for(spec, item.image),
+                "intrinsics": focal_for(spec, item.image, w, h),
             }
 
         records: list[dict[str, Any]] = []
+        skipped: list[dict[str, str]] = []
         t_forward = 0.0
         window = max(2 * spec.batch_size, 2 * self.io_workers)
         with cf.ThreadPoolExecutor(self.io_workers, thread_name_prefix="sf-load") as loaders, cf.ThreadPoolExecutor(
@@ -145,34 +225,51 @@ class DepthStage:
             pending: collections.deque[cf.Future[_Item]] = collections.deque()
             writes: list[cf.Future[dict[str, Any]]] = []
             queue = iter(items)
-            for item in queue:  # prefetch a bounded window of decoded images
+            for item in queue:  # prefetch a bounded window of preprocessed images
                 pending.append(loaders.submit(load, item))
                 if len(pending) >= window:
                     break
             while pending:
                 batch: list[_Item] = []
                 while pending and len(batch) < spec.batch_size:
-                    batch.append(pending.popleft().result())
+                    got = pending.popleft().result()
                     nxt = next(queue, None)
                     if nxt is not None:
                         pending.append(loaders.submit(load, nxt))
+                    if got.error is not None:
+                        skipped.append(_skip_record(got, got.error))
+                        progress.advance(skipped=1)
+                        continue
+                    batch.append(got)
+                if not batch:
+                    continue
                 t0 = time.monotonic()
-                depths = estimator.predict(
-                    [b.pixels for b in batch], [(b.image.height, b.image.width) for b in batch]  # type: ignore[union-attr]
-                )
+                depths = estimator.predict([b.pixels for b in batch], [b.out_size for b in batch])
                 t_forward += time.monotonic() - t0
                 for b, depth in zip(batch, depths, strict=True):
                     b.pixels = None
                     writes.append(writers.submit(write, b, depth))
                 writes = _drain_done(writes, records)
-                while len(writes) > window:  # back-pressure: a slow store must not pile up depth maps
+                while len(writes) > self.io_workers:  # back-pressure: depth maps in flight stay bounded
                     records.append(writes.pop(0).result())
             for fut in writes:
                 records.append(fut.result())
         records.sort(key=lambda r: r["input"])
-        seconds = time.monotonic() - started
+        return records, skipped, t_forward
+
+    def _manifest(
+        self,
+        spec: DepthBatchSpec,
+        ctx: RunContext,
+        estimator: Any,
+        records: list[dict[str, Any]],
+        skipped: list[dict[str, str]],
+        seconds: float,
+        t_forward: float,
+    ) -> dict[str, Any]:
         ckpt = estimator.checkpoint
-        manifest = {
+        skipped = sorted(skipped, key=lambda r: r["input"])
+        return {
             **manifest_header(self.kind, ctx),
             "model": {
                 "checkpoint": ckpt.name,
@@ -183,19 +280,22 @@ class DepthStage:
             },
             "units": "metres" if ckpt.metric else "relative-disparity",
             "formats": [f.value for f in spec.output.formats],
+            "png16": (
+                {"scale": ckpt.png16_scale, "maxDepth": round(ckpt.png16_scale * PNG16_MAX, 3), "perImage": False}
+                if ckpt.png16_scale
+                else {"scale": None, "perImage": True}
+            ),
+            "maxPixels": spec.output.max_pixels,
             "images": records,
+            "skipped": skipped,
             "summary": {
                 "images": len(records),
+                "skipped": len(skipped),
                 "seconds": round(seconds, 3),
                 "forwardSeconds": round(t_forward, 3),
                 "imagesPerSecond": round(len(records) / seconds, 3) if seconds > 0 else None,
             },
         }
-        manifest_uri = ctx.manifest_uri(spec.output.uri)
-        progress.update(stage="manifest")
-        out_store.put(manifest_uri, json.dumps(manifest, indent=2).encode(), content_type="application/json")
-        progress.update(done=len(records), total=len(items), stage="done")
-        return StageResult(manifest_uri=manifest_uri, items=len(records), seconds=seconds, summary=manifest["summary"])
 
 
 def _drain_done(writes: list[cf.Future[dict[str, Any]]], records: list[dict[str, Any]]) -> list[cf.Future[dict[str, Any]]]:

@@ -59,6 +59,15 @@ class ArtifactStore(abc.ABC):
         self.put(dst, self.get(src))
         self.delete(src)
 
+    def check_writable(self, prefix: str) -> None:
+        """Raise InvalidOutputError when nothing can be written under `prefix` (default: a probe)."""
+        probe = join_uri(prefix, ".write-probe")
+        self.put(probe, b"")
+        self.delete(probe)
+
+    def remove_empty_folder(self, prefix: str) -> None:
+        """Remove an empty folder (only file stores have folders; a no-op elsewhere)."""
+
     def exists(self, uri: str) -> bool:
         return self.stat(uri) is not None
 

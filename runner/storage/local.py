@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
-from spatialforge.runner.errors import InputNotFoundError, InvalidSpecError, StorageError
+from spatialforge.runner.errors import InputNotFoundError, InvalidOutputError, InvalidSpecError, StorageError
 from spatialforge.runner.storage.base import ArtifactStore, ObjectInfo, sha256_hex
 
 
@@ -57,6 +57,27 @@ class LocalStore(ArtifactStore):
         except OSError as exc:
             raise StorageError(f"cannot write {uri}: {exc}") from exc
         return sha256_hex(data)
+
+    def check_writable(self, prefix: str) -> None:
+        """The deepest existing folder on the way is a folder and takes a probe file (else
+        InvalidOutputError). Creates nothing: folders appear with the first output."""
+        root = file_path(prefix)
+        existing = next((p for p in (root, *root.parents) if p.exists()), Path("/"))
+        if not existing.is_dir():
+            raise InvalidOutputError(f"output {file_uri(existing)} is an existing file, not a folder")
+        try:
+            fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-probe.")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise InvalidOutputError(f"output {prefix} cannot be written ({file_uri(existing)}: {exc.strerror or exc})") from exc
+
+    def remove_empty_folder(self, prefix: str) -> None:
+        """Remove a folder if it is empty (the staging folder after the last attempt)."""
+        try:
+            file_path(prefix).rmdir()
+        except OSError:
+            pass
 
     def delete(self, uri: str) -> None:
         try:

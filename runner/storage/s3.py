@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
-from spatialforge.runner.errors import InputNotFoundError, StorageError
+from spatialforge.runner.errors import InputNotFoundError, InvalidOutputError, StorageError
 from spatialforge.runner.settings import RunnerSettings
 from spatialforge.runner.storage.base import ArtifactStore, ObjectInfo, sha256_file, sha256_hex
 
 MB = 1024 * 1024
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+_DENIED = {"AccessDenied", "AllAccessDisabled", "403"}
 
 
 def split_s3(uri: str) -> tuple[str, str]:
@@ -111,11 +112,12 @@ class S3Store(ArtifactStore):
     def _error(self, exc: Exception, uri: str, action: str) -> Exception:
         from botocore.exceptions import ClientError
 
+        code = ""
         if isinstance(exc, ClientError):
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in _NOT_FOUND:
                 return InputNotFoundError(f"no such object: {uri}")
-        return StorageError(f"{action} {uri} failed: {exc}")
+        return StorageError(f"{action} {uri} failed: {exc}", code=code)
 
     def get(self, uri: str) -> bytes:
         bucket, key = split_s3(uri)
@@ -189,6 +191,19 @@ class S3Store(ArtifactStore):
                 return None
             raise err from exc
         return ObjectInfo(uri=uri, size=int(head["ContentLength"]))
+
+    def check_writable(self, prefix: str) -> None:
+        """A probe object written and removed; no bucket or no permission is InvalidOutputError."""
+        probe = f"{prefix.rstrip('/')}/.write-probe"
+        try:
+            self.put(probe, b"")
+            self.delete(probe)
+        except InputNotFoundError as exc:
+            raise InvalidOutputError(f"output {prefix} cannot be written: the bucket does not exist") from exc
+        except StorageError as exc:
+            if exc.code in _DENIED:
+                raise InvalidOutputError(f"output {prefix} cannot be written: {exc.code}") from exc
+            raise
 
     def delete(self, uri: str) -> None:
         bucket, key = split_s3(uri)

@@ -75,13 +75,16 @@ def test_manifest_is_the_last_write(model_dir, rgb_image):
     ctx = RunContext(namespace="ns", name="n")
     ctx.use_store("s3", store)
     result = DepthStage(io_workers=3).run(spec, ctx)
-    writes = [u for u in store.put_order if u.startswith("s3://bucket/out/")]
+    writes = [u for u in store.put_order if u.startswith("s3://bucket/out/ns/n/shard-00000/")]
     assert writes[-1] == result.manifest_uri == "s3://bucket/out/ns/n/shard-00000/manifest.json"
     assert len(writes) == 11
+    staged = [u for u in store.put_order if u.startswith("s3://bucket/out/ns/n/.staging/shard-00000/")]
+    assert len(staged) == 11  # ten outputs and the write probe, all staged first
+    assert sorted(store.objects) == sorted([*(f"s3://bucket/in/{i}.png" for i in range(5)), *writes])
     assert ctx.progress.snapshot.done == 5 and ctx.progress.snapshot.stage == "done"
 
 
-def test_metric_png_is_millimetres_and_spec_intrinsics(tmp_path, model_dir, make_manifest, rgb_image):
+def test_metric_png_scale_and_spec_intrinsics(tmp_path, model_dir, make_manifest, rgb_image):
     _save(rgb_image(40, 56), tmp_path / "img.png", "PNG")
     spec = {
         "inputs": ["file://img.png"],
@@ -95,8 +98,8 @@ def test_metric_png_is_millimetres_and_spec_intrinsics(tmp_path, model_dir, make
     rec = json.loads((shard / "manifest.json").read_text())["images"][0]
     npy = np.load(shard / "img.depth.npy")
     png = _decode_png16(shard / "img.depth.png")
-    assert rec["png16Scale"] == 0.001
-    assert np.array_equal(png, np.clip(np.rint(npy * 1000), 0, 65535).astype(np.uint16))
+    assert rec["png16Scale"] == 0.002  # outdoor: 2 mm steps, up to 131 m (the model reaches 80 m)
+    assert np.array_equal(png, np.clip(np.rint(npy / 0.002), 0, 65535).astype(np.uint16))
     assert 0 <= npy.min() and npy.max() <= 80.0  # metric-outdoor: sigmoid x max_depth 80 m
     assert rec["intrinsics"] == {"fx": 100.0, "fy": 101.0, "cx": 28.0, "cy": 20.0, "source": "spec"}
 
