@@ -69,8 +69,8 @@ def build_job(res: Resource, settings: OperatorSettings, *, suspend: bool) -> di
         {"name": c.ENV_RESOURCE_NAME, "value": meta["name"]},
         {"name": c.ENV_RESOURCE_NAMESPACE, "value": meta["namespace"]},
         # The root filesystem is read-only: caches go to the writable emptyDir.
-        {"name": "HF_HOME", "value": "/cache/hf"},
-        {"name": "SPATIALFORGE_MODEL_CACHE", "value": "/cache/models"},
+        {"name": c.ENV_HF_HOME, "value": "/cache/hf"},
+        {"name": c.ENV_MODEL_CACHE, "value": "/cache/models"},
         {"name": c.ENV_RESEARCH_MODE, "value": "1" if settings.research_mode else "0"},
     ]
     container: dict[str, Any] = {
