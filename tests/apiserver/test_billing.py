@@ -177,8 +177,8 @@ def test_checkout_and_portal_send_the_price_customer_and_tenant(recorded, behavi
         assert portal.form == {"customer": customer, "return_url": settings.public_url}
         assert len(recorded.stripe.calls("/v1/customers")) == 1  # the customer is reused
 
-        r = c.post("/v1/billing/checkout", json={"plan": "enterprise"})
-        assert r.status_code == 422 and r.json()["error"]["code"] == "not_for_sale"
+        r = c.post("/v1/billing/checkout", json={"plan": "enterprise"})  # sold by contract, not checkout
+        assert r.status_code == 422 and [f["field"] for f in r.json()["error"]["fields"]] == ["plan"], r.text
         assert len(recorded.stripe.calls("/v1/checkout/sessions")) == 1  # nothing sent for it
 
 
