@@ -56,8 +56,10 @@ def test_quota_edge_admits_exactly_the_remainder(make_tenant, cluster, make_sett
     refused = next(r for r in responses if r.status_code == 429)
     assert refused.json()["error"]["code"] == "quota_exceeded"
     assert int(refused.headers["Retry-After"]) > 0
-    assert refused.headers["X-RateLimit-Limit"] == "100" and refused.headers["X-RateLimit-Remaining"] == "0"
-    assert "X-RateLimit-Reset" in refused.headers
+    # The month's own headers; X-RateLimit-* stays the per-minute limit (1000 here).
+    assert refused.headers["X-Quota-Limit"] == "100" and refused.headers["X-Quota-Remaining"] == "0"
+    assert int(refused.headers["X-Quota-Reset"]) == int(refused.headers["Retry-After"])
+    assert refused.headers.get("X-RateLimit-Limit", "1000") == "1000"
     assert len(cluster.list("depthbatches", t.namespace)) == remainder  # refused requests created nothing
     assert rc.hget(usage_key(t.id), "units") == "100"
     with t.client() as c:
