@@ -58,3 +58,9 @@ ENV_PROGRESS_INTERVAL: Final = "SPATIALFORGE_PROGRESS_INTERVAL"
 ENV_S3_ENDPOINT: Final = "SPATIALFORGE_S3_ENDPOINT"
 ENV_S3_SECRET_DIR: Final = "SPATIALFORGE_S3_SECRET_DIR"
 ENV_S3_RETRY_MODE: Final = "SPATIALFORGE_S3_RETRY_MODE"
+ENV_S3_OBJECT_TAGGING: Final = "SPATIALFORGE_S3_OBJECT_TAGGING"
+# Object tag the bucket's lifecycle rules (installed by the front end) expire objects by:
+# uploads carry `<RETENTION_TAG>=upload`, runner outputs `<RETENTION_TAG>=result`.
+RETENTION_TAG: Final = "spatialforge-retention"
+RETENTION_UPLOAD: Final = "upload"
+RETENTION_RESULT: Final = "result"

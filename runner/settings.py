@@ -76,6 +76,9 @@ class RunnerSettings(BaseSettings):
     """Mounted secret folder with files `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` (or `accesskey`/`secretkey`); wins over the variables."""
     s3_retry_mode: str = Field(default="adaptive", validation_alias=c.ENV_S3_RETRY_MODE)
     """botocore retry mode."""
+    s3_object_tagging: str = Field(default=f"{c.RETENTION_TAG}={c.RETENTION_RESULT}",
+                                   validation_alias=c.ENV_S3_OBJECT_TAGGING)
+    """Tags (URL-encoded `k=v&k2=v2`) on every object written: the results retention rule expires outputs by them."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RunnerSettings:

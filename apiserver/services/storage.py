@@ -4,7 +4,8 @@ lifecycle rules (installed at start-up) expire each tag value after its own numb
 
 Uploads land under `tenants/<tenant>/inputs/<upload id>/`, results under tenant-chosen
 output prefixes, so the rules filter by tag, not by prefix. The runner tags its outputs
-(`SPATIALFORGE_S3_OBJECT_TAGGING`, default `spatialforge-retention=result`).
+(`SPATIALFORGE_S3_OBJECT_TAGGING`, default `spatialforge-retention=result`; the tag names
+live in `spatialforge.crds.constants`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from botocore.config import Config as BotoConfig
 from starlette.concurrency import run_in_threadpool
 
 from spatialforge.apiserver.core.config import Settings
+from spatialforge.crds.constants import RETENTION_RESULT, RETENTION_TAG, RETENTION_UPLOAD
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 UPLOAD_ID = re.compile(r"^[0-9a-f]{16}$")
-RETENTION_TAG = "spatialforge-retention"
-UPLOAD_TAG_VALUE = "upload"
-RESULT_TAG_VALUE = "result"
+UPLOAD_TAG_VALUE = RETENTION_UPLOAD
+RESULT_TAG_VALUE = RETENTION_RESULT
 RULE_UPLOADS = "spatialforge-uploads"
 RULE_RESULTS = "spatialforge-results"
 

@@ -52,6 +52,8 @@ class S3Settings:
     multipart_threshold: int = 16 * MB
     multipart_chunksize: int = 16 * MB
     max_concurrency: int = 8
+    object_tagging: str = ""
+    """Tags (URL-encoded) set on every object written, e.g. the results retention tag."""
 
     @classmethod
     def from_runner(cls, settings: RunnerSettings) -> S3Settings:
@@ -68,6 +70,7 @@ class S3Settings:
             access_key=access,
             secret_key=secret,
             retry_mode=settings.s3_retry_mode,
+            object_tagging=settings.s3_object_tagging,
         )
 
     @classmethod
@@ -145,6 +148,8 @@ class S3Store(ArtifactStore):
         extra: dict[str, Any] = {"Metadata": {"sha256": digest}, "ChecksumAlgorithm": "CRC32"}
         if content_type:
             extra["ContentType"] = content_type
+        if self.settings.object_tagging:
+            extra["Tagging"] = self.settings.object_tagging
         return extra
 
     def put(self, uri: str, data: bytes, *, content_type: str | None = None) -> str:
