@@ -120,6 +120,9 @@ def prepare(plane: Cluster) -> None:
     plane.kubectl("apply", "--server-side", "--force-conflicts", *files)
     plane.kubectl("wait", "--for=condition=Established", "crd/depthbatches.spatialforge.io",
                   "crd/reconstructionjobs.spatialforge.io", "--timeout=30s")
+    # The runner-status admission policy, as hack/cluster.sh up applies it (a plane started
+    # before it existed gets it too).
+    plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds" / "policies"))
     for ns in (SYSTEM_NAMESPACE, BEHAVIOUR_NAMESPACE):
         plane.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
 
