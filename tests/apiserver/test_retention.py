@@ -16,14 +16,11 @@ import boto3
 import httpx
 import pytest
 
-from spatialforge.apiserver.services.storage import RETENTION_TAG, RULE_RESULTS, RULE_UPLOADS
+from spatialforge.apiserver.services.storage import RULE_RESULTS, RULE_UPLOADS
+from spatialforge.crds.constants import ANNOTATION_OUTCOME, RETENTION_TAG
 from spatialforge.crds.layout import shard_prefix
-from spatialforge.crds import constants
 from tests.apiserver.conftest import BUCKET, ServerThread, wait_until
 from tests.timeouts import MEDIUM
-
-# Where the operator keeps a resource's terminal outcome (absent before the operator records it).
-ANNOTATION_OUTCOME = getattr(constants, "ANNOTATION_OUTCOME", "spatialforge.io/outcome")
 
 
 def _s3(minio):
@@ -38,7 +35,7 @@ def short_api(make_settings, operator, minio, api) -> Iterator[ServerThread]:
     rule of the bucket that is not ours is there before it starts and must survive."""
     s3 = _s3(minio)
     s3.head_bucket(Bucket=BUCKET)  # the session front end created it
-    rules = s3.get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"]
+    rules = [r for r in s3.get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"] if r["ID"] != "someone-elses"]
     foreign = {"ID": "someone-elses", "Status": "Enabled", "Filter": {"Prefix": "scratch/"}, "Expiration": {"Days": 3}}
     s3.put_bucket_lifecycle_configuration(Bucket=BUCKET, LifecycleConfiguration={"Rules": [*rules, foreign]})
     server = ServerThread(make_settings(uploads_retention_days=7, results_retention_days=14, upload_max_bytes=1024)).start()
@@ -122,12 +119,11 @@ def test_results_expire_with_410_and_listings_show_expires_at(make_tenant, clust
         # The job ran 40 days ago: its results are past retention. (The operator keeps the
         # terminal outcome in an annotation and restores status from it: both are rewritten.)
         old = (dt.datetime.now(dt.UTC) - dt.timedelta(days=40)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        cr = cluster.get("depthbatch", job["id"], t.namespace)
-        outcome = (cr["metadata"].get("annotations") or {}).get(ANNOTATION_OUTCOME)
-        if outcome:
-            patched = {**json.loads(outcome), "start_time": old}
-            cluster.kubectl("patch", "depthbatch", job["id"], "-n", t.namespace, "--type=merge", "-p",
-                            json.dumps({"metadata": {"annotations": {ANNOTATION_OUTCOME: json.dumps(patched)}}}))
+        outcome = wait_until("the operator records the outcome", lambda: (cluster.get(
+            "depthbatch", job["id"], t.namespace)["metadata"].get("annotations") or {}).get(ANNOTATION_OUTCOME), MEDIUM)
+        patched = {**json.loads(outcome), "start_time": old}
+        cluster.kubectl("patch", "depthbatch", job["id"], "-n", t.namespace, "--type=merge", "-p",
+                        json.dumps({"metadata": {"annotations": {ANNOTATION_OUTCOME: json.dumps(patched)}}}))
         cluster.kubectl("patch", "depthbatch", job["id"], "-n", t.namespace, "--subresource=status", "--type=merge",
                         "-p", json.dumps({"status": {"startTime": old}}))
         wait_until("the old start time reaches the front end",
