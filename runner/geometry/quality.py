@@ -5,7 +5,9 @@ A frame is dropped when it is
 - `dark`: mean brightness under 6 % (a covered lens, a black frame);
 - `textureless`: almost no structure even at coarse scale (a blank wall, a uniform frame);
 - `blurred`: its fine detail (variance of the Laplacian) is under 30 % of what the recent
-  frames of this video reach (motion blur, defocus), or nearly none at all;
+  frames of this video reach (motion blur, defocus), or when re-blurring it removes little
+  of its remaining variation (no-reference blur score of Crete-Roffet et al. 2007 above
+  0.55: a video defocused throughout has no sharp frame to compare with);
 - `duplicate`: it looks the same as the last keyframe (the camera did not move).
 Thresholds are relative where scenes differ (sharpness) and absolute where they do not.
 """
@@ -39,6 +41,7 @@ DARK_MEAN = 0.06
 TEXTURE_STD = 0.012
 BLUR_RELATIVE = 0.3
 BLUR_FLOOR = 2.0
+BLUR_SCORE = 0.55  # sharp renders 0.11-0.31, 1.5 px blur 0.43-0.55, 3 px defocus 0.64-0.75
 
 
 @dataclass(kw_only=True)
@@ -48,7 +51,25 @@ class FrameStats:
     brightness: float
     texture: float
     sharpness: float
+    blur: float
     thumb: np.ndarray
+
+
+def blur_score(gray: np.ndarray) -> float:
+    """0 (sharp) .. 1 (flat): share of neighbour differences that survive a 9-tap re-blur."""
+    import cv2
+
+    g = gray.astype(np.float32)
+    scores = []
+    for axis, ksize in ((0, (1, 9)), (1, (9, 1))):  # cv2 ksize is (width, height)
+        blurred = cv2.blur(g, ksize)
+        d_orig = np.abs(np.diff(g, axis=axis))
+        d_blur = np.abs(np.diff(blurred, axis=axis))
+        total = float(d_orig.sum())
+        if total <= 0:
+            return 1.0
+        scores.append((total - float(np.maximum(0.0, d_orig - d_blur).sum())) / total)
+    return max(scores)
 
 
 def measure(rgb: np.ndarray) -> tuple[np.ndarray, FrameStats]:
@@ -65,6 +86,7 @@ def measure(rgb: np.ndarray) -> tuple[np.ndarray, FrameStats]:
         brightness=float(gray.mean()) / 255.0,
         texture=float(local.std()),
         sharpness=float(cv2.Laplacian(gray, cv2.CV_32F).var()),
+        blur=blur_score(gray),
         thumb=thumb,
     )
 
@@ -83,6 +105,6 @@ class QualityGate:
             return DropReason.textureless
         self._recent.append(stats.sharpness)
         reference = float(np.percentile(self._recent, 75))
-        if stats.sharpness < BLUR_FLOOR or stats.sharpness < BLUR_RELATIVE * reference:
+        if stats.sharpness < BLUR_FLOOR or stats.blur > BLUR_SCORE or stats.sharpness < BLUR_RELATIVE * reference:
             return DropReason.blurred
         return None

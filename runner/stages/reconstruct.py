@@ -250,7 +250,8 @@ class ReconstructStage:
         try:
             result, _ = estimate_poses(images, small, K, depth_max=spec.depth_max, device=ctx.get_device().open3d_device)
         except Exception as exc:  # noqa: BLE001 - a geometry failure must not fail the job: one view remains
-            log.warning("pose estimation failed: %s", exc, exc_info=True)
+            log.warning("pose estimation failed: %s: %s", type(exc).__name__, exc)
+            log.debug("pose estimation failure", exc_info=True)
             warnings.append(f"pose estimation failed ({type(exc).__name__}); kept the first view only")
             return first_only, depths
         scaled = [d * np.float32(s) for d, s in zip(depths, result.scales, strict=True)]
