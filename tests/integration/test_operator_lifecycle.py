@@ -56,8 +56,8 @@ class Follow:
     def __init__(self, cluster: Cluster, kind: str, name: str, ns: str) -> None:
         self.seen: list[dict[str, Any]] = []
         self._proc = subprocess.Popen(
-            [str(cluster.kubectl_path), "--kubeconfig", str(cluster.kubeconfig), "get", kind, name, "-n", ns,
-             "--watch", "--output-watch-events", "-o", "json"],
+            [str(cluster.kubectl_path), "--kubeconfig", str(cluster.kubeconfig), "get", kind, "-n", ns,
+             "--field-selector", f"metadata.name={name}", "--watch", "--output-watch-events", "-o", "json"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
