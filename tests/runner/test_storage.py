@@ -79,7 +79,8 @@ def test_model_weights_from_s3_prefix(s3, model_dir, tmp_path, monkeypatch):
     folder = model_dir / "depth-anything-v2-small-relative"
     for path in folder.iterdir():
         store.put_file(f"s3://{s3}/weights/{folder.name}/{path.name}", path)
-    env = {"SPATIALFORGE_MODEL_DIR": f"s3://{s3}/weights/", "SPATIALFORGE_MODEL_CACHE": str(tmp_path / "cache")}
+    # `env` is the whole environment the runner sees: the object store's settings come with it.
+    env = {**os.environ, "SPATIALFORGE_MODEL_DIR": f"s3://{s3}/weights/", "SPATIALFORGE_MODEL_CACHE": str(tmp_path / "cache")}
     est = DepthEstimator.load(DepthModel(), device=choose_device("cpu"), env=env)
     assert (tmp_path / "cache" / folder.name / "config.json").is_file()
     (depth,) = est.predict_rgb([np.zeros((20, 30, 3), np.uint8)])
