@@ -103,10 +103,18 @@ class Kubelet:
         return task
 
     async def _confirm_deletion(self, pod: dict[str, Any], stopping: asyncio.Task[None] | None) -> None:
-        """Once the pod's process (if any) has stopped, finish the deletion with grace period 0."""
+        """Finish a deleted pod as a kubelet does: stop its container, report it terminated with
+        a terminal phase, then delete it with grace period 0. The terminal phase is what lets the
+        Job controller count the pod and drop its tracking finalizer; without it the pod (and
+        a namespace being deleted around it) would wait for that finalizer."""
         meta = pod["metadata"]
         if stopping is not None:
             await asyncio.wait({stopping})
+        try:
+            await self._finish(pod)
+        except ApiException as exc:
+            if exc.status not in (404, 409, 422):
+                log.warning("finishing %s/%s failed: %s", meta["namespace"], meta["name"], exc.reason)
         try:
             await self.core.delete_namespaced_pod(
                 meta["name"], meta["namespace"], grace_period_seconds=0,
@@ -117,6 +125,30 @@ class Kubelet:
                 log.warning("force delete of %s/%s failed: %s", meta["namespace"], meta["name"], exc.reason)
         finally:
             self.deleting.discard(meta["uid"])
+
+    async def _finish(self, pod: dict[str, Any]) -> None:
+        """Report a deleted pod's container terminated and the pod Failed (unless it already
+        ended): 143 (SIGTERM) for a container that ran, as the kubelet reports a stopped one."""
+        meta = pod["metadata"]
+        current = await self.core.read_namespaced_pod_status(meta["name"], meta["namespace"], _preload_content=False)
+        status = json.loads(await current.read()).get("status") or {}
+        if status.get("phase") in ("Succeeded", "Failed"):
+            return
+        container = pod["spec"]["containers"][0]["name"]
+        previous = next((c.get("state") or {} for c in status.get("containerStatuses") or []
+                         if c.get("name") == container), {})
+        if "running" in previous:
+            terminated = {"exitCode": 143, "reason": "Error", "startedAt": previous["running"].get("startedAt", _now()),
+                          "message": "stopped by the dev node agent: the pod was deleted"}
+        else:
+            terminated = {"exitCode": 137, "reason": "ContainerStatusUnknown",
+                          "message": "the container never started before the pod was deleted"}
+        terminated["finishedAt"] = _now()
+        await self._patch(pod, {
+            "phase": "Failed",
+            "conditions": [_cond("Ready", "False", "PodCompleted"), _cond("ContainersReady", "False", "PodCompleted")],
+            "containerStatuses": [_container(container, {"terminated": terminated}, ready=False)],
+        })
 
     async def _behaviour(self, pod: dict[str, Any]) -> rules.Behaviour:
         meta = pod["metadata"]
