@@ -3,9 +3,9 @@ idempotency), read from the cache, cancel, sign result URLs (410 once past reten
 results, and react to terminal phases (slots, refunds, usage, completion webhooks).
 
 Refunds: a job that never ran a runner container gets its units back, once per uid:
-cancelled while Pending or Queued with no runner attempt finished, or failed fast
-(unschedulable, image pull, container config, pod creation, invalid spec) on its first
-attempt. A job cancelled after a runner pod started keeps its charge (the work was started).
+cancelled while Pending or Queued with no runner attempt finished, refused at admission
+(invalid spec, more GPUs than the cluster, namespace or any node has), or failed fast
+(unschedulable, image pull, container config, pod creation) on its first attempt. A job cancelled after a runner pod started keeps its charge (the work was started).
 Services raise domain errors (`spatialforge.apiserver.errors`), never HTTP statuses."""
 
 from __future__ import annotations
@@ -52,9 +52,13 @@ KIND_BY_PREFIX = {v: k for k, v in PREFIXES.items()}
 TOMBSTONE_TTL = 7 * 86400
 IDEMPOTENCY_TTL = 24 * 3600
 REFUND_CLAIM_TTL = 40 * 86400
-# Failures that mean no runner container ran (on a first attempt): refunded.
-NEVER_RAN_FAILURES = frozenset({cond.REASON_UNSCHEDULABLE, cond.REASON_IMAGE_PULL, cond.REASON_CONTAINER_CONFIG,
-                                cond.REASON_POD_CREATION, cond.REASON_INVALID_SPEC})
+# Failures that mean no runner container ran (on a first attempt): refunded. Refused at
+# admission (more GPUs than the cluster, the namespace or any node has; an invalid spec), or
+# failed fast before a container started.
+NEVER_RAN_FAILURES = frozenset({
+    cond.REASON_INVALID_SPEC, cond.REASON_EXCEEDS_BUDGET, cond.REASON_EXCEEDS_NAMESPACE_LIMIT,
+    cond.REASON_NO_FITTING_NODE, cond.REASON_UNSCHEDULABLE, cond.REASON_IMAGE_PULL, cond.REASON_CONTAINER_CONFIG,
+    cond.REASON_POD_CREATION})
 
 Spec = DepthBatchSpec | ReconstructionJobSpec
 

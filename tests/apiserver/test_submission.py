@@ -264,6 +264,21 @@ def test_units_of_jobs_that_never_ran_are_refunded(make_tenant, behaviour, make_
         again.stop()
 
 
+def test_a_job_refused_at_admission_is_refunded(make_tenant):
+    """8 GPUs in one pod: within the pro plan (16), but no node of the plane has 8 (4 each)."""
+    t = make_tenant("pro")
+    with t.client() as c:
+        job = c.post("/v1/depth-batches", json=t.depth_spec(3, placement={"gpus": 8})).json()
+        failed = _wait_phase(c, job["id"], "Failed")
+        assert failed["reason"] in ("NoFittingNode", "ExceedsClusterBudget"), failed
+
+        def refunded(c=c):
+            u = c.get("/v1/usage").json()
+            return u if u["units_refunded"] == 3 else None
+        usage = wait_until("the refund", refunded, MEDIUM)
+        assert usage["units_used"] == 0 and usage["jobs"] == {"failed": 1}
+
+
 def test_cancelling_a_finished_job_is_409(make_tenant):
     t = make_tenant("pro", seconds=0.2)
     with t.client() as c:
