@@ -256,7 +256,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["X-Request-ID", "Retry-After", "X-RateLimit-Limit",
-                                                                "X-RateLimit-Remaining", "X-RateLimit-Reset"])
+                                                                "X-RateLimit-Remaining", "X-RateLimit-Reset",
+                                                                "X-Quota-Limit", "X-Quota-Remaining", "X-Quota-Reset",
+                                                                "X-Concurrent-Jobs-Limit", "Idempotent-Replayed"])
     app.add_middleware(ServiceMiddleware, timeout=settings.request_timeout_seconds, metrics=metrics)
     if settings.trusted_proxies:  # outermost: every limit and log line sees the forwarded client
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
