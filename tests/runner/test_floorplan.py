@@ -258,3 +258,77 @@ def test_bad_input_is_a_clear_error() -> None:
     table = np.column_stack([rng.uniform(0, 2, 20000), np.full(20000, 1.0), rng.uniform(1, 3, 20000)])
     with pytest.raises(FloorPlanError):
         extract_floorplan(table, np.tile([0, 1.0, 0], (20000, 1)))
+
+
+# --- fused from rendered depth --------------------------------------------------------------------
+
+TWO_ROOM_SOLIDS = [  # (lo, hi) solid boxes in the apartment frame (z up) of TWO_ROOMS, walls 12 cm
+    ((-0.2, -0.2, -0.1), (7.8, 3.7, 0.0)),  # floor slab
+    ((-0.2, -0.2, 2.5), (7.8, 3.7, 2.6)),  # ceiling slab
+    ((-0.12, -0.12, 0.0), (0.0, 3.62, 2.5)),
+    ((7.6, -0.12, 0.0), (7.72, 3.62, 2.5)),
+    ((-0.12, -0.12, 0.0), (7.72, 0.0, 2.5)),
+    ((-0.12, 3.5, 0.0), (7.72, 3.62, 2.5)),
+    ((4.0, 0.0, 0.0), (4.12, 1.2, 2.5)),  # the partition, its doorway and lintel
+    ((4.0, 2.1, 0.0), (4.12, 3.5, 2.5)),
+    ((4.0, 1.2, 2.05), (4.12, 2.1, 2.5)),
+    ((6.2, 2.8, 0.0), (7.6, 3.5, 0.9)),  # a sideboard against the north wall
+    ((1.5, 1.0, 0.0), (2.5, 1.8, 0.75)),  # a table
+]
+
+
+def render_solids(solids: list, cam_to_apt: np.ndarray, K: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Z-depth (H, W) of the first outside face of any solid box hit by each pixel's ray."""
+    w, h = size
+    vs, us = np.mgrid[0:h, 0:w].astype(np.float64)
+    dirs = np.stack([(us - K[0, 2]) / K[0, 0], (vs - K[1, 2]) / K[1, 1], np.ones_like(us)], axis=-1).reshape(-1, 3)
+    d = dirs @ cam_to_apt[:3, :3].T
+    o = cam_to_apt[:3, 3]
+    best = np.full(len(d), np.inf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = 1.0 / d
+        for lo, hi in solids:
+            t1, t2 = (np.asarray(lo) - o) * inv, (np.asarray(hi) - o) * inv
+            tn = np.nanmax(np.minimum(t1, t2), axis=1)
+            tf = np.nanmin(np.maximum(t1, t2), axis=1)
+            hit = (tn <= tf) & (tn > 1e-6) & (tn < best)
+            best[hit] = tn[hit]
+    best[~np.isfinite(best)] = 0.0
+    return best.reshape(h, w).astype(np.float32)
+
+
+def look(position: tuple[float, float, float], yaw_deg: float, pitch_deg: float) -> np.ndarray:
+    """Camera -> apartment 4x4 (OpenCV camera axes) at `position`, z-up apartment."""
+    yaw, pitch = np.radians(yaw_deg), np.radians(pitch_deg)
+    up = np.array([0, 0, 1.0])
+    f = np.cos(pitch) * np.array([np.cos(yaw), np.sin(yaw), 0]) + np.sin(pitch) * up
+    r = np.cross(f, up)
+    r /= np.linalg.norm(r)
+    T = np.eye(4)
+    T[:3, :3] = np.column_stack([r, np.cross(f, r), f])
+    T[:3, 3] = position
+    return T
+
+
+def test_fused_from_rendered_depth() -> None:
+    """Ground-truth depth along a walk through both rooms, TSDF-fused by the reconstruction's own
+    fusion (geometry/fusion.py), in the first camera's frame: the floor plan of TWO_ROOMS."""
+    from spatialforge.runner.geometry.fusion import fuse
+
+    size = (320, 240)
+    K = np.array([[220.0, 0, 159.5], [0, 220.0, 119.5], [0, 0, 1]])
+    path = []
+    for centre, start in (((2.0, 1.75, 1.45), 10.0), ((5.8, 1.6, 1.5), 190.0)):
+        for i in range(12):
+            for pitch in (-28.0, 12.0):
+                path.append(look(centre, start + 30 * i, pitch))
+        if centre[0] < 4:  # through the doorway
+            path += [look((x, 1.65, 1.5), 0.0, -15.0) for x in (3.2, 3.8, 4.4, 5.0)]
+    depths = [render_solids(TWO_ROOM_SOLIDS, T, K, size) for T in path]
+    images = [np.full((size[1], size[0], 3), 128, np.uint8) for _ in path]
+    first = np.linalg.inv(path[0])  # apartment -> first camera (the world frame)
+    fused = fuse(images, depths, [first @ T for T in path], K, voxel_size=0.02, depth_max=9.0)
+    pcd = fused.point_cloud
+    normals = pcd.point.normals.numpy() if "normals" in pcd.point else None
+    plan = extract_floorplan(fused.points, normals)
+    check(plan, TWO_ROOMS, first, "two-rooms-fused-tsdf")
