@@ -176,6 +176,12 @@ def test_python_client_and_cli_upload_submit_follow_download(make_tenant, minio,
     assert '"phase": "Succeeded"' in result.output
     result = runner.invoke(client_cli, ["list", "--kind", "ReconstructionJob"], env=env)
     assert result.exit_code == 0 and '"count": 1' in result.output
+    result = runner.invoke(client_cli, ["uploads"], env=env)  # the upload made by sf.upload above
+    assert result.exit_code == 0 and '"count": 1' in result.output and '"bytes": 4' in result.output
+    result = runner.invoke(client_cli, ["delete-results", job["id"]], env=env)
+    assert result.exit_code == 0 and '"deleted_files": 1' in result.output
+    result = runner.invoke(client_cli, ["download", job["id"], str(tmp_path / "again")], env=env)
+    assert result.exit_code != 0 and "410 results_deleted" in result.output
 
 
 def test_plan_gpu_limit_reaches_the_operator_queue_position_shown(make_tenant, cluster):
