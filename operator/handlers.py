@@ -16,7 +16,7 @@ from kubernetes_asyncio import config as kube_config
 from spatialforge.crds import constants as c
 from spatialforge.crds.kinds import BY_PLURAL, KINDS
 from spatialforge.kubeclient import tuned
-from spatialforge.operator.cache import Cache, owner_key
+from spatialforge.operator.cache import Cache
 from spatialforge.operator.kube import Kube
 from spatialforge.operator.reconciler import Reconciler
 from spatialforge.operator.settings import OperatorSettings
@@ -176,5 +176,3 @@ async def node_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
     if memo.cache.put_node(dict(event["object"]), deleted=event.get("type") == "DELETED"):
         memo.reconciler.admitter.nodes_changed()
 
-
-__all__ = ["owner_key"]

@@ -62,6 +62,3 @@ class WorkQueue:
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
-
-    def __len__(self) -> int:
-        return len(self._queued)
