@@ -30,3 +30,23 @@ def patch_status_as(cluster: Cluster, token: str, plural: str, name: str, namesp
     """A merge patch of the status subresource, sent with `token` instead of the admin's."""
     return cluster.kubectl("--token", token, "patch", plural, name, "-n", namespace, "--subresource=status",
                            "--type=merge", "-p", json.dumps({"status": status}), check=False)
+
+
+def stand_in_pod(cluster: Cluster, namespace: str, plural: str, name: str, index: int,
+                 account: str = RUNNER_SERVICE_ACCOUNT) -> dict[str, Any]:
+    """For tests that run the runner in-process without the operator: name a Job in the
+    resource's status (as the operator would) and create the pod an Indexed Job would have as
+    shard `index` (`<job>-<index>-<5 random>`), which no node ever takes. A token bound to it
+    is what that shard's runner would hold."""
+    obj = json.loads(cluster.kubectl("get", plural, name, "-n", namespace, "-o", "json").stdout)
+    job = (obj.get("status") or {}).get("jobName")
+    if not job:
+        job = f"{name}-db{obj['metadata']['uid'][:6]}"
+        cluster.kubectl("patch", plural, name, "-n", namespace, "--subresource=status", "--type=merge",
+                        "-p", json.dumps({"status": {"jobName": job}}))
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": f"{job}-{index}-stand", "labels": {"job-name": job}},
+           "spec": {"serviceAccountName": account, "nodeSelector": {"spatialforge.io/stand-in": "never"},
+                    "containers": [{"name": "runner", "image": "spatialforge/runner"}]}}
+    cluster.apply(pod, namespace)
+    return json.loads(cluster.kubectl("get", "pod", pod["metadata"]["name"], "-n", namespace, "-o", "json").stdout)

@@ -17,6 +17,7 @@ from PIL import Image
 from spatialforge.crds import layout
 from spatialforge.runner.app import run_in_pod
 from spatialforge.runner.storage.s3 import S3Store
+from tests.integration.runner_identity import bound_token, stand_in_pod
 
 pytestmark = pytest.mark.integration
 
@@ -26,8 +27,10 @@ RUNNER_RULES = [
 ]
 
 
-def _runner_kubeconfig(cluster, namespace: str, tmp_path) -> str:
-    """A kubeconfig holding a token of the namespace's spatialforge-runner service account."""
+def _runner_kubeconfig(cluster, namespace: str, tmp_path, name: str, index: int = 0) -> str:
+    """A kubeconfig holding a token of the namespace's spatialforge-runner service account, bound
+    to a stand-in pod of shard `index` of the resource's Job: the runner-status admission policy
+    lets only such a pod patch that shard's progress."""
     cluster.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "spatialforge-runner"}}, namespace)
     cluster.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
                    "metadata": {"name": "spatialforge-runner"}, "rules": RUNNER_RULES}, namespace)
@@ -36,10 +39,10 @@ def _runner_kubeconfig(cluster, namespace: str, tmp_path) -> str:
                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "spatialforge-runner"},
                    "subjects": [{"kind": "ServiceAccount", "name": "spatialforge-runner", "namespace": namespace}]},
                   namespace)
-    token = cluster.kubectl("create", "token", "spatialforge-runner", "-n", namespace).stdout.strip()
+    token = bound_token(cluster, namespace, stand_in_pod(cluster, namespace, "depthbatches", name, index))
     config = yaml.safe_load(cluster.kubeconfig.read_text())
     config["users"][0]["user"] = {"token": token}
-    path = tmp_path / "runner-kubeconfig"
+    path = tmp_path / f"runner-kubeconfig-{index}"
     path.write_text(yaml.safe_dump(config))
     return str(path)
 
@@ -56,8 +59,8 @@ async def test_pod_runs_its_shard_and_patches_progress(cluster, namespace, s3, m
         "spec": {"inputs": [f"s3://{s3}/in/"], "output": {"uri": output}, "parallelism": 2, "placement": {"gpus": 0},
                  "suspend": True},  # keep the operator from starting a Job of its own
     }, namespace)
-    kubeconfig = _runner_kubeconfig(cluster, namespace, tmp_path)
     for index in (0, 1):
+        kubeconfig = _runner_kubeconfig(cluster, namespace, tmp_path, "batch", index)
         env = {
             "SPATIALFORGE_KIND": "DepthBatch", "SPATIALFORGE_NAME": "batch", "SPATIALFORGE_NAMESPACE": namespace,
             "JOB_COMPLETION_INDEX": str(index), "KUBECONFIG": kubeconfig, "SPATIALFORGE_MODEL_DIR": str(model_dir),
@@ -82,7 +85,7 @@ async def test_pod_with_an_invalid_spec_exits_42(cluster, namespace, tmp_path, r
         "spec": {"inputs": ["s3://bucket/in/"], "output": {"uri": "s3://bucket/out"}, "suspend": True},
     }, namespace)
     env = {"SPATIALFORGE_KIND": "DepthBatch", "SPATIALFORGE_NAME": "big", "SPATIALFORGE_NAMESPACE": namespace,
-           "JOB_COMPLETION_INDEX": "3", "KUBECONFIG": _runner_kubeconfig(cluster, namespace, tmp_path),
+           "JOB_COMPLETION_INDEX": "3", "KUBECONFIG": _runner_kubeconfig(cluster, namespace, tmp_path, "big", 3),
            "SPATIALFORGE_TERMINATION_LOG": str(runner_env)}
     outcome = await run_in_pod(env)
     assert outcome.exit_code == 42 and "out of range" in runner_env.read_text()
@@ -94,7 +97,7 @@ async def test_pod_failure_leaves_a_failed_stage_and_no_manifest(cluster, namesp
         "spec": {"inputs": [f"s3://{s3}/nothing-here.png"], "output": {"uri": f"s3://{s3}/out"}, "suspend": True},
     }, namespace)
     env = {"SPATIALFORGE_KIND": "DepthBatch", "SPATIALFORGE_NAME": "missing", "SPATIALFORGE_NAMESPACE": namespace,
-           "KUBECONFIG": _runner_kubeconfig(cluster, namespace, tmp_path), "SPATIALFORGE_MODEL_DIR": str(model_dir),
+           "KUBECONFIG": _runner_kubeconfig(cluster, namespace, tmp_path, "missing"), "SPATIALFORGE_MODEL_DIR": str(model_dir),
            "SPATIALFORGE_TERMINATION_LOG": str(runner_env)}
     outcome = await run_in_pod(env)
     assert outcome.exit_code == 42 and "does not exist" in runner_env.read_text()
