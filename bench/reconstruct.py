@@ -1,16 +1,23 @@
-"""Reconstruction wall time per stage (decode, keyframes, depth, poses, fusion, write) per preset.
+"""Reconstruction accuracy, wall time and peak memory per quality preset, on a known scene.
 
-Renders a synthetic walk through a textured room to an MP4, then runs the ReconstructionJob
-stage on it at each quality preset. Depth comes from:
-- `--depth truth` (default): the scene's rendered depth at each keyframe (no network), so poses
-  and fusion work on realistic geometry; the "depth" column is then the render time;
-- `--depth tiny`: the tiny Depth Anything (random weights, real code path);
-- `--depth v2-small`: the real V2-Small architecture (random weights; ~1.4 s/keyframe on 2 CPU cores).
-The network alone is benchmarked by depth_throughput.py.
+Renders a walk through a furnished 4.4 x 5.2 m room with plaster-like walls (runner.synthetic:
+`furnished_room`, `walk`): 60 s by default, about 9.8 m, turning 360 degrees and ending where
+it began, to an MP4 at 640x480. Then runs the ReconstructionJob stage on it at each preset,
+each in its own process (so peak RSS is that preset's), asking for every output. Depth is
+- `--depth truth` (default): the scene's rendered depth at each keyframe;
+- `--depth mono`: that depth as a monocular model gets it wrong (per-frame scale error
+  uniform in +-5 %, smooth noise of 1 % of depth with a 20 px correlation length);
+- `--depth v2-small`: the real V2-Small architecture with random weights (time only).
 
-    python bench/reconstruct.py                 # 10 s video, 480x360 @ 15 fps
-    python bench/reconstruct.py --seconds 60    # the full minute
-    python bench/reconstruct.py --presets draft --depth v2-small --device cuda
+Reported per preset: wall time, peak RSS, ATE (RMSE of camera positions, anchored at the
+first keyframe) and its maximum, worst rotation error, loop-closing gap (position error of
+the last keyframe, which stands where the first did), mesh accuracy p50/p95 (distance of
+mesh vertices to the true surfaces), completeness at 10 mm (share of the true visible surface
+within 10 mm of the mesh), floor-plan area error and room count.
+
+    python bench/reconstruct.py                          # the full 60 s walk, all presets
+    python bench/reconstruct.py --seconds 15 --presets standard
+    python bench/reconstruct.py --depth mono --presets standard
 
 Prints a table, then one JSON line.
 """
@@ -20,6 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,103 +37,161 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+FULL = (640, 480)
+FOCAL = 500.0
 
-def trajectory_error(manifest_uri: str, truth: list[np.ndarray]) -> tuple[float, float]:
-    """Worst rotation (degrees) and position (metres) error of the written trajectory."""
-    from spatialforge.runner.storage.local import file_path
 
-    traj = json.loads((file_path(manifest_uri).parent / "trajectory.json").read_text())
+def scene(args: argparse.Namespace) -> tuple[object, object, list[np.ndarray]]:
+    from spatialforge.runner.synthetic import PinholeCamera, furnished_room, walk
+
+    n = int(round(args.seconds * args.fps))
+    # A cut of the walk keeps its pace: fraction of the 60 s loop.
+    poses = walk(n, fraction=min(1.0, args.seconds / 60.0))
+    return furnished_room(), PinholeCamera(width=FULL[0], height=FULL[1], fx=FOCAL, fy=FOCAL), poses
+
+
+def metrics(shard: Path, room, cam, poses: list[np.ndarray], mono: bool) -> dict:
+    """Trajectory, mesh and floor-plan errors of one run against the rendered truth."""
+    import open3d as o3d
+
+    from spatialforge.runner.synthetic import render
+
+    traj = json.loads((shard / "trajectory.json").read_text())
+    manifest = json.loads((shard / "manifest.json").read_text())
     frames = [f for f in traj["frames"] if f["cameraToWorld"] is not None]
-    first = np.linalg.inv(truth[frames[0]["frame"]])
-    worst_r = worst_t = 0.0
+    anchor = poses[frames[0]["frame"]]
+    first = np.linalg.inv(anchor)
+    errs, rots = [], []
     for f in frames:
-        est, gt = np.asarray(f["cameraToWorld"]), first @ truth[f["frame"]]
+        est, gt = np.asarray(f["cameraToWorld"]), first @ poses[f["frame"]]
+        errs.append(float(np.linalg.norm(gt[:3, 3] - est[:3, 3])))
         cos = np.clip((np.trace(gt[:3, :3].T @ est[:3, :3]) - 1) / 2, -1.0, 1.0)
-        worst_r = max(worst_r, float(np.degrees(np.arccos(cos))))
-        worst_t = max(worst_t, float(np.linalg.norm(gt[:3, 3] - est[:3, 3])))
-    return worst_r, worst_t
+        rots.append(float(np.degrees(np.arccos(cos))))
+    errs_a = np.asarray(errs)
+    out = {
+        "keyframes": manifest["keyframes"], "posed": manifest["posed"], "loop_closures": manifest["poseGraph"]["loopClosures"],
+        "ate_mm": round(1000 * float(np.sqrt(np.mean(errs_a**2))), 3), "ate_max_mm": round(1000 * float(errs_a.max()), 3),
+        "rot_max_deg": round(max(rots), 4), "loop_gap_mm": round(1000 * errs[-1], 3),
+    }
+    mesh = o3d.io.read_triangle_mesh(str(shard / "mesh.ply"))
+    verts = np.asarray(mesh.vertices)
+    world = verts @ anchor[:3, :3].T + anchor[:3, 3]  # reconstruction frame -> room frame
+    dist = room.distance(world)
+    out["mesh_p50_mm"] = round(1000 * float(np.percentile(dist, 50)), 3)
+    out["mesh_p95_mm"] = round(1000 * float(np.percentile(dist, 95)), 3)
+    # Completeness: the true surface seen by the keyframes (every 4th px) within 10 mm of the mesh.
+    truth = []
+    w, h = traj["intrinsics"]["width"], traj["intrinsics"]["height"]
+    small = cam.scaled(w, h)
+    K = small.K
+    for f in frames[:: max(1, len(frames) // 25)]:
+        T = poses[f["frame"]]
+        depth = render(room, small, T, supersample=1)[1][::4, ::4]
+        vs, us = np.mgrid[0:h:4, 0:w:4]
+        ok = depth < 10.0
+        cam_pts = np.stack([(us - K[0, 2]) / K[0, 0] * depth, (vs - K[1, 2]) / K[1, 1] * depth, depth], -1)[ok]
+        truth.append(cam_pts @ (first @ T)[:3, :3].T + (first @ T)[:3, 3])
+    raycast = o3d.t.geometry.RaycastingScene()
+    raycast.add_triangles(o3d.t.geometry.TriangleMesh.from_legacy(mesh))
+    d_gt = raycast.compute_distance(o3d.core.Tensor(np.concatenate(truth).astype(np.float32))).numpy()
+    out["completeness_10mm"] = round(float(np.mean(d_gt < 0.010)), 4)
+    plan = manifest.get("floorplan")
+    if plan:
+        out["floor_area_m2"] = plan["areaM2"]
+        out["floor_area_err_pct"] = round(100 * (plan["areaM2"] - room.floor_area) / room.floor_area, 2)
+        out["room_count"] = plan["roomCount"]
+    out["scale_range"] = [round(min(f["depthScale"] for f in frames), 4), round(max(f["depthScale"] for f in frames), 4)] if mono else None
+    return out
+
+
+def child(args: argparse.Namespace) -> None:
+    """One preset in this process: run the stage, print its figures as JSON."""
+    from spatialforge.crds.v1alpha1.common import ModelVariant
+    from spatialforge.runner.app import parse_resource
+    from spatialforge.runner.devices import choose_device
+    from spatialforge.runner.models.configs import save_random, v2_small_config
+    from spatialforge.runner.stages.base import RunContext
+    from spatialforge.runner.stages.reconstruct import ReconstructStage
+    from spatialforge.runner.synthetic import monocular_like, render
+
+    root = Path(args.workdir)
+    room, cam, poses = scene(args)
+    mono = args.depth == "mono"
+
+    def provider(keyframes: list) -> tuple[list[np.ndarray], bool]:
+        out = []
+        for k in keyframes:
+            h, w = k.rgb.shape[:2]
+            depth = render(room, cam.scaled(w, h), poses[k.index], supersample=1)[1]
+            out.append(monocular_like(depth, np.random.default_rng(k.index)) if mono else depth)
+        return out, True
+
+    if args.depth == "v2-small":
+        save_random(v2_small_config(ModelVariant.metric_indoor), str(root / "models" / "depth-anything-v2-small-metric-indoor"))
+    stage = ReconstructStage(depth_provider=None if args.depth == "v2-small" else provider)
+    env = {**os.environ, "SPATIALFORGE_MODEL_DIR": str(root / "models"), "SPATIALFORGE_TERMINATION_LOG": str(root / "term")}
+    ctx = RunContext(namespace="bench", name=f"recon-{args.child}", env=env, device=choose_device(args.device))
+    resource_doc = parse_resource({
+        "apiVersion": "spatialforge.io/v1alpha1", "kind": "ReconstructionJob",
+        "metadata": {"name": ctx.name, "namespace": "bench"},
+        "spec": {"input": (root / "walk.mp4").as_uri(), "quality": args.child, "depthMax": 8.0,
+                 "intrinsics": {"fx": FOCAL, "fy": FOCAL, "cx": cam.K[0, 2], "cy": cam.K[1, 2]},
+                 "output": {"uri": (root / "out").as_uri(), "formats": ["trajectory", "pointcloud", "mesh", "floorplan"]}},
+    }, allow_local=True)
+    t0 = time.perf_counter()
+    result = stage.run(resource_doc.spec, ctx)
+    wall = time.perf_counter() - t0
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    shard = root / "out" / "bench" / ctx.name / "shard-00000"
+    figures = {"wall_s": round(wall, 2), "peak_rss_mb": round(rss_mb), **{f"{k}_s": round(v, 2) for k, v in result.summary["timings"].items()}}
+    if args.depth != "v2-small":
+        figures.update(metrics(shard, room, cam, poses, mono))
+    print(json.dumps(figures))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--fps", type=float, default=15.0)
-    parser.add_argument("--size", default="480x360")
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--fps", type=float, default=10.0)
     parser.add_argument("--presets", default="draft,standard,high")
-    parser.add_argument("--depth", choices=["truth", "tiny", "v2-small"], default="truth")
+    parser.add_argument("--depth", choices=["truth", "mono", "v2-small"], default="truth")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
 
-    from spatialforge.crds.v1alpha1.common import ModelVariant
-    from spatialforge.runner.app import parse_resource
-    from spatialforge.runner.devices import choose_device
-    from spatialforge.runner.models.configs import save_random, tiny_config, v2_small_config
-    from spatialforge.runner.stages.base import RunContext
-    from spatialforge.runner.stages.reconstruct import ReconstructStage
-    from spatialforge.runner.synthetic import PinholeCamera, Room, look_pose, render, write_video
+    from spatialforge.runner.synthetic import path_length, render, write_video
 
-    width, height = (int(v) for v in args.size.lower().split("x"))
-    n_frames = int(round(args.seconds * args.fps))
-    cam = PinholeCamera(width=width, height=height, fx=0.8 * width, fy=0.8 * width)
-    room = Room()
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="sf-bench-recon-") as tmp:
         root = Path(tmp)
+        room, cam, poses = scene(args)
         t0 = time.perf_counter()
-        frames = []
-        poses = []
-        for i in range(n_frames):  # a slow sideways walk with a gentle turn
-            s = i / max(n_frames - 1, 1)
-            poses.append(look_pose((-0.6 + 1.2 * s, 0.05 * np.sin(6 * s), 0.3 * np.sin(3 * s)),
-                                   yaw_deg=-15 + 30 * s, pitch_deg=3 * np.sin(5 * s)))
-            frames.append(render(room, cam, poses[-1], supersample=1)[0])
-        video = write_video(root / "walk.mp4", frames, fps=args.fps)
-        del frames
-        t_render = time.perf_counter() - t0
-        print(f"video: {n_frames} frames {width}x{height} @ {args.fps} fps ({args.seconds:.0f} s), rendered in {t_render:.1f}s")
-        cfg = (v2_small_config if args.depth == "v2-small" else tiny_config)(ModelVariant.metric_indoor)
-        save_random(cfg, str(root / "models" / "depth-anything-v2-small-metric-indoor"))
-
-        def truth(keyframes: list) -> tuple[list[np.ndarray], bool]:
-            """Rendered depth at each keyframe's pose, at the working resolution."""
-            out = []
-            for k in keyframes:
-                h, w = k.rgb.shape[:2]
-                scaled = PinholeCamera(width=w, height=h, fx=cam.fx * w / width, fy=cam.fy * h / height)
-                out.append(render(room, scaled, poses[k.index], supersample=1)[1])
-            return out, True
-
-        stage = ReconstructStage(depth_provider=truth if args.depth == "truth" else None)
-        env = {**os.environ, "SPATIALFORGE_MODEL_DIR": str(root / "models"), "SPATIALFORGE_TERMINATION_LOG": str(root / "term")}
-        ctx = RunContext(namespace="bench", name="recon", env=env, device=choose_device(args.device))
+        write_video(root / "walk.mp4", [render(room, cam, T, supersample=1)[0] for T in poses], fps=args.fps)
+        print(f"video: {len(poses)} frames {FULL[0]}x{FULL[1]} @ {args.fps} fps ({args.seconds:.0f} s), path "
+              f"{path_length(poses):.2f} m, rendered in {time.perf_counter() - t0:.0f} s", flush=True)
         for preset in args.presets.split(","):
-            manifest = root / f"{preset}.yaml"
-            manifest.write_text(yaml.safe_dump({
-                "apiVersion": "spatialforge.io/v1alpha1", "kind": "ReconstructionJob",
-                "metadata": {"name": f"recon-{preset}", "namespace": "bench"},
-                "spec": {"input": video.as_uri(), "output": {"uri": (root / "out").as_uri()}, "quality": preset,
-                         "depthMax": 30.0, "intrinsics": {"fx": cam.fx, "fy": cam.fy}},
-            }))
-            resource = parse_resource(yaml.safe_load(manifest.read_text()), allow_local=True)
-            ctx.name = resource.metadata["name"]
-            t0 = time.perf_counter()
-            result = stage.run(resource.spec, ctx)
-            wall = time.perf_counter() - t0
-            summary = result.summary
-            rot_err, trans_err = trajectory_error(result.manifest_uri, poses)
-            results[preset] = {
-                "wall_s": round(wall, 3), "keyframe_count": summary["keyframes"], "posed": summary["posed"],
-                "points": summary["points"], **{f"{k}_s": round(v, 3) for k, v in summary["timings"].items()},
-                "max_rot_err_deg": round(rot_err, 4), "max_trans_err_mm": round(1000 * trans_err, 2),
-            }
-    stages = ["decode", "keyframes", "depth", "poses", "fusion", "write"]
-    print(f"{'preset':<10}{'keyfr':>6}" + "".join(f"{s:>10}" for s in stages) + f"{'wall':>10}{'rot deg':>9}{'pos mm':>8}")
+            cmd = [sys.executable, __file__, "--child", preset, "--workdir", tmp, "--seconds", str(args.seconds),
+                   "--fps", str(args.fps), "--depth", args.depth, "--device", args.device]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(proc.stderr[-4000:], file=sys.stderr)
+                raise SystemExit(f"preset {preset} failed (exit {proc.returncode})")
+            results[preset] = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"{preset}: {results[preset]}", flush=True)
+    cols = [("wall_s", "wall s", ".1f"), ("peak_rss_mb", "RSS MB", ".0f"), ("ate_mm", "ATE mm", ".2f"),
+            ("rot_max_deg", "rot deg", ".3f"), ("loop_gap_mm", "gap mm", ".2f"), ("mesh_p50_mm", "p50 mm", ".2f"),
+            ("mesh_p95_mm", "p95 mm", ".2f"), ("completeness_10mm", "compl", ".3f"), ("floor_area_err_pct", "area %", ".2f"),
+            ("room_count", "rooms", "d")]
+    print(f"{'preset':<10}" + "".join(f"{label:>10}" for _, label, _ in cols))
     for preset, r in results.items():
-        print(f"{preset:<10}{r['keyframe_count']:>6}" + "".join(f"{r[s + '_s']:>10.2f}" for s in stages)
-              + f"{r['wall_s']:>10.2f}{r['max_rot_err_deg']:>9.3f}{r['max_trans_err_mm']:>8.1f}")
-    print("(rot/pos: worst keyframe pose error against the rendered truth, relative to the first keyframe)")
-    print(json.dumps({"bench": "reconstruct", "video_s": args.seconds, "fps": args.fps, "size": f"{width}x{height}",
-                      "frames": n_frames, "depth": args.depth, "device": args.device, "presets": results}))
+        print(f"{preset:<10}" + "".join(f"{format(r[k], fmt) if r.get(k) is not None else '-':>10}" for k, _, fmt in cols))
+    print(json.dumps({"bench": "reconstruct", "video_s": args.seconds, "fps": args.fps, "size": f"{FULL[0]}x{FULL[1]}",
+                      "frames": len(poses), "path_m": round(path_length(poses), 3), "depth": args.depth,
+                      "device": args.device, "presets": results}))
 
 
 if __name__ == "__main__":

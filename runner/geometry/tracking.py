@@ -36,12 +36,12 @@ class TrackingOptions:
     depth_max: float = 10.0
     device: str = "CPU:0"
     align_scale: bool = True
-    skip_edges: int = 2
+    skip_edges: int = 1
     loop_min_gap: int = 8
     loop_radius: float = 1.0
     loop_angle_deg: float = 45.0
     loop_candidates: int = 1
-    loop_stride: int = 2
+    loop_stride: int = 3
     max_seed_disagreement: tuple[float, float] = (0.05, 3.0)  # metres, degrees
 
 
