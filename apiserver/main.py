@@ -35,6 +35,7 @@ from spatialforge.apiserver.services.namespaces import Namespaces
 from spatialforge.apiserver.services.quotas import Quotas
 from spatialforge.apiserver.services.storage import Storage
 from spatialforge.apiserver.services.tenants import Tenants
+from spatialforge.apiserver.services.uploads import Uploads
 from spatialforge.apiserver.services.webhooks import WebhookSender
 
 log = logging.getLogger("spatialforge.apiserver")
@@ -211,13 +212,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                  poll=settings.webhook_poll_seconds, lease=settings.webhook_lease_seconds,
                                  concurrency=settings.webhook_concurrency)
         billing = Billing(settings, redis=redis, tenants=tenants, namespaces=namespaces, metrics=metrics)
+        uploads = Uploads(settings=settings, redis=redis, storage=storage)
         jobs = JobService(settings=settings, redis=redis, kube=kube, cache=cache, tenants=tenants,
-                          namespaces=namespaces, quotas=quotas, storage=storage, billing=billing, webhooks=webhooks,
-                          metrics=metrics)
+                          namespaces=namespaces, quotas=quotas, storage=storage, uploads=uploads, billing=billing,
+                          webhooks=webhooks, metrics=metrics)
         state = app.state
         state.redis, state.kube, state.cache, state.storage, state.tenants = redis, kube, cache, storage, tenants
         state.namespaces, state.quotas, state.webhooks, state.billing, state.jobs = (
             namespaces, quotas, webhooks, billing, jobs)
+        state.uploads = uploads
         state.gate = Gate(redis, settings.hmac_key(), settings.previous_hmac_key(),
                           failed_auth_limit=settings.failed_auth_per_ip_per_minute, metrics=metrics)
         cache.listeners.append(jobs.on_terminal)

@@ -22,6 +22,7 @@ from spatialforge.apiserver.services.namespaces import Namespaces
 from spatialforge.apiserver.services.quotas import Quotas
 from spatialforge.apiserver.services.storage import Storage
 from spatialforge.apiserver.services.tenants import Principal, Tenants
+from spatialforge.apiserver.services.uploads import Uploads
 from spatialforge.apiserver.services.webhooks import WebhookSender
 
 
@@ -70,6 +71,10 @@ async def get_jobs(request: Request) -> JobService:
     return request.app.state.jobs
 
 
+async def get_uploads(request: Request) -> Uploads:
+    return request.app.state.uploads
+
+
 async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
@@ -85,6 +90,7 @@ NamespacesDep = Annotated[Namespaces, Depends(get_namespaces)]
 BillingDep = Annotated[Billing, Depends(get_billing)]
 WebhooksDep = Annotated[WebhookSender, Depends(get_webhooks)]
 JobsDep = Annotated[JobService, Depends(get_jobs)]
+UploadsDep = Annotated[Uploads, Depends(get_uploads)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 

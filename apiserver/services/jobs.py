@@ -24,11 +24,13 @@ from redis.asyncio import Redis
 
 from spatialforge.apiserver import errors
 from spatialforge.apiserver.core.config import Settings
+from spatialforge.apiserver.core.metrics import Metrics
 from spatialforge.apiserver.services import plans as plans_mod
 from spatialforge.apiserver.services import webhooks as webhooks_mod
 from spatialforge.apiserver.services.billing import Billing
 from spatialforge.apiserver.services.kube import JobCache, Kube
-from spatialforge.apiserver.services.quotas import Quotas
+from spatialforge.apiserver.services.namespaces import Namespaces
+from spatialforge.apiserver.services.quotas import Decision, Quotas
 from spatialforge.apiserver.services.storage import Storage, expiry, split_uri
 from spatialforge.apiserver.services.uploads import Uploads
 from spatialforge.apiserver.services.tenants import Tenants
@@ -131,8 +133,8 @@ def never_ran(obj: dict[str, Any], phase_before: str | None = None) -> bool:
 
 class JobService:
     def __init__(self, *, settings: Settings, redis: Redis, kube: Kube, cache: JobCache, tenants: Tenants,
-                 quotas: Quotas, storage: Storage, billing: Billing, webhooks: webhooks_mod.WebhookSender,
-                 metrics: Any, namespaces: Any = None) -> None:
+                 namespaces: Namespaces, quotas: Quotas, storage: Storage, uploads: Uploads, billing: Billing,
+                 webhooks: webhooks_mod.WebhookSender, metrics: Metrics) -> None:
         self.settings = settings
         self.redis = redis
         self.kube = kube
@@ -144,26 +146,10 @@ class JobService:
         self.webhooks = webhooks
         self.metrics = metrics
         self.namespaces = namespaces
-        """The one place that applies a plan to a namespace (services/namespaces.py), when given."""
-        self.uploads = Uploads(settings=settings, redis=redis, storage=storage)
+        self.uploads = uploads
 
     def namespace(self, tenant: str) -> str:
-        return f"{self.settings.namespace_prefix}{tenant}"
-
-    async def apply_plan(self, tenant: str) -> plans_mod.Plan:
-        """Write the tenant's GPU limit to its namespace annotation (what the operator reads)."""
-        if self.namespaces is not None:
-            return await self.namespaces.apply_plan(tenant)  # type: ignore[no-any-return]
-        plan = await self.tenants.plan(tenant)
-        self.kube._known_ns.pop(self.namespace(tenant), None)
-        await self.kube.ensure_namespace(self.namespace(tenant), tenant, plan.gpu_limit)
-        return plan
-
-    async def _ensure_namespace(self, tenant: str, gpu_limit: int) -> None:
-        if self.namespaces is not None:
-            await self.namespaces.ensure(tenant, gpu_limit)
-        else:
-            await self.kube.ensure_namespace(self.namespace(tenant), tenant, gpu_limit)
+        return self.namespaces.name(tenant)
 
     async def current_plan(self, tenant: str) -> plans_mod.Plan:
         # Payment grace over: degrade now (the same path as the periodic sweep, billing.end_grace).
@@ -257,7 +243,7 @@ class JobService:
                                        headers={**decision.headers, "Retry-After": str(decision.reset)},
                                        details={"limit": plan.monthly_units, "requested": cost})
         try:
-            await self._ensure_namespace(tenant, plan.gpu_limit)
+            await self.namespaces.ensure(tenant, plan.gpu_limit)
             created = await self.kube.create(kind, ns, resource)
         except ApiException as exc:
             if exc.status == 409 and idem_key and body_hash:  # created by a request whose record expired
@@ -284,10 +270,10 @@ class JobService:
             log.exception("counting the uploads of %s/%s failed; listing the uploads counts them", ns, name)
         return Submitted(self._summary(created), False, decision.headers)
 
-    async def _charge(self, tenant: str, ns: str, plan: plans_mod.Plan, name: str, cost: int) -> Any:
+    async def _charge(self, tenant: str, ns: str, plan: plans_mod.Plan, name: str, cost: int) -> Decision:
         """Units and a concurrency slot in one script; slots of jobs gone behind our back
         (deleted with kubectl) are pruned against the cache before a refusal stands."""
-        async def check() -> Any:
+        async def check() -> Decision:
             return await self.quotas.check(f"quota:{tenant}", rate_limit=0, cost=cost, unit_limit=plan.monthly_units,
                                            tenant=tenant, slot=name, slot_limit=plan.concurrent_jobs)
         decision = await check()
