@@ -222,3 +222,86 @@ def test_tiny_model_cli_builds_a_loadable_checkpoint(tmp_path):
     assert depth.shape == (30, 40)
     size = sum(p.stat().st_size for p in (out / "depth-anything-v2-small-relative").iterdir())
     assert size < 2_000_000
+
+
+@pytest.mark.parametrize("variant", ["metric-indoor", "metric-outdoor"])
+def test_png16_round_trip_near_each_variants_max(variant):
+    """The 16-bit PNG holds the variant's whole range: no clipping at 65.535 m outdoors."""
+    import cv2
+
+    from spatialforge.crds.v1alpha1.common import ModelSize, ModelVariant
+    from spatialforge.runner.models.registry import METRIC_MAX_DEPTH, Checkpoint
+    from spatialforge.runner.stages.depth import encode_png16
+
+    ckpt = Checkpoint(size=ModelSize.small, variant=ModelVariant(variant))
+    top = float(METRIC_MAX_DEPTH[ckpt.variant])
+    assert 65535 * ckpt.png16_scale >= top
+    depth = np.array([[0.0, 0.5, top / 2], [top - 0.01, top - 0.0005, top]], np.float32)
+    data, scale = encode_png16(depth, scale=ckpt.png16_scale)
+    assert scale == ckpt.png16_scale
+    back = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED).astype(np.float64) * scale
+    assert np.max(np.abs(back - depth)) <= scale / 2 + 1e-6
+    assert back.max() == pytest.approx(top, abs=scale)
+
+
+def test_png16_relative_is_scaled_per_image():
+    from spatialforge.runner.stages.depth import encode_png16
+
+    depth = np.array([[0.0, 1.5], [3.0, 12.0]], np.float32)
+    data, scale = encode_png16(depth, scale=None)
+    import cv2
+
+    values = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert values.max() == 65535 and scale == pytest.approx(12.0 / 65535)
+    assert np.allclose(values * scale, depth, atol=scale)
+
+
+def test_depth_maps_are_capped_at_max_pixels(tmp_path, model_dir, make_manifest, rgb_image):
+    _save(rgb_image(120, 240, 4), tmp_path / "wide.png", "PNG")
+    spec = {"inputs": ["file://wide.png"], "output": {"uri": "file://out", "maxPixels": 3200},
+            "intrinsics": {"fx": 200.0, "fy": 200.0}}
+    outcome = run_local(make_manifest("DepthBatch", spec), show_progress=False)
+    assert outcome.exit_code == 0, outcome.reason
+    shard = tmp_path / "out" / "team-a" / "job" / "shard-00000"
+    data = json.loads((shard / "manifest.json").read_text())
+    rec = data["images"][0]
+    assert (rec["inputWidth"], rec["inputHeight"]) == (240, 120) and (rec["width"], rec["height"]) == (80, 40)
+    assert np.load(shard / "wide.depth.npy").shape == (40, 80)
+    assert _decode_png16(shard / "wide.depth.png").shape == (40, 80)
+    assert rec["intrinsics"] == {"fx": pytest.approx(200 / 3), "fy": pytest.approx(200 / 3), "cx": 40.0, "cy": 20.0, "source": "spec"}
+    assert data["maxPixels"] == 3200
+
+
+def test_skip_invalid_images(tmp_path, model_dir, make_manifest, rgb_image):
+    from spatialforge.runner.stages.base import RunContext
+
+    (tmp_path / "in").mkdir()
+    _save(rgb_image(32, 32, 1), tmp_path / "in" / "a.png", "PNG")
+    _save(rgb_image(32, 32, 2), tmp_path / "in" / "c.png", "PNG")
+    (tmp_path / "in" / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg" * 10)
+    (tmp_path / "in" / "d.png").write_bytes(b"")
+    _save(rgb_image(64, 64, 3), tmp_path / "in" / "e.png", "PNG")
+    spec = {"inputs": ["file://in/"], "output": {"uri": "file://out"}, "onInvalidImage": "Skip", "maxImagePixels": 3000,
+            "batchSize": 2}
+    ctx = RunContext(namespace="team-a", name="job")
+    outcome = run_local(make_manifest("DepthBatch", spec), show_progress=False, ctx=ctx)
+    assert outcome.exit_code == 0, outcome.reason
+    shard = tmp_path / "out" / "team-a" / "job" / "shard-00000"
+    data = json.loads((shard / "manifest.json").read_text())
+    assert [Path(r["input"]).name for r in data["images"]] == ["a.png", "c.png"]
+    reasons = {Path(r["input"]).name: r["reason"] for r in data["skipped"]}
+    assert sorted(reasons) == ["b.jpg", "d.png", "e.png"]
+    assert "cannot decode" in reasons["b.jpg"] and "zero-byte" in reasons["d.png"] and "maxImagePixels" in reasons["e.png"]
+    assert data["summary"]["skipped"] == 3 and data["summary"]["images"] == 2
+    snap = ctx.progress.snapshot
+    assert (snap.done, snap.total, snap.skipped, snap.stage) == (5, 5, 3, "done")
+    assert snap.as_status()["skipped"] == 3
+    assert sorted(p.name for p in shard.iterdir()) == ["a.depth.npy", "a.depth.png", "c.depth.npy", "c.depth.png", "manifest.json"]
+
+
+def test_skip_with_nothing_valid_fails(tmp_path, model_dir, make_manifest):
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg" * 10)
+    spec = {"inputs": ["file://bad.jpg"], "output": {"uri": "file://out"}, "onInvalidImage": "Skip"}
+    outcome = run_local(make_manifest("DepthBatch", spec), show_progress=False)
+    assert outcome.exit_code == EXIT_INVALID_INPUT and "no valid image" in outcome.reason
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
