@@ -25,7 +25,9 @@ def job_name(kind: str, name: str, uid: str) -> str:
     """Deterministic child name: the same resource always maps to the same Job, and a
     resource re-created under the same name (new uid) never adopts its predecessor's Job."""
     suffix = f"{kind_of(kind).code}{hashlib.sha256(uid.encode()).hexdigest()[:6]}"
-    return f"{name[: 63 - len(suffix) - 1].rstrip('-.')}-{suffix}"
+    # An Indexed Job's name plus "-<index>" must be a DNS label (its pods' hostnames), so
+    # with up to 64 shards (index 63) the Job name has 60 characters at most.
+    return f"{name[: 60 - len(suffix) - 1].rstrip('-.')}-{suffix}"
 
 
 def labels(res: Resource) -> dict[str, str]:
