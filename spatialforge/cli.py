@@ -61,6 +61,16 @@ def _register_optional() -> None:
     except ImportError:
         pass
     try:
+        from spatialforge.runner.serve.cli import serve_command
+
+        @main.group(name="runner")
+        def runner_group() -> None:
+            """The runner: `runner serve` is the depth server (a batch run is `spatialforge run`)."""
+
+        runner_group.add_command(serve_command)
+    except ImportError:
+        pass
+    try:
         from spatialforge.apiserver.cli import apiserver_cli
 
         main.add_command(apiserver_cli, name="api")

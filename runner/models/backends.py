@@ -268,7 +268,7 @@ def export_onnx(model: Any, dest: Path) -> Path:
     dynamic = {"pixel_values": {0: Dim("batch", min=1, max=256), 2: 14 * Dim("h14", min=1, max=512),
                                 3: 14 * Dim("w14", min=1, max=512)}}
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with torch.inference_mode(False), torch.no_grad(), _symbolic_head_size(model):
+    with torch.inference_mode(False), torch.no_grad(), _symbolic_head_size(model), _quiet("onnx_ir", "onnxscript"):
         program = torch.onnx.export(
             _Wrapper.of(model), (sample,), input_names=[_INPUT], output_names=[_OUTPUT],
             dynamic_shapes=dynamic, opset_version=OPSET, dynamo=True, optimize=True, verbose=False,
@@ -316,6 +316,19 @@ def _cpu_fp32(model: Any) -> Any:
     if first.device.type == "cpu" and first.dtype == torch.float32:
         return model
     return copy.deepcopy(model).to("cpu", dtype=torch.float32).eval()
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str) -> Any:
+    """The exporter's graph passes log every rewrite at INFO: keep them out of the runner's log."""
+    saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in loggers]
+    for logger, _ in saved:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
 
 
 def _atomic_write(path: Path, text: str) -> None:
