@@ -110,3 +110,21 @@ def test_the_policy_leaves_other_users_alone(cluster: Cluster, namespace: str, r
                            "--type=merge", "-p", '{"status": {"progress": {"shards": {"0": {"done": 2}}}}}',
                            check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_reconstruction_jobs_are_held_to_the_same_rule(cluster: Cluster, operator: OperatorProcess, namespace: str,
+                                                       behaviour: Behaviour) -> None:
+    from tests.factories import reconstruction_job
+
+    behaviour.set(namespace, seconds=300)
+    cluster.apply(reconstruction_job("scene", gpus=0), namespace)
+
+    def probe() -> dict[str, Any] | None:
+        job = ((cluster.get("reconstructionjob", "scene", namespace) or {}).get("status") or {}).get("jobName")
+        pods = [p for p in cluster.list("pods", namespace, f"job-name={job}") if p["status"].get("phase") == "Running"]
+        return pods[0] if job and pods else None
+    token = bound_token(cluster, namespace, wait_for("the reconstruction's running pod", probe, timeouts.MEDIUM))
+    ok = patch_status_as(cluster, token, "reconstructionjobs", "scene", namespace, {"progress": {"shards": {"0": _shard(2)}}})
+    assert ok.returncode == 0, ok.stderr
+    forged = patch_status_as(cluster, token, "reconstructionjobs", "scene", namespace, {"phase": "Succeeded"})
+    assert forged.returncode != 0 and "may not change status.phase" in forged.stderr, forged.stderr
