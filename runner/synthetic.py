@@ -61,7 +61,7 @@ def furnished_room(seed: int = 11) -> Room:
         ((1.75, floor - 2.0, 0.6), (2.2, floor, 1.6)),  # tall cabinet on the right wall
         ((-1.2, floor - 0.9, 2.15), (0.2, floor, 2.6)),  # sideboard at the far wall
         ((0.8, floor - 1.6, -2.6), (1.7, floor, -2.25)),  # shelf at the near wall
-        ((-0.25, floor - 1.1, -0.25), (0.25, floor - 0.75, 0.25)),  # a box on the table
+        ((-0.25, floor - 0.95, -0.25), (0.25, floor - 0.75, 0.25)),  # a box on the table
     )
     return Room(lo=(-2.2, floor - 2.6, -2.6), hi=(2.2, floor, 2.6), boxes=boxes, texture="plaster", cell=0.02, seed=seed)
 
@@ -113,8 +113,8 @@ def orbit(n: int, *, step: float = 0.04, yaw_step: float = 1.5) -> list[np.ndarr
 def walk(n: int, *, fraction: float = 1.0, rx: float = 1.35, rz: float = 1.75) -> list[np.ndarray]:
     """A closed walk around the table of `furnished_room`: an ellipse of about 9.8 m.
 
-    The camera looks ahead and 50 degrees outwards (towards the walls), 12 degrees down,
-    with a little bobbing; it turns 360 degrees and ends where it began. `fraction` < 1 cuts
+    The camera looks ahead and 50 degrees outwards (towards the walls), tilting between 20
+    degrees down and 10 degrees up (floor and ceiling both get seen), with a little bobbing; it turns 360 degrees and ends where it began. `fraction` < 1 cuts
     the walk short (n poses over that part of it). Poses are in the room's frame.
     """
     poses = []
@@ -123,7 +123,7 @@ def walk(n: int, *, fraction: float = 1.0, rx: float = 1.35, rz: float = 1.75) -
         pos = np.array([rx * np.sin(a), 0.03 * np.sin(5 * a), -rz * np.cos(a)])
         tangent = np.array([rx * np.cos(a), 0.0, rz * np.sin(a)])
         yaw = np.degrees(np.arctan2(tangent[0], tangent[2])) - 50.0
-        poses.append(look_pose(tuple(pos), yaw_deg=yaw, pitch_deg=-12 + 3 * np.sin(3 * a)))
+        poses.append(look_pose(tuple(pos), yaw_deg=yaw, pitch_deg=-5 + 15 * np.sin(3 * a)))
     return poses
 
 

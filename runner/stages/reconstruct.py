@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from spatialforge.crds.v1alpha1.reconstructionjob import QualityPreset, ReconstructionFormat, ReconstructionJobSpec
-from spatialforge.runner.errors import EmptyReconstructionError, InputNotFoundError, InvalidVideoError
+from spatialforge.runner.errors import EmptyReconstructionError, FloorPlanError, InputNotFoundError, InvalidVideoError
 from spatialforge.runner.geometry.camera import Camera, resolve_camera
 from spatialforge.runner.geometry.fusion import FusionResult, fuse
 from spatialforge.runner.geometry.keyframes import Drops, Keyframe, KeyframeSelector
@@ -147,7 +147,13 @@ class ReconstructStage:
                 if ReconstructionFormat.floorplan in formats:
                     progress.update(stage="floorplan")
                     t0 = time.monotonic()
-                    plan = self._floorplan(geometry)
+                    try:
+                        plan = self._floorplan(geometry)
+                    except FloorPlanError as exc:
+                        if formats == {ReconstructionFormat.floorplan}:
+                            raise
+                        # The other outputs are still worth having: say why there is no plan.
+                        warnings.append(f"no floor plan: {exc}")
                     timings["floorplan"] = time.monotonic() - t0
             progress.update(stage="write")
             t0 = time.monotonic()
