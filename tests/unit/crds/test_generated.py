@@ -119,4 +119,5 @@ def test_chart_and_operator_share_the_runner_rules() -> None:
     helpers = render_chart_helpers()
     body = helpers.split('define "spatialforge.runnerRules" -}}\n', 1)[1].split("{{- end -}}", 1)[0]
     assert yaml.safe_load(body) == runner_rules()
-    assert "runner_rules()" in inspect.getsource(kube.Kube.ensure_runner_identity)
+    source = inspect.getsource(kube)
+    assert "runner_rules()" in source and '/status"' not in source, "the operator spells the runner's rules out"
