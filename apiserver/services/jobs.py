@@ -173,9 +173,14 @@ class JobService:
                 raise errors.Forbidden(f"{field}: {uri!r} is outside your prefix {self.storage.tenant_prefix(tenant)}",
                                        code="outside_tenant_prefix")
         placement = spec.placement
-        if placement.node_selector or placement.tolerations or placement.priority_class_name or spec.queue_name:
-            raise errors.Forbidden("placement.nodeSelector/tolerations/priorityClassName and queueName are set by "
-                                   "the operator, not the API", code="placement_forbidden")
+        named = [field for field, value in (("placement.nodeSelector", placement.node_selector),
+                                            ("placement.tolerations", placement.tolerations),
+                                            ("placement.priorityClassName", placement.priority_class_name),
+                                            ("queueName", spec.queue_name)) if value]
+        if named:  # a queueName would hand the Job to Kueue, past the operator's GPU admission
+            raise errors.Forbidden(f"{', '.join(named)}: set by the platform's operator, not through the API "
+                                   "(nodeSelector, tolerations, priorityClassName and queueName are refused)",
+                                   code="placement_forbidden", details={"fields": named})
 
     def _check_size(self, spec: Spec, resource: dict[str, Any]) -> None:
         """Refuse a resource the Kubernetes API would refuse (etcd keeps objects up to 1.5 MiB)

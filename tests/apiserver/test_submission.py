@@ -102,14 +102,16 @@ def test_placement_fields_and_queue_name_are_refused_from_tenants(make_tenant, c
     """A queueName would hand the Job to Kueue and bypass the operator's GPU admission: quota."""
     t = make_tenant("pro")
     cases = [({"queueName": "gpu-queue"}, "queueName"),
-             ({"placement": {"gpus": 0, "tolerations": [{"key": "gpu", "operator": "Exists"}]}}, "tolerations"),
-             ({"placement": {"gpus": 0, "priorityClassName": "system-cluster-critical"}}, "priorityClassName")]
+             ({"placement": {"gpus": 0, "tolerations": [{"key": "gpu", "operator": "Exists"}]}}, "placement.tolerations"),
+             ({"placement": {"gpus": 0, "priorityClassName": "system-cluster-critical"}}, "placement.priorityClassName")]
     with t.client() as c:
         for extra, field in cases:
             for path, spec in (("/v1/depth-batches", t.depth_spec(**extra)), ("/v1/reconstructions", t.recon_spec(**extra))):
                 r = c.post(path, json=spec)
                 assert r.status_code == 403, (field, r.text)
-                assert r.json()["error"]["code"] == "placement_forbidden" and field in r.json()["error"]["message"]
+                err = r.json()["error"]
+                assert err["code"] == "placement_forbidden" and err["fields"] == [field], err
+                assert err["message"].startswith(f"{field}: ")
         assert c.get("/v1/usage").json()["units_used"] == 0
     assert cluster.list("depthbatches", t.namespace) == [] and cluster.list("reconstructionjobs", t.namespace) == []
 
