@@ -11,10 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import REPO
+from spatialforge.crds.policy import POLICY_NAME
+from tests.cluster import REPO, Cluster, kube_version
 from tests.operator_process import free_port
 
 pytestmark = pytest.mark.integration
+
+
+def kubectl_path() -> Path:
+    cache = Path(os.environ.get("SPATIALFORGE_CACHE", Path.home() / ".cache" / "spatialforge"))
+    return cache / "bin" / f"kube-{kube_version()}" / "kubectl"
 
 
 def processes_under(state: Path) -> list[str]:
@@ -51,6 +57,13 @@ def test_up_is_idempotent_and_down_leaves_nothing(tmp_path: Path) -> None:
         status = run("status")
         assert status.returncode == 0 and "api: ready" in status.stdout
         assert (state / "kubeconfig").is_file()
+        # `up` leaves the plane ready for SpatialForge: CRDs and the runner-status policy.
+        plane = Cluster(state / "kubeconfig", kubectl_path())
+        names = plane.kubectl("get", "crd,validatingadmissionpolicy,validatingadmissionpolicybinding",
+                              "-o", "name").stdout.split()
+        assert "customresourcedefinition.apiextensions.k8s.io/depthbatches.spatialforge.io" in names
+        assert f"validatingadmissionpolicy.admissionregistration.k8s.io/{POLICY_NAME}" in names
+        assert f"validatingadmissionpolicybinding.admissionregistration.k8s.io/{POLICY_NAME}" in names
     finally:
         down = run("down")
     assert down.returncode == 0, down.stderr
