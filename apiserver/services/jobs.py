@@ -463,7 +463,7 @@ class JobService:
                           meta.get("namespace"), meta.get("name"))
         url = (meta.get("annotations") or {}).get(ANNOTATION_WEBHOOK_URL)
         if url:
-            job = summary(obj)
+            job = self._summary(obj)
             if phase == "Cancelled":
                 job["reason"] = "CancelledByUser"
             try:  # recorded in Redis before the first attempt; the webhook worker delivers it
