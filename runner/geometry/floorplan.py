@@ -40,6 +40,9 @@ from spatialforge.runner.errors import FloorPlanError
 _WALL_BAND = 0.05  # half-height of the slice (m)
 _TOP_BAND = (0.35, 0.08)  # "just below the ceiling": from ceiling-0.35 m to ceiling-0.08 m
 _FLOOR_BAND = 0.04  # horizontal points within this of the floor/ceiling plane are evidence (m)
+_WALL_GAP = 0.3  # gaps in a wall line up to this are closed (m); doorways are wider
+_MIN_WIDTH = 0.2  # narrower strips of free space are not floor (m)
+_SNAP_REACH = 0.1  # wall faces up to this far outside a traced outline pull its edge onto them (m)
 _MAX_CELLS = 4000  # grid cells per axis (80 m at 2 cm)
 
 
@@ -229,8 +232,7 @@ def extract_floorplan(
     plan_to_world = _plan_frame(pts, nrm, up, floor_point)
     T = np.linalg.inv(plan_to_world)
     local = pts @ T[:3, :3].T + T[:3, 3]
-    n_up = np.abs(nrm @ up)
-    rooms = _rooms(local, n_up, ceiling=ceiling, slice_height=slice_height, res=resolution,
+    rooms = _rooms(local, nrm @ T[:3, :3].T, ceiling=ceiling, slice_height=slice_height, res=resolution,
                    min_room_area=min_room_area, min_prominence=min_prominence)
     return FloorPlan(rooms=rooms, plan_to_world=plan_to_world, ceiling_height_m=ceiling,
                      slice_height_m=float(slice_height), resolution_m=float(resolution))
@@ -357,10 +359,11 @@ def _disk(radius_cells: int) -> np.ndarray:
 
 
 def _rooms(
-    local: np.ndarray, n_up: np.ndarray, *, ceiling: float | None, slice_height: float, res: float,
+    local: np.ndarray, normals: np.ndarray, *, ceiling: float | None, slice_height: float, res: float,
     min_room_area: float, min_prominence: float,
 ) -> tuple[PlanRoom, ...]:
     z = local[:, 2]
+    n_up = np.abs(normals[:, 2])
     vertical = n_up < 0.3
     horizontal = n_up > np.cos(np.radians(20))
     in_slice = vertical & (np.abs(z - slice_height) <= _WALL_BAND)
@@ -386,20 +389,46 @@ def _rooms(
         np.add.at(grid, (ij[ok, 1], ij[ok, 0]), 1)
         return grid >= min_count
 
-    wall = raster(in_slice, 2)
     wall_points_mask = in_slice
     if ceiling is not None:
+        # furniture in the slice (a wardrobe, a shelf): nothing of it just below the ceiling, and
+        # the ceiling seen on both sides of its face; a wall has the ceiling on one side only
         near_top = vertical & (z >= ceiling - _TOP_BAND[0]) & (z <= ceiling - _TOP_BAND[1])
-        top = raster(near_top, 2)
-        if top.sum() >= 0.3 * wall.sum():  # the upper walls were seen: furniture is what stops short
-            wall &= cv2.dilate(top.astype(np.uint8), _disk(3)).astype(bool)
-            ij = np.floor((local[:, :2] - lo) / res).astype(int)
+        # per wall orientation (8 bins over 180 degrees): the side of a shelf next to a wall
+        # must not borrow the wall's upper part
+        bins = (np.floor(np.mod(np.arctan2(normals[:, 1], normals[:, 0]), np.pi) / (np.pi / 8) + 0.5) % 8).astype(int)
+        tops = [cv2.dilate(raster(near_top & (bins == b), 2).astype(np.uint8), _disk(3)).astype(bool) for b in range(8)]
+        ceil_ev = cv2.morphologyEx(raster(horizontal & (np.abs(z - ceiling) <= _FLOOR_BAND)).astype(np.uint8),
+                                   cv2.MORPH_CLOSE, _disk(2))
+        ceil_ev = cv2.dilate(ceil_ev, _disk(1)).astype(bool)  # looked up 3 cells off the face
+
+        def at(grid: np.ndarray, xy: np.ndarray) -> np.ndarray:
+            ij = np.floor((xy - lo) / res).astype(int)
             ij = np.clip(ij, 0, [shape[1] - 1, shape[0] - 1])
-            wall_points_mask = in_slice & wall[ij[:, 1], ij[:, 0]]
-    wall = cv2.dilate(wall.astype(np.uint8), _disk(1)).astype(bool)
+            return grid[ij[:, 1], ij[:, 0]]
+
+        idx = np.flatnonzero(in_slice)
+        xy = local[idx, :2]
+        n2 = normals[idx, :2]
+        n2 = n2 / np.maximum(np.linalg.norm(n2, axis=1, keepdims=True), 1e-9) * (3 * res)
+        b_pt = bins[idx]
+        has_top = np.zeros(len(idx), bool)
+        for b in range(8):
+            sel = np.abs((b_pt - b + 4) % 8 - 4) <= 1  # this point's orientation bin or a neighbour
+            has_top[sel] |= at(tops[b], xy[sel])
+        furniture = ~has_top & at(ceil_ev, xy + n2) & at(ceil_ev, xy - n2)
+        wall_points_mask = in_slice.copy()
+        wall_points_mask[idx[furniture]] = False
+    wall = cv2.dilate(raster(wall_points_mask, 2).astype(np.uint8), _disk(1))
+    # bridge gaps in wall lines (unseen or badly fused stretches) up to _WALL_GAP: the plan is
+    # aligned with the main wall direction, so closing along x and y fills them without
+    # rounding corners; doorways are wider and stay open
+    span = max(3, int(round(_WALL_GAP / res)) | 1)
+    wall = (cv2.morphologyEx(wall, cv2.MORPH_CLOSE, np.ones((1, span), np.uint8))
+            | cv2.morphologyEx(wall, cv2.MORPH_CLOSE, np.ones((span, 1), np.uint8))).astype(bool)
     floor_ev = cv2.morphologyEx(raster(evidence).astype(np.uint8), cv2.MORPH_CLOSE, _disk(2)).astype(bool)
 
-    interior = _interior(floor_ev, wall)
+    interior = _interior(floor_ev, wall, res)
     labels = _split_rooms(interior, res=res, min_prominence=min_prominence, min_cells=int(min_room_area / res**2))
     wall_xy = local[wall_points_mask, :2]
     rooms = []
@@ -415,7 +444,7 @@ def _rooms(
     return tuple(PlanRoom(index=i, polygon=c, area_m2=a) for i, (c, a) in enumerate(rooms))
 
 
-def _interior(floor_ev: np.ndarray, wall: np.ndarray) -> np.ndarray:
+def _interior(floor_ev: np.ndarray, wall: np.ndarray, res: float) -> np.ndarray:
     """Floor evidence minus walls, plus enclosed pockets that touch the floor (furniture footprints)."""
     interior = floor_ev & ~wall
     solid = (floor_ev | wall).astype(np.uint8)
@@ -430,7 +459,15 @@ def _interior(floor_ev: np.ndarray, wall: np.ndarray) -> np.ndarray:
         touching = interior[y - 1:y + bh + 1, x - 1:x + bw + 1][ring].mean()
         if touching >= 0.2:
             interior[y - 1:y + bh + 1, x - 1:x + bw + 1] |= sub.astype(bool)
-    return cv2.morphologyEx(interior.astype(np.uint8), cv2.MORPH_OPEN, _disk(2)).astype(bool)
+    # strips narrower than _MIN_WIDTH are not floor space: the inside of a thin wall whose
+    # footprint the fused floor runs under, slivers along wall faces
+    # (kept: cells in a run of at least _MIN_WIDTH along x and along y; unlike a disk, this
+    # leaves square corners square)
+    span = max(3, int(round(_MIN_WIDTH / res)))
+    inside = interior.astype(np.uint8)
+    along_x = cv2.morphologyEx(inside, cv2.MORPH_OPEN, np.ones((1, span), np.uint8))
+    along_y = cv2.morphologyEx(inside, cv2.MORPH_OPEN, np.ones((span, 1), np.uint8))
+    return (along_x & along_y).astype(bool)
 
 
 def _split_rooms(interior: np.ndarray, *, res: float, min_prominence: float, min_cells: int) -> np.ndarray:
@@ -532,12 +569,15 @@ def _snap_to_walls(v: np.ndarray, wall_xy: np.ndarray, *, res: float) -> np.ndar
         out = np.array([t[1], -t[0]])  # outward normal of a counter-clockwise ring
         rel = wall_xy - a
         along, off = rel @ t, rel @ out
-        near = (along > 0.1 * length) & (along < 0.9 * length) & (off > -2 * res) & (off < 3 * res + 0.02)
+        near = (along > 0.1 * length) & (along < 0.9 * length) & (off > -2 * res) & (off < _SNAP_REACH)
         if near.sum() < 10:
             lines.append(None)
             continue
-        med = np.median(off[near])
-        sel = wall_xy[near & (np.abs(off - med) < 0.015)]
+        # the nearest face: the first well-filled 1 cm bin (a thin wall's far face is further out)
+        hist, edges = np.histogram(off[near], bins=np.arange(-2 * res, _SNAP_REACH + 0.01, 0.01))
+        first = int(np.flatnonzero(hist >= 0.3 * hist.max())[0])
+        centre_off = float(np.median(off[near][(off[near] >= edges[first]) & (off[near] < edges[first + 1])]))
+        sel = wall_xy[near & (np.abs(off - centre_off) < 0.015)]
         if len(sel) < 10:
             lines.append(None)
             continue
@@ -558,9 +598,9 @@ def _snap_to_walls(v: np.ndarray, wall_xy: np.ndarray, *, res: float) -> np.ndar
         run = [(a + 1 + k) % n for k in range((b - a - 1) % n + 1)]  # vertices from the end of edge a to the start of edge b
         run_len = sum(float(np.linalg.norm(v[(k + 1) % n] - v[k])) for k in run[:-1])
         cross = abs(float(la[1][0] * lb[1][1] - la[1][1] * lb[1][0]))
-        if run_len < 0.3 and cross > 0.5:  # a corner, maybe chamfered by the raster: rebuild it
+        if run_len < 0.6 and cross > 0.5:  # a corner, chamfered by the raster: rebuild it
             p = _intersect(la, lb)
-            if max(float(np.linalg.norm(p - v[k])) for k in run) < 0.25:
+            if max(float(np.linalg.norm(p - v[k])) for k in run) < 0.45:
                 out.append(p)
                 continue
         if len(run) == 1 and cross <= 0.5:  # two nearly parallel refined edges meet

@@ -315,13 +315,13 @@ def test_fused_from_rendered_depth() -> None:
     fusion (geometry/fusion.py), in the first camera's frame: the floor plan of TWO_ROOMS."""
     from spatialforge.runner.geometry.fusion import fuse
 
-    size = (320, 240)
-    K = np.array([[220.0, 0, 159.5], [0, 220.0, 119.5], [0, 0, 1]])
+    size = (240, 180)
+    K = np.array([[165.0, 0, 119.5], [0, 165.0, 89.5], [0, 0, 1]])  # 72 degrees across
     path = []
     for centre, start in (((2.0, 1.75, 1.45), 10.0), ((5.8, 1.6, 1.5), 190.0)):
-        for i in range(12):
+        for i in range(8):
             for pitch in (-28.0, 12.0):
-                path.append(look(centre, start + 30 * i, pitch))
+                path.append(look(centre, start + 45 * i, pitch))
         if centre[0] < 4:  # through the doorway
             path += [look((x, 1.65, 1.5), 0.0, -15.0) for x in (3.2, 3.8, 4.4, 5.0)]
     depths = [render_solids(TWO_ROOM_SOLIDS, T, K, size) for T in path]
