@@ -15,6 +15,8 @@ import yaml
 from spatialforge.crds.constants import CATEGORY, GROUP, VERSION
 from spatialforge.crds.kinds import KINDS, PLURALS, STATUS_RESOURCES, Kind
 from spatialforge.crds.policy import POLICY_NAME, runner_status_policy
+from spatialforge.crds.pool import FILENAME as POOL_CRD_FILENAME
+from spatialforge.crds.pool import render_pool_crd
 from spatialforge.crds.rbac import RUNNER_SERVICE_ACCOUNT, runner_rules
 from spatialforge.crds.schema import crd_schema
 from spatialforge.crds.v1alpha1 import ResourceStatus
@@ -82,11 +84,13 @@ def render_crd(kind: Kind) -> dict[str, Any]:
 
 
 def render_all() -> dict[str, str]:
-    """File name -> YAML text for every kind's CRD."""
-    return {
+    """File name -> YAML text for every kind's CRD (the kinds of work, then DepthPool)."""
+    out = {
         crd_filename(kind): HEADER + yaml.safe_dump(render_crd(kind), sort_keys=False, width=100)
         for kind in KINDS
     }
+    out[POOL_CRD_FILENAME] = HEADER + yaml.safe_dump(render_pool_crd(), sort_keys=False, width=100)
+    return out
 
 
 def render_policy(service_account: str = RUNNER_SERVICE_ACCOUNT, name: str = POLICY_NAME) -> str:

@@ -175,9 +175,10 @@ cluster_up() {
 cluster_install_crds() {
   local kc=("${KUBE_DIR}/kubectl" --kubeconfig "${KUBECONFIG_PATH}")
   "${kc[@]}" apply --server-side --force-conflicts -f "${REPO_ROOT}/crds/spatialforge.io_depthbatches.yaml" \
-    -f "${REPO_ROOT}/crds/spatialforge.io_reconstructionjobs.yaml" >/dev/null
+    -f "${REPO_ROOT}/crds/spatialforge.io_reconstructionjobs.yaml" \
+    -f "${REPO_ROOT}/crds/spatialforge.io_depthpools.yaml" >/dev/null
   "${kc[@]}" wait --for=condition=Established crd/depthbatches.spatialforge.io \
-    crd/reconstructionjobs.spatialforge.io --timeout=30s >/dev/null
+    crd/reconstructionjobs.spatialforge.io crd/depthpools.spatialforge.io --timeout=30s >/dev/null
   "${kc[@]}" create namespace spatialforge-system --dry-run=client -o yaml | "${kc[@]}" apply -f - >/dev/null
 }
 

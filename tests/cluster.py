@@ -85,7 +85,8 @@ def kube_version() -> str:
 
 SYSTEM_NAMESPACE = "spatialforge-system"
 BEHAVIOUR_NAMESPACE = "spatialforge-devcluster"
-CRD_FILES = ("spatialforge.io_depthbatches.yaml", "spatialforge.io_reconstructionjobs.yaml")
+CRD_FILES = ("spatialforge.io_depthbatches.yaml", "spatialforge.io_reconstructionjobs.yaml",
+             "spatialforge.io_depthpools.yaml")
 
 
 def plane_env() -> dict[str, str]:
@@ -119,7 +120,7 @@ def prepare(plane: Cluster) -> None:
     files = [arg for name in CRD_FILES for arg in ("-f", str(REPO / "crds" / name))]
     plane.kubectl("apply", "--server-side", "--force-conflicts", *files)
     plane.kubectl("wait", "--for=condition=Established", "crd/depthbatches.spatialforge.io",
-                  "crd/reconstructionjobs.spatialforge.io", "--timeout=30s")
+                  "crd/reconstructionjobs.spatialforge.io", "crd/depthpools.spatialforge.io", "--timeout=30s")
     # The runner-status admission policy, as hack/cluster.sh up applies it (a plane started
     # before it existed gets it too).
     plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds" / "policies"))
