@@ -11,12 +11,15 @@ z forward), so "up" is found from the data:
    points; a least-squares plane through it fixes the vertical exactly. The ceiling is the
    highest such surface (when it is at least 1.8 m above the floor).
 3. **Walls.** Vertical surfaces within +-5 cm of `slice_height` are rasterised at `resolution`.
-   Where a ceiling is known, only cells whose wall also shows just below the ceiling count:
-   furniture (wardrobes, shelves) stops short of it, walls do not.
+   Where a ceiling is known, a face is furniture (a wardrobe, a shelf) when nothing of the same
+   orientation shows just below the ceiling there and the ceiling is seen on both sides of it
+   (a wall has the ceiling on one side only). Gaps in wall lines up to 30 cm are closed along
+   the plan axes (doorways are wider).
 4. **Rooms.** Interior = floor and ceiling evidence minus walls, plus the enclosed pockets
    that touch the floor (furniture footprints); pockets bounded only by walls (the inside of
-   a wall) are not interior. Rooms are split where the free space narrows (a doorway): a
-   distance-transform watershed with markers at maxima of dynamic >= `min_prominence`.
+   a wall) are not interior, nor are strips under 20 cm wide. Rooms are split where the free
+   space narrows (a doorway): a distance-transform watershed (by immersion) with markers at
+   maxima of dynamic >= `min_prominence`.
 5. **Polygons.** Each room's outline is traced, simplified (Douglas-Peucker, shapely) and every
    long edge is moved onto a line fitted to the wall points behind it, so walls land on the
    measured faces rather than on the grid.
