@@ -42,7 +42,7 @@ log = logging.getLogger("spatialforge.apiserver")
 
 TAGS = [{"name": n, "description": d} for n, d in (
     ("jobs", "DepthBatch and ReconstructionJob resources in your namespace"),
-    ("uploads", "Signed PUT URLs into your input prefix"), ("usage", "Your plan, usage and webhook secret"),
+    ("uploads", "Signed upload forms into your input prefix; your uploads"), ("usage", "Your plan, usage and webhook secret"),
     ("billing", "Stripe Checkout, portal and webhooks"), ("admin", "Admin keys only"),
     ("health", "Liveness, readiness, metrics"))]
 
