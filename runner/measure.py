@@ -153,6 +153,13 @@ class Measurement:
         return out
 
 
+def to_depth_pixels(point: tuple[float, float], image_size: tuple[int, int], depth_size: tuple[int, int]) -> tuple[float, float]:
+    """A pixel (x, y) of a width x height photo -> the same spot in a depth map of another size
+    (pixel centres at integer coordinates in both)."""
+    (iw, ih), (dw, dh) = image_size, depth_size
+    return ((point[0] + 0.5) * dw / iw - 0.5, (point[1] + 0.5) * dh / ih - 0.5)
+
+
 def focal_from_exif(image: object, width: int | None = None, height: int | None = None) -> FocalEstimate | None:
     """The focal length (pixels of a width x height image) from a photo's EXIF, or None.
 

@@ -25,6 +25,7 @@ from spatialforge.runner.measure import (
     depth_at,
     focal_from_exif,
     measure,
+    to_depth_pixels,
 )
 
 W, H = 320, 240
@@ -124,6 +125,7 @@ def test_exact_depth_known_focal_within_one_percent() -> None:
         m = measure(depth, p1, p2, FocalEstimate.from_source(f, "spec"), principal_point=c, depth_error=EXACT_DEPTH)
         errors.append(abs(m.distance_m - truth) / truth)
         assert m.interval_m[0] <= m.distance_m <= m.interval_m[1]
+    assert json.loads(json.dumps(m.as_dict()))["focal"]["source"] == "spec"
     print(json.dumps({"case": "exact depth, known focal", "n": len(errors),
                       "max_rel_err_pct": round(100 * max(errors), 4), "median_rel_err_pct": round(100 * float(np.median(errors)), 5)}))
     assert max(errors) <= 0.01
@@ -274,6 +276,9 @@ def test_exif_focal_length(tmp_path) -> None:
     img.save(buf, "JPEG")
     assert focal_from_exif(buf.getvalue()) is None
     assert est.scaled(0.5).focal_px == pytest.approx(210.0)
+    # the photo's pixel centres map onto the depth map's: corners to corners, centre to centre
+    assert to_depth_pixels((-0.5, -0.5), (400, 300), (200, 150)) == pytest.approx((-0.5, -0.5))
+    assert to_depth_pixels((199.5, 149.5), (400, 300), (200, 150)) == pytest.approx((99.5, 74.5))
 
 
 def test_bad_input_is_a_clear_error() -> None:
