@@ -13,7 +13,7 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spatialforge.operator import admission, children, metrics, nodefit
 from spatialforge.operator.budget import BudgetWatch
@@ -22,6 +22,9 @@ from spatialforge.operator.derive import Outcome, Verdict, job_finished, parse_t
 from spatialforge.operator.kube import AlreadyExists, Kube, NotFound
 from spatialforge.operator.settings import OperatorSettings
 from spatialforge.operator.workqueue import WorkQueue
+
+if TYPE_CHECKING:
+    from spatialforge.operator.poolctl import PoolController
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ class Admitter:
         self.node_fit_enabled = True  # off when the operator may not list nodes
         self._fit_memo: dict[Key, tuple[str, Any, int, str | None]] = {}
         self._nodes_seen = 0
+        self.pools: PoolController | None = None  # DepthPools: their replicas hold GPUs too
 
     def poke(self) -> None:
         self.wakeup.set()
@@ -117,6 +121,8 @@ class Admitter:
                                   nodes_autoscale=self.settings.nodes_autoscale,
                                   no_fit_window_seconds=self.settings.unschedulable_timeout_seconds)
         candidates, kueue = self.candidates()
+        if self.pools is not None:  # pools take their grant from what running Jobs leave, before queued Jobs
+            candidates += self.pools.hold(limits, candidates)
         decision = admission.decide(candidates, limits, now=dt.datetime.now(dt.UTC),
                                     avg_run_seconds=self.avg_run_seconds)
         metrics.QUEUE_DEPTH.set(sum(1 for v in decision.verdicts.values() if v.position is not None))

@@ -15,8 +15,10 @@ from kubernetes_asyncio import config as kube_config
 
 from spatialforge.crds import constants as c
 from spatialforge.crds.kinds import BY_PLURAL, KINDS
+from spatialforge.crds.v1alpha1 import depthpool
 from spatialforge.kubeclient import tuned
 from spatialforge.operator.cache import Cache
+from spatialforge.operator import pool
 from spatialforge.operator.kube import Kube
 from spatialforge.operator.reconciler import Reconciler
 from spatialforge.operator.settings import OperatorSettings
@@ -68,11 +70,17 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         cache.put_pod(pod)
     for ns in await kube.list_namespaces():
         cache.put_namespace(ns)
+    pool_objs = await kube.list_pools()
+    pool_deployments = await kube.list_deployments(f"{c.LABEL_COMPONENT}={pool.COMPONENT}") if pool_objs else []
     nodes = await kube.list_nodes()
     for node in nodes or []:
         cache.put_node(node)
     tune_gc()
     reconciler = Reconciler(kube, cache, op_settings)
+    for obj in pool_objs:
+        reconciler.pools.put_pool(obj)
+    for obj in pool_deployments:
+        reconciler.pools.put_deployment(obj)
     if nodes is None:
         log.warning("may not list nodes: work that no node fits is admitted and left to the scheduler")
         reconciler.admitter.node_fit_enabled = False
@@ -176,3 +184,29 @@ async def node_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
     if memo.cache.put_node(dict(event["object"]), deleted=event.get("type") == "DELETED"):
         memo.reconciler.admitter.nodes_changed()
 
+
+
+# DepthPools (operator/poolctl.py): the pools, their Deployments and their Services' EndpointSlices.
+POOL_CHILDREN = {c.LABEL_COMPONENT: pool.COMPONENT}
+
+
+@kopf.on.event(c.GROUP, c.VERSION, depthpool.PLURAL)
+async def pool_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    if not _ready(memo) or not event.get("object"):
+        return
+    memo.reconciler.pools.put_pool({**event["object"], "kind": depthpool.KIND}, deleted=event.get("type") == "DELETED")
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=POOL_CHILDREN)
+async def pool_deployment_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    if not _ready(memo) or not event.get("object"):
+        return
+    memo.reconciler.pools.put_deployment(dict(event["object"]), deleted=event.get("type") == "DELETED")
+
+
+@kopf.on.event("discovery.k8s.io", "v1", "endpointslices", labels=POOL_CHILDREN)
+async def pool_endpoints_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    """The endpointslice controller copies the Service's labels onto its slices."""
+    if not _ready(memo) or not event.get("object"):
+        return
+    memo.reconciler.pools.endpoints_changed(dict(event["object"]))

@@ -17,6 +17,7 @@ from kubernetes_asyncio.client.rest import ApiException
 from spatialforge.crds.constants import GROUP, VERSION
 from spatialforge.crds.kinds import BY_KIND, KINDS
 from spatialforge.crds.rbac import runner_rules
+from spatialforge.crds.v1alpha1 import depthpool
 
 MERGE = "application/merge-patch+json"
 
@@ -92,6 +93,8 @@ class Kube:
         self.batch = client.BatchV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.coord = client.CoordinationV1Api(api)
+        self.apps = client.AppsV1Api(api)
+        self.discovery = client.DiscoveryV1Api(api)
 
     # -- our resources -------------------------------------------------------------------
     async def list_resources(self, kind: str) -> list[dict[str, Any]]:
@@ -128,6 +131,53 @@ class Kube:
         except ApiException as exc:
             if exc.status not in (404, 409):
                 raise
+
+    # -- DepthPools and their Deployments, Services and EndpointSlices (operator/poolctl.py) ----
+    async def list_pools(self) -> list[dict[str, Any]]:
+        """Every DepthPool ([] when its CRD is not installed: pools are optional)."""
+        try:
+            page = await _json(self.custom.list_cluster_custom_object(GROUP, VERSION, depthpool.PLURAL,
+                                                                      _preload_content=False))
+        except NotFound:
+            return []
+        for item in page["items"]:
+            item.setdefault("kind", depthpool.KIND)
+        return page["items"]
+
+    async def patch_pool_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        out = await _json(self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, depthpool.PLURAL, name, {"status": status},
+            _content_type=MERGE, _preload_content=False))
+        out.setdefault("kind", depthpool.KIND)
+        return out
+
+    async def list_deployments(self, selector: str) -> list[dict[str, Any]]:
+        page = await _json(self.apps.list_deployment_for_all_namespaces(label_selector=selector, _preload_content=False))
+        return page["items"]
+
+    async def get_deployment(self, namespace: str, name: str) -> dict[str, Any]:
+        return await _json(self.apps.read_namespaced_deployment(name, namespace, _preload_content=False))
+
+    async def create_deployment(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await _json(self.apps.create_namespaced_deployment(body["metadata"]["namespace"], body,
+                                                                  _preload_content=False))
+
+    async def patch_deployment(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return await _json(self.apps.patch_namespaced_deployment(name, namespace, patch, _content_type=MERGE,
+                                                                 _preload_content=False))
+
+    async def create_service(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await _json(self.core.create_namespaced_service(body["metadata"]["namespace"], body,
+                                                               _preload_content=False))
+
+    async def patch_service(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return await _json(self.core.patch_namespaced_service(name, namespace, patch, _content_type=MERGE,
+                                                              _preload_content=False))
+
+    async def list_endpoint_slices(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        page = await _json(self.discovery.list_namespaced_endpoint_slice(namespace, label_selector=selector,
+                                                                          _preload_content=False))
+        return page["items"]
 
     # -- Jobs and pods -------------------------------------------------------------------
     async def list_jobs(self, selector: str) -> list[dict[str, Any]]:

@@ -38,6 +38,7 @@ from spatialforge.operator.derive import (
     pods_missing_since,
 )
 from spatialforge.operator.kube import ConflictError, Kube, NotFound
+from spatialforge.operator.poolctl import PoolController
 from spatialforge.operator.settings import OperatorSettings
 from spatialforge.operator.status import now_iso, patch_for
 from spatialforge.operator.workqueue import WorkQueue
@@ -53,6 +54,8 @@ class Reconciler:
         self.budget = BudgetWatch(kube, settings.namespace, settings.quota_configmap, on_change=self.poke_admission)
         self.admitter = Admitter(kube, cache, settings, self.queue, self.budget, self._ensure_identity,
                                  self._forget_if_gone)
+        self.pools = PoolController(kube, settings, self.poke_admission)
+        self.admitter.pools = self.pools  # pool replicas hold GPUs from the same budget
         self.tasks: list[asyncio.Task[None]] = []
         self.runner_identities: set[str] = set()  # namespaces whose runner SA and Role exist
 
@@ -66,8 +69,10 @@ class Reconciler:
         self.tasks = [asyncio.create_task(self._worker()) for _ in range(self.settings.workers)]
         self.tasks += [asyncio.create_task(self.admitter.run()), asyncio.create_task(self._resync_loop()),
                        asyncio.create_task(self.budget.run())]
+        self.pools.start()
 
     async def stop(self) -> None:
+        await self.pools.stop()
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

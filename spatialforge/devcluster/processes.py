@@ -52,7 +52,7 @@ def _field(pod: dict[str, Any], path: str) -> str:
         "metadata.uid": meta.get("uid"),
         "spec.nodeName": pod["spec"].get("nodeName"),
         "spec.serviceAccountName": pod["spec"].get("serviceAccountName"),
-        "status.podIP": "127.0.0.1",
+        "status.podIP": ports.pod_ip(meta.get("uid", "")),
         "status.hostIP": "127.0.0.1",
     }
     if path in simple:
@@ -211,7 +211,9 @@ async def run(core: client.CoreV1Api, pod: dict[str, Any], state_dir: Path, serv
             if v == mount or v.startswith(mount + "/"):
                 env[k] = str(local) + v[len(mount):]
     argv = _argv(container, env)
-    mapping = ports.allocate(container)
+    own_ip = ports.binds_pod_ip(container)  # listens on its pod IP: its ports are its own
+    mapping = {} if own_ip else ports.allocate(container)
+    probe_host = ports.pod_ip(meta["uid"]) if own_ip else "127.0.0.1"
     try:
         if mapping:
             env = ports.rewrite_env(env, mapping)
@@ -224,7 +226,7 @@ async def run(core: client.CoreV1Api, pod: dict[str, Any], state_dir: Path, serv
                 *argv, env=env, cwd=workdir, stdout=out, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
             )
-            prober = asyncio.create_task(probes.readiness(container, mapping, on_status)) if on_status else None
+            prober = asyncio.create_task(probes.readiness(container, mapping, on_status, host=probe_host)) if on_status else None
             try:
                 code = await proc.wait()
             except asyncio.CancelledError:

@@ -56,3 +56,18 @@ def test_annotation_round_trip() -> None:
     pod = {"metadata": {"annotations": {ports.ANNOTATION: value}}}
     assert ports.parse_annotation(pod) == {8080: 40001, 9090: 40002}
     assert ports.parse_annotation({"metadata": {}}) == {}
+
+
+def test_each_pod_has_its_own_stable_loopback_address() -> None:
+    import ipaddress
+
+    a, b = ports.pod_ip("uid-a"), ports.pod_ip("uid-b")
+    assert a == ports.pod_ip("uid-a") and a != b
+    for ip in (a, b):
+        assert ipaddress.ip_address(ip) in ipaddress.ip_network("127.0.0.0/8") and ip != "127.0.0.1"
+
+
+def test_a_container_told_its_pod_ip_keeps_its_ports() -> None:
+    own = {"env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]}
+    assert ports.binds_pod_ip(own)
+    assert not ports.binds_pod_ip({"env": [{"name": "X", "value": "1"}]}) and not ports.binds_pod_ip({})

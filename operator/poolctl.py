@@ -1,0 +1,244 @@
+"""The DepthPool controller: pools and their Deployments in a small cache of their own, a work
+queue, and the reconcile that writes the Service, the Deployment (replicas as the budget
+grants) and the pool's status.
+
+The budget is shared with Jobs: the admission pass (admitter.py) calls `hold`, which grants
+the pools their replicas first (pool.grant) and hands the held GPUs back as admitted
+candidates, so Jobs are admitted only from what pools leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+
+from spatialforge.crds.v1alpha1 import depthpool as dp
+from spatialforge.crds.v1alpha1.depthpool import DepthPool
+from spatialforge.operator import admission, pool
+from spatialforge.operator.cache import Key, _newer, slim
+from spatialforge.operator.kube import AlreadyExists, ConflictError, Kube, NotFound
+from spatialforge.operator.settings import OperatorSettings
+from spatialforge.operator.status import diff, now_iso, set_condition
+from spatialforge.operator.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+RESYNC_SECONDS = 10.0
+
+
+def pool_key(obj: dict[str, Any]) -> Key:
+    return (dp.KIND, obj["metadata"]["namespace"], obj["metadata"]["name"])
+
+
+class PoolController:
+    def __init__(self, kube: Kube, settings: OperatorSettings, poke_admission: Any) -> None:
+        self.kube, self.settings, self.poke_admission = kube, settings, poke_admission
+        self.pools: dict[Key, dict[str, Any]] = {}
+        self.deployments: dict[Key, dict[str, Any]] = {}  # by the owning pool's key
+        self.grants: dict[Key, pool.Grant] = {}
+        self.queue = WorkQueue()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    # -- cache ------------------------------------------------------------------------------
+    def put_pool(self, obj: dict[str, Any], deleted: bool = False) -> Key:
+        obj = slim(obj)
+        key = pool_key(obj)
+        old = self.pools.get(key)
+        if deleted:
+            self.pools.pop(key, None)
+            self.grants.pop(key, None)
+        elif _newer(obj, old):
+            self.pools[key] = obj
+        if deleted or old is None or old["metadata"].get("generation") != obj["metadata"].get("generation"):
+            self.poke_admission()  # what it asks for may have changed
+        self.queue.add(key)
+        return key
+
+    def put_deployment(self, obj: dict[str, Any], deleted: bool = False) -> Key | None:
+        name = (obj["metadata"].get("labels") or {}).get(pool.LABEL_POOL)
+        if not name:
+            return None
+        key = (dp.KIND, obj["metadata"]["namespace"], name)
+        obj = slim(obj, drop_spec_keys=("template",))
+        if deleted:
+            if (self.deployments.get(key) or {}).get("metadata", {}).get("uid") == obj["metadata"].get("uid"):
+                self.deployments.pop(key, None)
+        elif _newer(obj, self.deployments.get(key)):
+            self.deployments[key] = obj
+        self.queue.add(key)
+        return key
+
+    def endpoints_changed(self, obj: dict[str, Any]) -> None:
+        """An EndpointSlice of some Service changed: re-count the pool's, if it is one."""
+        service = (obj["metadata"].get("labels") or {}).get("kubernetes.io/service-name", "")
+        for key in self.pools:
+            if key[1] == obj["metadata"]["namespace"] and pool.child_name(key[2]) == service:
+                self.queue.add(key)
+
+    def spec_of(self, key: Key) -> DepthPool | None:
+        obj = self.pools.get(key)
+        if obj is None:
+            return None
+        try:
+            return DepthPool.model_validate({**obj, "kind": dp.KIND})
+        except ValidationError:
+            return None
+
+    # -- the budget (called by the admission pass) --------------------------------------------
+    def hold(self, limits: admission.Limits, candidates: list[admission.Candidate]) -> list[admission.Candidate]:
+        """Grant pools their replicas from what running Jobs leave; return the pools' GPUs as
+        admitted candidates for admission.decide to count."""
+        jobs_in_use = sum(c.demand for c in candidates if c.admitted)
+        jobs_ns: dict[str, int] = {}
+        for c in candidates:
+            if c.admitted:
+                jobs_ns[c.namespace] = jobs_ns.get(c.namespace, 0) + c.demand
+        asks = []
+        for key, obj in self.pools.items():
+            res = self.spec_of(key)
+            if res is None or obj["metadata"].get("deletionTimestamp"):
+                continue
+            asks.append(pool.Ask(key, key[1], obj["metadata"].get("creationTimestamp", ""),
+                                 res.spec.wanted_replicas, res.spec.gpus_per_replica))
+        grants = pool.grant(asks, global_budget=limits.global_budget, namespace_limits=limits.namespace_limits,
+                            jobs_in_use=jobs_in_use, jobs_ns_use=jobs_ns)
+        for key, g in grants.items():
+            if self.grants.get(key) != g:
+                self.grants[key] = g
+                self.queue.add(key)
+        held = []
+        for ask in asks:
+            g = grants[ask.key]
+            if g.replicas and ask.gpus_per_replica:
+                held.append(admission.Candidate(key=ask.key, namespace=ask.namespace, priority=0, created=ask.created,
+                                                demand=g.replicas * ask.gpus_per_replica, admitted=True))
+        return held
+
+    # -- loop -------------------------------------------------------------------------------
+    def start(self, workers: int = 2) -> None:
+        self.tasks = [asyncio.create_task(self._worker()) for _ in range(workers)]
+        self.tasks.append(asyncio.create_task(self._resync()))
+
+    async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _resync(self) -> None:
+        """Endpoint counts and a deleted Service are caught up with this often."""
+        while True:
+            await asyncio.sleep(RESYNC_SECONDS)
+            for key in list(self.pools):
+                self.queue.add(key)
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self.queue.get()
+            try:
+                await self.reconcile(key)
+            except (ConflictError, NotFound):
+                self.queue.add_after(key, 0.5)
+            except Exception:
+                log.exception("reconcile of pool %s/%s failed; retrying", key[1], key[2])
+                self.queue.add_after(key, 2.0)
+            finally:
+                self.queue.done(key)
+
+    # -- one pool ---------------------------------------------------------------------------
+    async def reconcile(self, key: Key) -> None:
+        obj = self.pools.get(key)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            return  # the Deployment and Service go with it (owner references)
+        res = self.spec_of(key)
+        if res is None:
+            await self._write_status(key, obj, {"reason": "InvalidSpec", "message": "the spec does not validate"},
+                                     ready=("False", "InvalidSpec", "the spec does not validate"), limited=None)
+            return
+        g = self.grants.get(key)
+        current = self.deployments.get(key)
+        if g is None:  # the admission pass has not looked at this pool yet
+            self.poke_admission()
+            replicas = int((current or {}).get("spec", {}).get("replicas") or 0)
+        else:
+            replicas = g.replicas
+        await self._ensure_service(res)
+        current = await self._ensure_deployment(key, res, current, replicas)
+        name = pool.child_name(key[2])
+        slices = await self.kube.list_endpoint_slices(key[1], f"kubernetes.io/service-name={name}")
+        endpoints = pool.ready_endpoints(slices)
+        dstat = (current or {}).get("status") or {}
+        ready = int(dstat.get("readyReplicas") or 0)
+        running = int(dstat.get("replicas") or 0)
+        wanted = res.spec.wanted_replicas
+        if replicas == 0:
+            ready_c = ("False", dp.REASON_NO_REPLICAS, "the pool runs no replicas")
+        elif ready >= replicas and running <= replicas:
+            ready_c = ("True", dp.REASON_ALL_READY, f"{ready} of {replicas} replicas ready")
+        else:
+            ready_c = ("False", dp.REASON_SCALING, f"{ready} of {replicas} replicas ready, {running} running")
+        if g is None:
+            limited = ("Unknown", dp.REASON_AWAITING_BUDGET, "the GPU budget has not been applied yet")
+        elif g.limited:
+            limited = ("True", g.reason, g.message)
+        else:
+            limited = ("False", dp.REASON_WITHIN_BUDGET, g.message)
+        head = limited if limited[0] == "True" else ready_c
+        fields = {"replicas": replicas, "readyReplicas": ready, "wantedReplicas": wanted,
+                  "selector": pool.selector(key[2]), "gpus": replicas * res.spec.gpus_per_replica,
+                  "endpoints": endpoints, "service": name, "reason": head[1], "message": head[2]}
+        await self._write_status(key, obj, fields, ready=ready_c, limited=limited)
+
+    async def _ensure_service(self, res: DepthPool) -> None:
+        body = pool.service(res)
+        try:
+            await self.kube.create_service(body)
+        except AlreadyExists:
+            meta = body["metadata"]
+            await self.kube.patch_service(meta["namespace"], meta["name"], {
+                "metadata": {"labels": meta["labels"], "annotations": meta["annotations"]}})
+
+    async def _ensure_deployment(self, key: Key, res: DepthPool, current: dict[str, Any] | None,
+                                 replicas: int) -> dict[str, Any] | None:
+        body = pool.deployment(res, self.settings, replicas)
+        meta = body["metadata"]
+        if current is None:
+            try:
+                created = await self.kube.create_deployment(body)
+            except AlreadyExists:
+                created = await self.kube.get_deployment(meta["namespace"], meta["name"])
+                current = slim(created, drop_spec_keys=("template",))
+            else:
+                self.put_deployment(created)
+                return self.deployments.get(key)
+        patch: dict[str, Any] = {}
+        have_hash = (current["metadata"].get("annotations") or {}).get(pool.ANNOTATION_SPEC_HASH)
+        if have_hash != meta["annotations"][pool.ANNOTATION_SPEC_HASH]:
+            patch = {"metadata": {"annotations": meta["annotations"], "labels": meta["labels"]},
+                     "spec": {"template": body["spec"]["template"], "strategy": body["spec"]["strategy"]}}
+        if (current.get("spec") or {}).get("replicas") != replicas:
+            patch.setdefault("spec", {})["replicas"] = replicas
+        if patch:
+            patched = await self.kube.patch_deployment(meta["namespace"], meta["name"], patch)
+            self.put_deployment(patched)
+        return self.deployments.get(key, current)
+
+    async def _write_status(self, key: Key, obj: dict[str, Any], fields: dict[str, Any], *,
+                            ready: tuple[str, str, str], limited: tuple[str, str, str] | None) -> None:
+        gen = obj["metadata"].get("generation")
+        have = obj.get("status") or {}
+        conditions = have.get("conditions") or []
+        now = now_iso()
+        conditions = set_condition(conditions, dp.READY, *ready, gen, now=now)
+        if limited is not None:
+            conditions = set_condition(conditions, dp.BUDGET_LIMITED, *limited, gen, now=now)
+        want = {**fields, "conditions": conditions, "observedGeneration": gen}
+        patch = diff(have, want)
+        if not patch:
+            return
+        if limited is not None and limited[0] == "True" and (have.get("reason") != limited[1]
+                                                             or have.get("replicas") != fields.get("replicas")):
+            await self.kube.event({**obj, "kind": dp.KIND}, "Warning", dp.BUDGET_LIMITED, limited[2], now)
+        patched = await self.kube.patch_pool_status(key[1], key[2], patch)
+        self.put_pool(patched)
