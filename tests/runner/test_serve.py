@@ -231,3 +231,18 @@ def test_depth_equals_the_batch_runners_and_formats(tmp_path, model_dir, make_ma
         assert jpeg.headers["content-type"] == "image/jpeg" and jpeg.content[:2] == b"\xff\xd8"
         bad = httpx.post(server.url + "/v1/depth", content=data, params={"format": "tiff"}, timeout=timeouts.SHORT)
         assert bad.status_code == 400 and "format" in bad.json()["message"]
+
+
+def test_preview_shows_near_bright_for_both_kinds_of_model():
+    import cv2
+
+    from spatialforge.runner.preview import colorize
+
+    near_to_far = np.tile(np.linspace(1.0, 10.0, 64, dtype=np.float32), (16, 1))  # metres, left is near
+    brightness = cv2.cvtColor(colorize(near_to_far, metric=True), cv2.COLOR_BGR2GRAY).astype(int)
+    assert brightness[:, 0].mean() > brightness[:, -1].mean() + 100
+    disparity = 1.0 / near_to_far  # relative models: large = near
+    brightness = cv2.cvtColor(colorize(disparity, metric=False), cv2.COLOR_BGR2GRAY).astype(int)
+    assert brightness[:, 0].mean() > brightness[:, -1].mean() + 100
+    flat = colorize(np.full((8, 8), np.nan, np.float32), metric=True)  # nothing finite: no crash, one colour
+    assert flat.shape == (8, 8, 3) and len(np.unique(flat.reshape(-1, 3), axis=0)) == 1
