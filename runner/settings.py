@@ -60,8 +60,8 @@ class RunnerSettings(BaseSettings):
     """Depth network backend: `auto` or one of runner/models/backends.py's BACKENDS."""
     backend_cache: Path | None = Field(default=None, validation_alias=c.ENV_BACKEND_CACHE)
     """Where exported backend graphs are cached; unset: `_backends/` in the model cache."""
-    decode_slots: int | None = Field(default=None, ge=1, le=64, validation_alias=c.ENV_DECODE_SLOTS)
-    """Images fetched and decoded at once; unset: the I/O worker count, min(8, max(2, CPUs)). Peak memory grows with it (runner/README.md)."""
+    decode_slots: int = Field(default=2, ge=1, le=64, validation_alias=c.ENV_DECODE_SLOTS)
+    """Images fetched and decoded at once; the peak memory grows with it (runner/README.md)."""
     s3_endpoint: str | None = Field(
         default=None, validation_alias=_env(c.ENV_S3_ENDPOINT, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
     )

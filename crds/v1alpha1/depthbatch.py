@@ -34,8 +34,8 @@ class DepthOutput(CRDModel):
 
     uri: ObjectURI
     formats: list[DepthFormat] = Field(default_factory=lambda: [DepthFormat.png16, DepthFormat.npy], min_length=1, max_length=2)
-    max_pixels: int = Field(default=12_582_912, ge=1, le=200_000_000)
-    """Depth maps are written at the input's size up to this many pixels (default 4096 x 3072), and
+    max_pixels: int = Field(default=4_194_304, ge=1, le=200_000_000)
+    """Depth maps are written at the input's size up to this many pixels (default 2048 x 2048), and
     downscaled to it (aspect kept) above. Set it to maxImagePixels to always get the input's size;
     the runner's memory grows with it."""
 
