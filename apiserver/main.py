@@ -22,9 +22,9 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from spatialforge.apiserver import errors
 from spatialforge.apiserver.api.main import api_router
+from spatialforge.apiserver.api.routes import sync as sync_routes
 from spatialforge.apiserver.core import logging as sf_logging
 from spatialforge.apiserver.core.config import Settings, get_settings
-from spatialforge.apiserver.core.errors import ApiError
 from spatialforge.apiserver.core.metrics import Metrics
 from spatialforge.apiserver.middleware import GuardMiddleware, ServiceMiddleware
 from spatialforge.apiserver.services.billing import Billing
@@ -33,7 +33,9 @@ from spatialforge.apiserver.services.jobs import JobService
 from spatialforge.apiserver.services.kube import JobCache, Kube, make_api_client
 from spatialforge.apiserver.services.namespaces import Namespaces
 from spatialforge.apiserver.services.quotas import Quotas
+from spatialforge.apiserver.services.pool import DepthPools, PoolRef
 from spatialforge.apiserver.services.storage import Storage
+from spatialforge.apiserver.services.sync import SyncService
 from spatialforge.apiserver.services.tenants import Tenants
 from spatialforge.apiserver.services.uploads import Uploads
 from spatialforge.apiserver.services.webhooks import WebhookSender
@@ -42,9 +44,10 @@ log = logging.getLogger("spatialforge.apiserver")
 
 TAGS = [{"name": n, "description": d} for n, d in (
     ("jobs", "DepthBatch and ReconstructionJob resources in your namespace"),
+    ("depth", "Synchronous depth and measurement on one image, served by a warm DepthPool"),
     ("uploads", "Signed upload forms into your input prefix; your uploads"), ("usage", "Your plan, usage and webhook secret"),
     ("billing", "Stripe Checkout, portal and webhooks"), ("admin", "Admin keys only"),
-    ("health", "Liveness, readiness, metrics"))]
+    ("health", "Liveness and readiness (metrics have their own port)"))]
 
 
 # The one table from domain errors (apiserver/errors.py) to HTTP statuses; the first class in an
@@ -99,10 +102,6 @@ def _install_handlers(app: FastAPI) -> None:
             return _error(500, "internal", "internal error")
         return _error(status, exc.code, exc.message, exc.headers, **exc.details)
 
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message, exc.headers)
-
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = FRAMEWORK_CODES.get(exc.status_code, "error")
@@ -110,7 +109,7 @@ def _install_handlers(app: FastAPI) -> None:
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route for {request.url.path}"
         elif exc.status_code == 413:
-            limit = request.app.state.settings.max_body_bytes
+            limit = getattr(request.scope.get("route"), "max_body_size", None) or request.app.state.settings.max_body_bytes
             return _error(413, code, f"request bodies are limited to {limit} bytes", limit=limit)
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}"
@@ -221,6 +220,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.namespaces, state.quotas, state.webhooks, state.billing, state.jobs = (
             namespaces, quotas, webhooks, billing, jobs)
         state.uploads = uploads
+        pools = DepthPools(api, [PoolRef.parse(p) for p in settings.depth_pools.split(",") if p.strip()],
+                           ttl=settings.pool_refresh_seconds, timeout=settings.sync_timeout_seconds)
+        state.pools = pools
+        state.sync = SyncService(settings=settings, redis=redis, pools=pools, quotas=quotas, tenants=tenants,
+                                 billing=billing, storage=storage)
         state.gate = Gate(redis, settings.hmac_key(), settings.previous_hmac_key(),
                           failed_auth_limit=settings.failed_auth_per_ip_per_minute, metrics=metrics)
         cache.listeners.append(jobs.on_terminal)
@@ -238,6 +242,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 metrics_server.server_close()
             await grace.stop()
             await cache.stop()
+            await pools.close()
             await webhooks.close()
             await billing.close()
             await redis.aclose()
@@ -254,7 +259,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _install_handlers(app)
     # Chunked bodies are counted as they stream (a Content-Length is checked by GuardMiddleware).
     app.include_router(api_router, max_body_size=settings.max_body_bytes)
+    app.include_router(sync_routes.router, max_body_size=sync_routes.body_limit(settings))  # image uploads
     app.add_middleware(GuardMiddleware, max_body=settings.max_body_bytes, public=PUBLIC_V1, render=render,
+                       body_limits=dict.fromkeys(sync_routes.PATHS, sync_routes.body_limit(settings)),
                        unavailable=(redis.exceptions.ConnectionError, redis.exceptions.TimeoutError))
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],

@@ -82,7 +82,8 @@ class ServiceMiddleware:
             if route not in ("/health", "/metrics"):
                 state = scope.get("state")
                 tenant = state.get("tenant") if isinstance(state, dict) else None
-                log.info("%s %s %s %.1fms tenant=%s", method, route, status["code"], elapsed * 1000, tenant or "-")
+                shown = route if route != "unmatched" else path[:200]  # refused before routing: the path
+                log.info("%s %s %s %.1fms tenant=%s", method, shown, status["code"], elapsed * 1000, tenant or "-")
 
 
 Render = Callable[[Exception], tuple[int, bytes, dict[str, str]]]
@@ -111,9 +112,10 @@ class GuardMiddleware:
     """
 
     def __init__(self, app: Any, *, max_body: int, public: frozenset[str], render: Render,
-                 unavailable: tuple[type[BaseException], ...] = ()) -> None:
+                 unavailable: tuple[type[BaseException], ...] = (), body_limits: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_body = max_body
+        self.body_limits = dict(body_limits or {})  # paths with their own limit (image uploads)
         self.public = public
         self.render = render
         self.unavailable = unavailable
@@ -127,9 +129,10 @@ class GuardMiddleware:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
         length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.max_body:
-            await self._refuse(send, errors.PayloadTooLarge(f"request bodies are limited to {self.max_body} bytes",
-                                                            details={"limit": self.max_body}))
+        limit = self.body_limits.get(scope.get("path", ""), self.max_body)
+        if length.isdigit() and int(length) > limit:
+            await self._refuse(send, errors.PayloadTooLarge(f"request bodies are limited to {limit} bytes",
+                                                            details={"limit": limit}))
             return
         if self._needs_key(scope.get("path", "")):
             gate = getattr(scope["app"].state, "gate", None)
