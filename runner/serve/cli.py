@@ -46,7 +46,7 @@ def run_server(serve: ServeSettings, runner: RunnerSettings) -> int:
     app = create_app(serve, runner, on_fatal=on_fatal)
     config = uvicorn.Config(
         app, host=serve.host, port=serve.port, log_level="info", access_log=False, lifespan="on",
-        timeout_graceful_shutdown=int(serve.drain_seconds) or None,
+        timeout_graceful_shutdown=max(serve.drain_seconds, 0.001),  # None would wait without bound
     )
     server = _server_class()(config)
     server.run()
