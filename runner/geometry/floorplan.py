@@ -46,6 +46,8 @@ _FLOOR_BAND = 0.04  # horizontal points within this of the floor/ceiling plane a
 _WALL_GAP = 0.3  # gaps in a wall line up to this are closed (m); doorways are wider
 _MIN_WIDTH = 0.2  # narrower strips of free space are not floor (m)
 _SNAP_REACH = 0.1  # wall faces up to this far outside a traced outline pull its edge onto them (m)
+_DOOR_MAX = 1.2  # wall openings up to this wide are doors: their passage belongs to no room (m)
+_WALL_MAX_THICKNESS = 0.4  # (m)
 _MAX_CELLS = 4000  # grid cells per axis (80 m at 2 cm)
 
 
@@ -431,7 +433,7 @@ def _rooms(
             | cv2.morphologyEx(wall, cv2.MORPH_CLOSE, np.ones((span, 1), np.uint8))).astype(bool)
     floor_ev = cv2.morphologyEx(raster(evidence).astype(np.uint8), cv2.MORPH_CLOSE, _disk(2)).astype(bool)
 
-    interior = _interior(floor_ev, wall, res)
+    interior = _interior(floor_ev, wall, res) & ~_doorways(wall, floor_ev, res)
     labels = _split_rooms(interior, res=res, min_prominence=min_prominence, min_cells=int(min_room_area / res**2))
     wall_xy = local[wall_points_mask, :2]
     rooms = []
@@ -473,20 +475,55 @@ def _interior(floor_ev: np.ndarray, wall: np.ndarray, res: float) -> np.ndarray:
     return (along_x & along_y).astype(bool)
 
 
+def _doorways(wall: np.ndarray, floor_ev: np.ndarray, res: float) -> np.ndarray:
+    """Door passages: gaps up to _DOOR_MAX in a wall line, no deeper than a wall is thick, with
+    floor on both sides. Taking them out of the interior ends each room at its wall face."""
+    span = int(round(_DOOR_MAX / res)) | 1
+    thick = int(round(_WALL_MAX_THICKNESS / res))
+    reach = int(round(0.3 / res))
+    out = np.zeros(wall.shape, bool)
+    w8 = wall.astype(np.uint8)
+    for across in (1, 0):  # 1: gaps along y in walls running along y (the passage is crossed along x)
+        se = np.ones((span, 1), np.uint8) if across == 1 else np.ones((1, span), np.uint8)
+        gap = cv2.morphologyEx(w8, cv2.MORPH_CLOSE, se).astype(bool) & ~wall
+        n, lab, stats, _ = cv2.connectedComponentsWithStats(gap.astype(np.uint8), connectivity=4)
+        for k in range(1, n):
+            x, y, bw, bh, _area = stats[k]
+            depth, width = (bw, bh) if across == 1 else (bh, bw)
+            if depth > thick or depth < 3 or width * res < 0.4:
+                continue
+            # a door is set in a wall: the wall goes on past both jambs in the passage's band
+            # (a narrow corridor's walls, crossed by a fill, are only a wall's thickness)
+            if across == 1:
+                ends = (wall[max(0, y - reach):y, x:x + bw], wall[y + bh:y + bh + reach, x:x + bw])
+            else:
+                ends = (wall[y:y + bh, max(0, x - reach):x], wall[y:y + bh, x + bw:x + bw + reach])
+            if min(e.mean() if e.size else 0.0 for e in ends) < 0.8:
+                continue
+            m = lab[y:y + bh, x:x + bw] == k
+            # floor on both sides of the passage, just beyond its depth
+            if across == 1:
+                before = floor_ev[y:y + bh, max(0, x - 3):x].any()
+                after = floor_ev[y:y + bh, x + bw:x + bw + 3].any()
+            else:
+                before = floor_ev[max(0, y - 3):y, x:x + bw].any()
+                after = floor_ev[y + bh:y + bh + 3, x:x + bw].any()
+            if before and after:
+                out[y:y + bh, x:x + bw] |= m
+    return out
+
+
 def _split_rooms(interior: np.ndarray, *, res: float, min_prominence: float, min_cells: int) -> np.ndarray:
     """Label image of rooms: distance-transform watershed with h-maxima markers."""
     inside = interior.astype(np.uint8)
     dt = cv2.distanceTransform(inside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE).astype(np.float32) * res
-    # h-maxima: reconstruction by dilation of dt - h under dt; domes of height h are the markers
+    # markers: regional maxima of the h-maxima transform (dt - h reconstructed under dt), i.e.
+    # one per maximum of dynamic >= h; equal bumps along one corridor share one plateau
     h = np.float32(min_prominence)
-    rec = np.maximum(dt - h, 0)
     kernel = np.ones((3, 3), np.uint8)
-    for _ in range(20000):
-        nxt = np.minimum(cv2.dilate(rec, kernel), dt)
-        if np.array_equal(nxt, rec):
-            break
-        rec = nxt
-    tops = ((dt - rec) >= h - 1e-4) & interior
+    hmax = _reconstruct(np.maximum(dt - h, 0), dt)
+    eps = np.float32(1e-4)
+    tops = ((hmax - _reconstruct(np.maximum(hmax - eps, 0), hmax)) > eps / 2) & interior
     n, markers = cv2.connectedComponents(tops.astype(np.uint8), connectivity=8)
     # components of the interior with no marker (too narrow for any dome) get one anyway
     n_cc, cc = cv2.connectedComponents(inside, connectivity=4)
@@ -512,6 +549,17 @@ def _split_rooms(interior: np.ndarray, *, res: float, min_prominence: float, min
     for i, u in enumerate(uniq, start=1):
         out[labels == u] = i
     return out
+
+
+def _reconstruct(marker: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Grey-scale reconstruction by dilation of `marker` under `mask` (8-connected)."""
+    kernel = np.ones((3, 3), np.uint8)
+    rec = np.minimum(marker, mask)
+    while True:
+        nxt = np.minimum(cv2.dilate(rec, kernel), mask)
+        if np.array_equal(nxt, rec):
+            return rec
+        rec = nxt
 
 
 def _flood(labels: np.ndarray, dt: np.ndarray, interior: np.ndarray, *, step: float) -> np.ndarray:
@@ -611,7 +659,9 @@ def _snap_to_walls(v: np.ndarray, wall_xy: np.ndarray, *, res: float) -> np.ndar
             continue
         first, last = _project(v[run[0]], la), _project(v[run[-1]], lb)
         out.append(first if np.linalg.norm(first - v[run[0]]) < 0.15 else v[run[0]])
-        out.extend(v[k] for k in run[1:-1])
+        same_line = cross < 0.1 and abs(float((lb[0] - la[0]) @ np.array([-la[1][1], la[1][0]]))) < 0.03
+        if not (same_line and run_len < _DOOR_MAX + 0.3):  # a door in one wall: straight across it
+            out.extend(v[k] for k in run[1:-1])
         if len(run) > 1:
             out.append(last if np.linalg.norm(last - v[run[-1]]) < 0.15 else v[run[-1]])
     return np.asarray(out) if len(out) >= 3 else None

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+from shapely import contains_xy
 from shapely.geometry import LineString, Point, Polygon, box
 from shapely.ops import unary_union
 
@@ -34,8 +35,6 @@ def _area_samples(poly: Polygon, density: float, rng: np.random.Generator) -> np
     x0, y0, x1, y1 = poly.bounds
     n = rng.poisson(density * (x1 - x0) * (y1 - y0))
     xy = rng.uniform([x0, y0], [x1, y1], size=(n, 2))
-    from shapely import contains_xy
-
     return xy[contains_xy(poly, xy[:, 0], xy[:, 1])]
 
 
@@ -76,8 +75,7 @@ def sample_apartment(apt: Apartment, *, density: float = 3500.0, noise: float = 
             p = _face(a, b, 0.0, apt.height, density, rng)
             keep = np.ones(len(p), bool)
             for d, h in openings:
-                inside = np.array([d.contains(Point(x, y)) for x, y in p[:, :2]]) if len(p) else keep
-                keep &= ~(inside & (p[:, 2] < h))
+                keep &= ~(contains_xy(d, p[:, 0], p[:, 1]) & (p[:, 2] < h))
             for x0, y0, x1, y1, h in apt.furniture:  # the wall behind furniture is hidden below its top
                 near = (p[:, 0] > x0 - 0.05) & (p[:, 0] < x1 + 0.05) & (p[:, 1] > y0 - 0.05) & (p[:, 1] < y1 + 0.05)
                 keep &= ~(near & (p[:, 2] < h))
@@ -225,6 +223,21 @@ def test_three_rooms_in_a_row() -> None:
     )
     points, normals, T = scan(apt, (1.5, 1.5, 1.5), seed=11)
     check(extract_floorplan(points, normals), apt, T, "three-rooms")
+
+
+def test_rooms_off_a_corridor() -> None:
+    """Six rooms: three in a row, a 1.28 m corridor with five doors, two behind it. The corridor
+    is one room (not cut at every door), and no room keeps a door's passage."""
+    t = 0.12
+    apt = Apartment(
+        rooms=[box(0, 0, 5, 4), box(5 + t, 0, 9, 4), box(9 + t, 0, 12, 4), box(0, 4 + t, 12, 5.4),
+               box(0, 5.4 + t, 6, 10), box(6 + t, 5.4 + t, 12, 10)],
+        doors=[(box(5, 1.5, 5 + t, 2.4), 2.05), (box(9, 1.5, 9 + t, 2.4), 2.05), (box(1, 4, 1.9, 4 + t), 2.05),
+               (box(6, 4, 6.9, 4 + t), 2.05), (box(10, 4, 10.9, 4 + t), 2.05), (box(2, 5.4, 2.9, 5.4 + t), 2.05),
+               (box(8, 5.4, 8.9, 5.4 + t), 2.05)],
+    )
+    points, normals, T = scan(apt, (2.0, 2.0, 1.5), seed=4, density=1500)
+    check(extract_floorplan(points, normals), apt, T, "six-rooms-corridor")
 
 
 def test_exports() -> None:
