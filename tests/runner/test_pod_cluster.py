@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -61,7 +62,8 @@ async def test_pod_runs_its_shard_and_patches_progress(cluster, namespace, s3, m
     }, namespace)
     for index in (0, 1):
         kubeconfig = _runner_kubeconfig(cluster, namespace, tmp_path, "batch", index)
-        env = {
+        env = {  # the pod's whole environment: the object store's settings come from the process's
+            **os.environ,
             "SPATIALFORGE_KIND": "DepthBatch", "SPATIALFORGE_NAME": "batch", "SPATIALFORGE_NAMESPACE": namespace,
             "JOB_COMPLETION_INDEX": str(index), "KUBECONFIG": kubeconfig, "SPATIALFORGE_MODEL_DIR": str(model_dir),
             "SPATIALFORGE_TERMINATION_LOG": str(runner_env), "SPATIALFORGE_DEVICE": "cpu",
@@ -96,7 +98,7 @@ async def test_pod_failure_leaves_a_failed_stage_and_no_manifest(cluster, namesp
         "apiVersion": "spatialforge.io/v1alpha1", "kind": "DepthBatch", "metadata": {"name": "missing"},
         "spec": {"inputs": [f"s3://{s3}/nothing-here.png"], "output": {"uri": f"s3://{s3}/out"}, "suspend": True},
     }, namespace)
-    env = {"SPATIALFORGE_KIND": "DepthBatch", "SPATIALFORGE_NAME": "missing", "SPATIALFORGE_NAMESPACE": namespace,
+    env = {**os.environ, "SPATIALFORGE_KIND": "DepthBatch", "SPATIALFORGE_NAME": "missing", "SPATIALFORGE_NAMESPACE": namespace,
            "KUBECONFIG": _runner_kubeconfig(cluster, namespace, tmp_path, "missing"), "SPATIALFORGE_MODEL_DIR": str(model_dir),
            "SPATIALFORGE_TERMINATION_LOG": str(runner_env)}
     outcome = await run_in_pod(env)
