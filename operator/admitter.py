@@ -43,6 +43,8 @@ class Admitter:
         self.node_fit_enabled = True  # off when the operator may not list nodes
         self._fit_memo: dict[Key, tuple[str, Any, int, str | None]] = {}
         self._nodes_seen = 0
+        self._standing_memo: dict[Key, tuple[dict[str, Any], dict[str, Any] | None, Any]] = {}
+        self._new: list[Key] = []  # resources the latest pass saw first
         self.pools: PoolController | None = None  # DepthPools: their replicas hold GPUs too
 
     def poke(self) -> None:
@@ -86,32 +88,56 @@ class Admitter:
         self._fit_memo[key] = (uid, spec, self._nodes_seen, result)
         return result
 
+    def _standing(self, key: Key, obj: dict[str, Any]) -> tuple[str, Any, dict[str, Any] | None] | None:
+        """What of a resource's standing does not change until the resource or its Job does
+        (memoized on their identity: the cache stores a new dict for every new version).
+        None: never a candidate; ("kueue", spec, None); ("gpu", spec, job)."""
+        raw_job = self.cache.jobs.get(key)
+        memo = self._standing_memo.get(key)
+        if memo is not None and memo[0] is obj and memo[1] is raw_job:
+            return memo[2]
+        standing: tuple[str, Any, dict[str, Any] | None] | None = None
+        spec, _ = self.cache.spec_of(key)
+        if obj["metadata"].get("deletionTimestamp") or Outcome.of(obj) is not None or spec is None:
+            pass  # deleted, finished, or invalid (the reconcile fails it as InvalidSpec)
+        else:
+            job = self.cache.job_of(key)
+            if spec.queue_name:
+                standing = ("kueue", spec, None) if job is None else None
+            elif job is None and (obj.get("status") or {}).get("jobName"):
+                pass  # its Job was deleted: the reconcile fails it as JobDeleted
+            elif not job_finished(job):
+                standing = ("gpu", spec, job)
+        self._standing_memo[key] = (obj, raw_job, standing)
+        return standing
+
+    def seen(self, key: Key) -> bool:
+        """Whether an admission pass has looked at this resource yet."""
+        return key in self._standing_memo
+
     def candidates(self) -> tuple[list[admission.Candidate], list[Key]]:
         """Resources competing for GPUs, and Kueue-managed resources still without a Job."""
         out, kueue = [], []
+        if len(self._standing_memo) > 2 * len(self.cache.resources) + 100:
+            self._standing_memo = {k: v for k, v in self._standing_memo.items() if k in self.cache.resources}
+        self._new = [k for k in self.cache.resources if k not in self._standing_memo]
         for key, obj in self.cache.resources.items():
-            meta = obj["metadata"]
-            if meta.get("deletionTimestamp") or Outcome.of(obj) is not None:
+            standing = self._standing(key, obj)
+            if standing is None:
                 continue
-            spec, _ = self.cache.spec_of(key)
-            if spec is None:
-                continue  # the reconcile fails it as InvalidSpec
-            job = self.cache.job_of(key)
-            if spec.queue_name:
-                if job is None and not spec.suspend and key not in self.admitting \
-                        and key[1] not in self.cache.terminating:
+            what, spec, job = standing
+            terminating = key[1] in self.cache.terminating
+            if what == "kueue":
+                if not spec.suspend and key not in self.admitting and not terminating:
                     kueue.append(key)
                 continue
-            if job_finished(job):
-                continue
             admitted = key in self.admitting or (job is not None and not (job.get("spec") or {}).get("suspend"))
-            if (spec.suspend or key[1] in self.cache.terminating) and not admitted:
+            if (spec.suspend or terminating) and not admitted:
                 continue  # (a terminating namespace refuses new Jobs; what runs there still holds GPUs)
-            if job is None and (obj.get("status") or {}).get("jobName"):
-                continue  # its Job was deleted: the reconcile fails it as JobDeleted
             out.append(admission.Candidate(
-                key=key, namespace=key[1], priority=spec.priority, created=meta.get("creationTimestamp", ""),
-                demand=spec.gpu_demand, admitted=admitted, no_fit=None if admitted else self._no_fit(key, spec)))
+                key=key, namespace=key[1], priority=spec.priority,
+                created=obj["metadata"].get("creationTimestamp", ""), demand=spec.gpu_demand, admitted=admitted,
+                no_fit=None if admitted else self._no_fit(key, spec)))
         return out, kueue
 
     async def admit_pass(self) -> None:
@@ -132,6 +158,8 @@ class Admitter:
         for key in set(old) | set(decision.verdicts):
             if old.get(key) != decision.verdicts.get(key):
                 self.queue.add(key)
+        for key in self._new:  # their first status waited for this pass (Reconciler.reconcile)
+            self.queue.add(key)
         work = [(k, False) for k in decision.admit] + [(k, True) for k in kueue]
         if not work:
             return

@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from spatialforge.crds import constants as c
+from spatialforge.crds.v1alpha1 import conditions as cond
 from spatialforge.crds.v1alpha1.common import Phase
 from spatialforge.operator import children, metrics
 from spatialforge.operator.admitter import Admitter
@@ -54,7 +55,7 @@ class Reconciler:
         self.budget = BudgetWatch(kube, settings.namespace, settings.quota_configmap, on_change=self.poke_admission)
         self.admitter = Admitter(kube, cache, settings, self.queue, self.budget, self._ensure_identity,
                                  self._forget_if_gone)
-        self.pools = PoolController(kube, settings, self.poke_admission)
+        self.pools = PoolController(kube, settings, self.poke_admission, self._ensure_identity)
         self.admitter.pools = self.pools  # pool replicas hold GPUs from the same budget
         self.tasks: list[asyncio.Task[None]] = []
         self.runner_identities: set[str] = set()  # namespaces whose runner SA and Role exist
@@ -170,7 +171,9 @@ class Reconciler:
         if outcome is not None and outcome.phase == Phase.failed.value and job is not None \
                 and not job_condition(job, "Failed") and not job_condition(job, "Complete"):
             await self.kube.delete_job(key[1], job["metadata"]["name"])  # fail fast: stop the pods
-        await self._write(key, obj, derived.status)
+        if not (derived.status.reason == cond.REASON_AWAITING_ADMISSION and not obj.get("status")
+                and not self.admitter.seen(key)):  # a new resource: its first status waits for admission
+            await self._write(key, obj, derived.status)
         if derived.recheck_at is not None:
             self.queue.add_at(key, derived.recheck_at)
         if outcome is not None:
