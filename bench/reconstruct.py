@@ -18,6 +18,7 @@ within 10 mm of the mesh), floor-plan area error and room count.
     python bench/reconstruct.py                          # the full 60 s walk, all presets
     python bench/reconstruct.py --seconds 15 --presets standard
     python bench/reconstruct.py --depth mono --presets standard
+    python bench/reconstruct.py --depth truth,mono --presets standard
 
 Prints a table, then one JSON line.
 """
@@ -154,12 +155,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--fps", type=float, default=10.0)
     parser.add_argument("--presets", default="draft,standard,high")
-    parser.add_argument("--depth", choices=["truth", "mono", "v2-small"], default="truth")
+    parser.add_argument("--depth", default="truth", help="truth, mono or v2-small; a comma list runs each on the same video")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        if args.depth not in ("truth", "mono", "v2-small"):
+            raise SystemExit(f"--depth {args.depth}: expected truth, mono or v2-small")
         child(args)
         return
 
@@ -173,22 +176,25 @@ def main() -> None:
         write_video(root / "walk.mp4", [render(room, cam, T, supersample=1)[0] for T in poses], fps=args.fps)
         print(f"video: {len(poses)} frames {FULL[0]}x{FULL[1]} @ {args.fps} fps ({args.seconds:.0f} s), path "
               f"{path_length(poses):.2f} m, rendered in {time.perf_counter() - t0:.0f} s", flush=True)
-        for preset in args.presets.split(","):
-            cmd = [sys.executable, __file__, "--child", preset, "--workdir", tmp, "--seconds", str(args.seconds),
-                   "--fps", str(args.fps), "--depth", args.depth, "--device", args.device]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(proc.stderr[-4000:], file=sys.stderr)
-                raise SystemExit(f"preset {preset} failed (exit {proc.returncode})")
-            results[preset] = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"{preset}: {results[preset]}", flush=True)
+        depths = args.depth.split(",")
+        for depth in depths:
+            for preset in args.presets.split(","):
+                key = preset if len(depths) == 1 else f"{preset}:{depth}"
+                cmd = [sys.executable, __file__, "--child", preset, "--workdir", tmp, "--seconds", str(args.seconds),
+                       "--fps", str(args.fps), "--depth", depth, "--device", args.device]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    print(proc.stderr[-4000:], file=sys.stderr)
+                    raise SystemExit(f"preset {key} failed (exit {proc.returncode})")
+                results[key] = json.loads(proc.stdout.strip().splitlines()[-1])
+                print(f"{key}: {results[key]}", flush=True)
     cols = [("wall_s", "wall s", ".1f"), ("peak_rss_mb", "RSS MB", ".0f"), ("ate_mm", "ATE mm", ".2f"),
             ("rot_max_deg", "rot deg", ".3f"), ("loop_gap_mm", "gap mm", ".2f"), ("mesh_p50_mm", "p50 mm", ".2f"),
             ("mesh_p95_mm", "p95 mm", ".2f"), ("completeness_10mm", "compl", ".3f"), ("floor_area_err_pct", "area %", ".2f"),
             ("room_count", "rooms", "d")]
-    print(f"{'preset':<10}" + "".join(f"{label:>10}" for _, label, _ in cols))
+    print(f"{'preset':<16}" + "".join(f"{label:>10}" for _, label, _ in cols))
     for preset, r in results.items():
-        print(f"{preset:<10}" + "".join(f"{format(r[k], fmt) if r.get(k) is not None else '-':>10}" for k, _, fmt in cols))
+        print(f"{preset:<16}" + "".join(f"{format(r[k], fmt) if r.get(k) is not None else '-':>10}" for k, _, fmt in cols))
     print(json.dumps({"bench": "reconstruct", "video_s": args.seconds, "fps": args.fps, "size": f"{FULL[0]}x{FULL[1]}",
                       "frames": len(poses), "path_m": round(path_length(poses), 3), "depth": args.depth,
                       "device": args.device, "presets": results}))

@@ -27,6 +27,7 @@ from spatialforge.runner.geometry import odometry
 from spatialforge.runner.geometry.poses import PoseResult, _gray, detect, relative_pose
 
 log = logging.getLogger(__name__)
+FRAME_CACHE = 8
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,8 +116,11 @@ class Tracker:
         return self._features[i]
 
     def frame(self, i: int) -> odometry.Frame:
+        """RGB-D frame for odometry; only the last few are kept (3 MB each at 512 px)."""
         if i not in self._frames:
             self._frames[i] = odometry.make_frame(self.images[i], self.depths[i], self.opt.device)
+            while len(self._frames) > FRAME_CACHE:
+                self._frames.pop(next(iter(self._frames)))
         return self._frames[i]
 
     # --- steps ----------------------------------------------------------------------------
