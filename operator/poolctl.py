@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -33,8 +34,10 @@ def pool_key(obj: dict[str, Any]) -> Key:
 
 
 class PoolController:
-    def __init__(self, kube: Kube, settings: OperatorSettings, poke_admission: Any) -> None:
+    def __init__(self, kube: Kube, settings: OperatorSettings, poke_admission: Callable[[], None],
+                 ensure_identity: Callable[[str], Awaitable[None]]) -> None:
         self.kube, self.settings, self.poke_admission = kube, settings, poke_admission
+        self.ensure_identity = ensure_identity  # the runner service account the replicas run as
         self.pools: dict[Key, dict[str, Any]] = {}
         self.deployments: dict[Key, dict[str, Any]] = {}  # by the owning pool's key
         self.grants: dict[Key, pool.Grant] = {}
@@ -163,6 +166,7 @@ class PoolController:
             replicas = int((current or {}).get("spec", {}).get("replicas") or 0)
         else:
             replicas = g.replicas
+        await self.ensure_identity(key[1])
         await self._ensure_service(res)
         current = await self._ensure_deployment(key, res, current, replicas)
         name = pool.child_name(key[2])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from kubernetes_asyncio import config
 
+from spatialforge.devcluster import podnet
 from spatialforge.devcluster.behaviour import Behaviour
 from spatialforge.devcluster.nodes import keep_ready
 from spatialforge.devcluster.pods import Kubelet
@@ -36,6 +37,7 @@ async def amain(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    podnet.configure()  # pod IPs that EndpointSlices accept, when this host lets us add them
     names = [f"{args.prefix}-{i}" for i in range(args.nodes)]
     state = Path(os.environ.get("SPATIALFORGE_STATE", ".local")) / "devcluster"
     kubelet = Kubelet(api, names, Behaviour(mode=args.mode, seconds=args.seconds), state)

@@ -14,7 +14,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from spatialforge.devcluster import behaviour as rules
-from spatialforge.devcluster import ports, processes
+from spatialforge.devcluster import podnet, processes
 
 log = logging.getLogger(__name__)
 NAME_LABEL = "spatialforge.io/name"
@@ -174,7 +174,7 @@ class Kubelet:
         started = _now()  # of the current attempt; read by on_status
 
         async def on_status(ready: bool) -> None:
-            await self._patch(pod, _running(container, started, ready=ready, ip=ports.pod_ip(pod["metadata"]["uid"])))
+            await self._patch(pod, _running(container, started, ready=ready, ip=podnet.pod_ip(pod["metadata"]["uid"])))
 
         while True:
             started = _now()
@@ -218,7 +218,7 @@ class Kubelet:
                 outcome = await self._run_process(pod, container)
                 started = outcome.started or started
             else:
-                await self._patch(pod, _running(container, started, ready=True, ip=ports.pod_ip(meta["uid"])))
+                await self._patch(pod, _running(container, started, ready=True, ip=podnet.pod_ip(meta["uid"])))
                 await asyncio.sleep(how.seconds)
                 code = how.exit_code_for(attempt)
                 outcome = processes.Outcome(code, how.message, "Completed" if code == 0 else ("OOMKilled" if code == 137 else "Error"))
@@ -242,7 +242,7 @@ class Kubelet:
 
 
 def _running(container: str, started: str, *, ready: bool, ip: str) -> dict[str, Any]:
-    """A running pod's status; `ip` is its own loopback address (ports.pod_ip)."""
+    """A running pod's status; `ip` is its own address (podnet.pod_ip)."""
     flag = "True" if ready else "False"
     return {
         "phase": "Running", "startTime": started, "podIP": ip, "hostIP": "127.0.0.1",

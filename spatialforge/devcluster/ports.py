@@ -6,11 +6,10 @@ each declared `containerPort` a free host port, rewrites the container's command
 to use it, and records the mapping on the pod as the annotation `ANNOTATION` (JSON, container
 port to host port, e.g. `{"8000": 41234}`) so tests and people can reach the process.
 
-A pod that binds its own pod IP needs none of this: each pod gets its own loopback address
-(`pod_ip`, 127.x.y.z; Linux routes all of 127.0.0.0/8 to lo) as status.podIP, so a pod whose
-env takes `status.podIP` (a fieldRef) and listens there keeps its declared ports, and the
-EndpointSlices Kubernetes publishes for its Service carry addresses that really reach it
-(`binds_pod_ip`). Other pods (servers listening on 0.0.0.0) still get remapped ports.
+A pod that binds its own pod IP needs none of this: each pod gets its own address on this host
+(podnet.py) as status.podIP, so a pod whose env takes `status.podIP` (a fieldRef) and listens
+there keeps its declared ports, and the EndpointSlices Kubernetes publishes for its Service
+carry addresses that really reach it (`binds_pod_ip`). Other pods (servers listening on 0.0.0.0) still get remapped ports.
 
 What is rewritten (the forms a port takes on a command line or in env):
 * env values equal to the port number (`SPATIALFORGE_HEALTH_PORT=8080`);
@@ -20,19 +19,11 @@ What is rewritten (the forms a port takes on a command line or in env):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import socket
 from typing import Any
 
 ANNOTATION = "devcluster.spatialforge.io/ports"
-
-
-def pod_ip(uid: str) -> str:
-    """The pod's own loopback address, derived from its uid (stable across agent restarts):
-    127.a.b.c with a in 1..254, never 127.0.0.1 (the host's own services listen there)."""
-    digest = hashlib.sha256(uid.encode()).digest()
-    return f"127.{1 + digest[0] % 254}.{digest[1]}.{1 + digest[2] % 254}"
 
 
 def binds_pod_ip(container: dict[str, Any]) -> bool:

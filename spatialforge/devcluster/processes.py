@@ -27,7 +27,7 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
-from spatialforge.devcluster import ports, probes
+from spatialforge.devcluster import podnet, ports, probes
 from spatialforge.devcluster.probes import StatusCallback
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def _field(pod: dict[str, Any], path: str) -> str:
         "metadata.uid": meta.get("uid"),
         "spec.nodeName": pod["spec"].get("nodeName"),
         "spec.serviceAccountName": pod["spec"].get("serviceAccountName"),
-        "status.podIP": ports.pod_ip(meta.get("uid", "")),
+        "status.podIP": podnet.pod_ip(meta.get("uid", "")),
         "status.hostIP": "127.0.0.1",
     }
     if path in simple:
@@ -213,7 +213,10 @@ async def run(core: client.CoreV1Api, pod: dict[str, Any], state_dir: Path, serv
     argv = _argv(container, env)
     own_ip = ports.binds_pod_ip(container)  # listens on its pod IP: its ports are its own
     mapping = {} if own_ip else ports.allocate(container)
-    probe_host = ports.pod_ip(meta["uid"]) if own_ip else "127.0.0.1"
+    address = podnet.pod_ip(meta["uid"])
+    probe_host = address if own_ip else "127.0.0.1"
+    if own_ip:
+        await podnet.attach(address)
     try:
         if mapping:
             env = ports.rewrite_env(env, mapping)
@@ -240,6 +243,8 @@ async def run(core: client.CoreV1Api, pod: dict[str, Any], state_dir: Path, serv
                     await asyncio.gather(prober, return_exceptions=True)
     finally:
         ports.release(mapping)
+        if own_ip:
+            await podnet.detach(address)
     message = termination_log.read_text()[:4096].strip() if termination_log.exists() else ""
     if not message and code != 0:
         message = _tail(log_path)

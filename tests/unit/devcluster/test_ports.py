@@ -58,13 +58,17 @@ def test_annotation_round_trip() -> None:
     assert ports.parse_annotation({"metadata": {}}) == {}
 
 
-def test_each_pod_has_its_own_stable_loopback_address() -> None:
+def test_each_pod_has_its_own_stable_address(monkeypatch) -> None:
     import ipaddress
 
-    a, b = ports.pod_ip("uid-a"), ports.pod_ip("uid-b")
-    assert a == ports.pod_ip("uid-a") and a != b
-    for ip in (a, b):
-        assert ipaddress.ip_address(ip) in ipaddress.ip_network("127.0.0.0/8") and ip != "127.0.0.1"
+    from spatialforge.devcluster import podnet
+
+    for routable, net in ((False, "127.0.0.0/8"), (True, podnet.ROUTABLE_PREFIX)):
+        monkeypatch.setattr(podnet, "_routable", routable)
+        a, b = podnet.pod_ip("uid-a"), podnet.pod_ip("uid-b")
+        assert a == podnet.pod_ip("uid-a") and a != b
+        for ip in (a, b):
+            assert ipaddress.ip_address(ip) in ipaddress.ip_network(net) and ip != "127.0.0.1"
 
 
 def test_a_container_told_its_pod_ip_keeps_its_ports() -> None:
