@@ -144,3 +144,13 @@ def test_outcome_annotation_round_trips_and_garbage_is_ignored() -> None:
     assert Outcome.of(resource(annotations={c.ANNOTATION_OUTCOME: "{not json"})) is None
     assert Outcome.of(resource(annotations={c.ANNOTATION_OUTCOME: '{"phase": "Running", "reason": "x", '
                                                                    '"message": "", "completionTime": ""}'})) is None
+
+
+def test_a_second_reconcile_of_an_unchanged_world_writes_nothing() -> None:
+    from spatialforge.operator.status import dump
+
+    for j, pods in ((job(), [pod()]), (job(complete=True), [pod(finished="2026-01-01T11:59:50Z")]), (None, [])):
+        first = derive(observe(resource(), j, pods), SETTINGS, NOW).status
+        obj = resource(dump(first))
+        again = derive(observe(obj, j, pods), SETTINGS, NOW + dt.timedelta(seconds=5) if j is None else NOW).status
+        assert patch_for(obj["status"], again) == {}
