@@ -35,14 +35,15 @@ def readme_block(heading: str) -> list[str]:
     return commands
 
 
-def script_for(commands: list[str]) -> str:
-    """One bash script: stop at the first failing line and say which; background lines logged."""
+def script_for(commands: list[str], logs: Path) -> str:
+    """One bash script: stop at the first failing line and say which; background lines logged
+    into `logs` (never the checkout)."""
     out = ["set -euo pipefail", f"cd {REPO}", "trap 'echo \"FAILED: $BASH_COMMAND\" >&2' ERR"]
     for i, line in enumerate(commands):
         out.append(f"echo '+ {line.replace(chr(39), chr(39) + chr(92) + chr(39) + chr(39))}' >&2")
         body = re.sub(r"\s+#.*$", "", line)  # trailing comment (none of the lines quote a #)
         if body.endswith("&"):
-            out.append(f"{body[:-1].rstrip()} >>background-{i}.log 2>&1 &")
+            out.append(f"{body[:-1].rstrip()} >>{logs}/background-{i}.log 2>&1 &")
         else:
             out.append(body)
     out.append("kill $(jobs -p) 2>/dev/null || true")
@@ -57,7 +58,7 @@ def test_readme_commands_run_as_written(tmp_path: Path) -> None:
     env.update({"SPATIALFORGE_STATE": str(state), "SF_PORTS": "free",
                 # The README's operator on free ports, so a developer's own never collides with it.
                 "SPATIALFORGE_HEALTH_PORT": str(free_port()), "SPATIALFORGE_METRICS_PORT": str(free_port())})
-    (tmp_path / "run.sh").write_text(script_for(commands))
+    (tmp_path / "run.sh").write_text(script_for(commands, tmp_path))
     proc = subprocess.Popen(["bash", str(tmp_path / "run.sh")], cwd=tmp_path, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
