@@ -104,3 +104,25 @@ def test_leftovers_on_minio_are_cleared(tmp_path, s3, model_dir, make_manifest, 
     assert outcome.exit_code == 0, outcome.reason
     assert [o.uri.removeprefix(base + "/") for o in store.list(f"{base}/")] == [
         "shard-00000/a.depth.npy", "shard-00000/a.depth.png", "shard-00000/manifest.json"]
+
+
+def test_outputs_written_before_a_failure_are_removed(model_dir, rgb_image):
+    """Depth maps of the good images are staged before the corrupt one fails the shard, and gone after."""
+    from spatialforge.crds.v1alpha1.depthbatch import DepthBatchSpec
+    from spatialforge.runner.errors import InvalidImageError
+    from spatialforge.runner.stages.base import RunContext
+    from spatialforge.runner.stages.depth import DepthStage
+    from spatialforge.runner.storage import MemoryStore
+
+    store = MemoryStore()
+    for i in range(4):
+        store.put(f"s3://bucket/in/{i}.png", _png(rgb_image(32, 32, i)))
+    store.put("s3://bucket/in/9.png", _png(rgb_image(32, 32, 9))[:300])
+    spec = DepthBatchSpec.model_validate({"inputs": ["s3://bucket/in/"], "output": {"uri": "s3://bucket/out"}, "batchSize": 1})
+    ctx = RunContext(namespace="ns", name="n")
+    ctx.use_store("s3", store)
+    with pytest.raises(InvalidImageError, match="9.png"):
+        DepthStage(io_workers=2).run(spec, ctx)
+    staged = [u for u in store.put_order if "/.staging/" in u and u.endswith(".depth.npy")]
+    assert len(staged) == 4  # every good image was written...
+    assert [u for u in store.objects if u.startswith("s3://bucket/out/")] == []  # ...and removed
