@@ -77,9 +77,11 @@ def _register_optional() -> None:
     except ImportError:
         pass
     try:
-        from spatialforge.client.cli import client_cli
+        from spatialforge.client.cli import client_cli, depth_command, measure_command
 
         main.add_command(client_cli, name="client")
+        main.add_command(depth_command, name="depth")  # synchronous: `spatialforge depth IMAGE -o depth.png`
+        main.add_command(measure_command, name="measure")
     except ImportError:
         pass
 

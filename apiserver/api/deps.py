@@ -21,6 +21,7 @@ from spatialforge.apiserver.services.kube import JobCache, Kube
 from spatialforge.apiserver.services.namespaces import Namespaces
 from spatialforge.apiserver.services.quotas import Quotas
 from spatialforge.apiserver.services.storage import Storage
+from spatialforge.apiserver.services.sync import SyncService
 from spatialforge.apiserver.services.tenants import Principal, Tenants
 from spatialforge.apiserver.services.uploads import Uploads
 from spatialforge.apiserver.services.webhooks import WebhookSender
@@ -79,6 +80,10 @@ async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
+async def get_sync(request: Request) -> SyncService:
+    return request.app.state.sync
+
+
 SettingsDep = Annotated[Settings, Depends(app_settings)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 KubeDep = Annotated[Kube, Depends(get_kube)]
@@ -92,6 +97,7 @@ WebhooksDep = Annotated[WebhookSender, Depends(get_webhooks)]
 JobsDep = Annotated[JobService, Depends(get_jobs)]
 UploadsDep = Annotated[Uploads, Depends(get_uploads)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+SyncDep = Annotated[SyncService, Depends(get_sync)]
 
 
 async def current_principal(request: Request) -> Principal:

@@ -96,6 +96,16 @@ class Settings(BaseSettings):
     the address gets 429 with Retry-After for any key until the minute ends."""
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     """Largest request body (413 past it, before the body is read; chunked bodies are counted)."""
+    depth_pools: str = Field(default="", validation_alias=AliasChoices(
+        "SPATIALFORGE_API_DEPTH_POOLS", "SPATIALFORGE_API_DEPTH_POOL", "depth_pools"))
+    """DepthPools serving POST /v1/depth and /v1/measure: "<namespace>/<name>", comma-separated
+    (a request's `model` picks the first pool of that size). Empty: those endpoints answer 503."""
+    sync_max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    """Largest image POST /v1/depth and /v1/measure take (uploaded, or read from an upload)."""
+    sync_timeout_seconds: float = Field(default=20.0, gt=0)
+    """How long a synchronous request may wait for the pool's answer (then 503, nothing charged)."""
+    pool_refresh_seconds: float = Field(default=2.0, gt=0)
+    """How old the listed EndpointSlices and DepthPool of a pool may be before they are listed again."""
     trusted_proxies: list[str] = Field(default_factory=list)
     """Addresses or CIDRs of the proxies (the ingress controller) whose X-Forwarded-For names the
     client; the per-address limits use that client. Empty: the peer address is the client."""

@@ -61,8 +61,9 @@ def units(spec: DepthBatchSpec | ReconstructionJobSpec) -> int:
 
 def refusal(plan: Plan, spec: DepthBatchSpec | ReconstructionJobSpec) -> str | None:
     """Why the plan forbids this spec (403), or None."""
-    if spec.model.size.value not in plan.model_sizes:
-        return f"model size {spec.model.size.value!r} is not in plan {plan.name!r} (allowed: {', '.join(plan.model_sizes)})"
+    why = size_refusal(plan, spec.model.size.value)
+    if why:
+        return why
     if isinstance(spec, ReconstructionJobSpec) and spec.quality.value not in plan.presets:
         return f"quality preset {spec.quality.value!r} is not in plan {plan.name!r} (allowed: {', '.join(plan.presets)})"
     gpus = spec.gpu_demand
@@ -71,10 +72,21 @@ def refusal(plan: Plan, spec: DepthBatchSpec | ReconstructionJobSpec) -> str | N
     return None
 
 
+def size_refusal(plan: Plan, size: str) -> str | None:
+    """Why the plan forbids this model size (403), or None (jobs and the synchronous endpoints)."""
+    if size not in plan.model_sizes:
+        return f"model size {size!r} is not in plan {plan.name!r} (allowed: {', '.join(plan.model_sizes)})"
+    return None
+
+
 def licence_refusal(spec: DepthBatchSpec | ReconstructionJobSpec, *, research_mode: bool) -> str | None:
-    """Why the deployment may not run this model (403), or None: the non-commercial
+    """Why the deployment may not run this model (403), or None."""
+    return size_licence_refusal(spec.model.size.value, research_mode=research_mode)
+
+
+def size_licence_refusal(size: str, *, research_mode: bool) -> str | None:
+    """Why the deployment may not run this model size (403), or None: the non-commercial
     checkpoints run only where the operator of the deployment enabled research mode."""
-    size = spec.model.size.value
     if size in OPEN_MODEL_SIZES or research_mode:
         return None
     return (f"model size {size!r} (Depth Anything V2 {size.capitalize()}) is licensed CC-BY-NC-4.0, for "

@@ -4,6 +4,7 @@
                      (json | png | preview; else from Accept), preview=0 (JSON without the
                      preview), fx, fy, cx, cy (intrinsics in input pixels, else EXIF, else
                      0.9 x the longer side).
+    POST /v1/measure body: the image bytes; depth, then runner/measure.py (serve/measure.py)
     GET  /healthz    alive (also while the model loads)
     GET  /readyz     200 once the model is loaded and one warm-up batch has run; else 503
     GET  /metrics    Prometheus
@@ -34,11 +35,12 @@ from starlette.routing import Route
 
 from spatialforge.crds.v1alpha1.common import DepthModel, Intrinsics
 from spatialforge.crds.v1alpha1.depthbatch import DepthBatchSpec
-from spatialforge.runner.errors import InvalidImageError, RunnerError
+from spatialforge.runner.errors import InvalidImageError, MeasurementError, RunnerError
 from spatialforge.runner.images import DecodedImage, check_size, decode_image, fit_pixels
 from spatialforge.runner.preview import encode_preview
 from spatialforge.runner.serve.batcher import BatchStats, DynamicBatcher, QueueFull
 from spatialforge.runner.serve.config import ServeSettings
+from spatialforge.runner.serve.measure import measure_params, respond_measure
 from spatialforge.runner.serve.metrics import ServeMetrics
 from spatialforge.runner.settings import RunnerSettings
 from spatialforge.runner.stages.depth import MIN_DECODE_PIXELS, encode_png16, focal_for
@@ -151,6 +153,12 @@ def create_app(
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def depth(request: Request) -> Response:
+        return await _handle(request, _params, _respond)
+
+    async def measure(request: Request) -> Response:
+        return await _handle(request, measure_params, respond_measure)
+
+    async def _handle(request: Request, parse: Callable[[Request], dict[str, Any]], respond: Callable[..., Response]) -> Response:
         if not state.ready or state.batcher is None:
             state.metrics.rejected.labels("not_ready").inc()
             if state.failure:
@@ -168,15 +176,16 @@ def create_app(
         outcome = "error"
         submitted = False
         try:
-            params = _params(request)
+            params = parse(request)
             name = params["name"]
             data = await _read_body(request, name, serve.max_image_bytes)
             loop = asyncio.get_running_loop()
             image, pixels, out_size = await loop.run_in_executor(state.pool, _decode, state, name, data)
+            kept = data if params.get("keep_bytes") else None  # measure reads the EXIF lens again
             del data
             submitted = True
             depth_map = await batcher.submit(pixels, out_size)
-            response = await loop.run_in_executor(state.pool, _respond, state, image, depth_map, params)
+            response = await loop.run_in_executor(state.pool, respond, state, image, depth_map, params, kept)
             outcome = "ok"
             return response
         except BadRequest as exc:
@@ -187,6 +196,9 @@ def create_app(
             state.metrics.rejected.labels("invalid_image").inc()
             too_large = "more than maxImageBytes" in str(exc)
             return _error(413 if too_large else 422, "invalid_image", exc.reason)
+        except MeasurementError as exc:
+            outcome = "bad_request"
+            return _error(422, "invalid_measurement", exc.reason)
         except Exception:  # noqa: BLE001 - logged here; the client gets a one-line answer
             log.exception("depth request failed")
             return _error(500, "internal", "the depth request failed on the server; see its log")
@@ -202,6 +214,7 @@ def create_app(
             Route("/readyz", readyz),
             Route("/metrics", metrics),
             Route("/v1/depth", depth, methods=["POST"]),
+            Route("/v1/measure", measure, methods=["POST"]),
         ],
         lifespan=lifespan,
     )
@@ -263,7 +276,8 @@ def _decode(state: ServerState, name: str, data: bytes) -> tuple[DecodedImage, n
     return image, pixels, (h, w)
 
 
-def _respond(state: ServerState, image: DecodedImage, depth: np.ndarray, params: dict[str, Any]) -> Response:
+def _respond(state: ServerState, image: DecodedImage, depth: np.ndarray, params: dict[str, Any],
+             _data: bytes | None = None) -> Response:
     est = state.estimator
     ckpt = est.checkpoint
     png, scale = encode_png16(depth, scale=ckpt.png16_scale)

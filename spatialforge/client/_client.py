@@ -55,13 +55,17 @@ class Client:
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self.http.request(method, path, **kwargs)
         if response.status_code >= 400:
-            try:
-                err = response.json()["error"]
-                code, message = err.get("code", "error"), err.get("message", response.text)
-            except (ValueError, KeyError, TypeError):
-                code, message = "error", response.text[:500]
-            raise ApiError(response.status_code, code, message, response)
+            self._raise(response)
         return response.json() if response.content else None
+
+    @staticmethod
+    def _raise(response: httpx.Response) -> None:
+        try:
+            err = response.json()["error"]
+            code, message = err.get("code", "error"), err.get("message", response.text)
+        except (ValueError, KeyError, TypeError):
+            code, message = "error", response.text[:500]
+        raise ApiError(response.status_code, code, message, response)
 
     # --- endpoints ------------------------------------------------------------------------
     def submit_depth(self, spec: dict[str, Any], *, idempotency_key: str | None = None,
@@ -105,6 +109,52 @@ class Client:
         """The tenant's result prefix, derived from an upload prefix's layout."""
         prefix = self._call("POST", "/v1/uploads", json={"files": [{"name": "probe"}]})["prefix"]
         return prefix.split("/inputs/")[0] + "/results"
+
+    # --- synchronous depth and measurement (a warm DepthPool; one unit per image) -----------
+    @staticmethod
+    def _image_form(image: str | Path | bytes, fields: dict[str, Any]) -> dict[str, Any]:
+        """httpx arguments for an image given as bytes, a local path, or an s3:// URI of your prefix."""
+        data = {k: str(v) for k, v in fields.items() if v is not None}
+        if isinstance(image, (bytes, bytearray)):
+            return {"data": data, "files": {"image": ("image", bytes(image))}}
+        if isinstance(image, str) and image.startswith("s3://"):
+            return {"data": {**data, "uri": image}}
+        path = Path(image)
+        return {"data": data, "files": {"image": (path.name, path.read_bytes())}}
+
+    def depth(self, image: str | Path | bytes, *, model: str | None = None, preview: bool = True,
+              **intrinsics: float) -> dict[str, Any]:
+        """Depth now: metadata and signed URLs of the 16-bit PNG (`depth_url`) and preview (`preview_url`)."""
+        return self._call("POST", "/v1/depth", **self._image_form(
+            image, {"model": model, "preview": str(preview).lower(), **intrinsics}))
+
+    def depth_png(self, image: str | Path | bytes, *, model: str | None = None,
+                  **intrinsics: float) -> tuple[bytes, dict[str, Any]]:
+        """Depth now, inline: the 16-bit PNG and its metadata (from the X-Depth-Metadata header)."""
+        response = self._raw("POST", "/v1/depth", headers={"Accept": "image/png"},
+                             **self._image_form(image, {"model": model, **intrinsics}))
+        return response.content, json.loads(response.headers.get("X-Depth-Metadata") or "{}")
+
+    def measure(self, image: str | Path | bytes, start: tuple[float, float], end: tuple[float, float], *,
+                reference: str | None = None, box: tuple[float, float, float, float] | None = None,
+                model: str | None = None, **intrinsics: float) -> dict[str, Any]:
+        """Distance in metres between two pixels, its 95 % interval (`interval_m`) and focal source."""
+        fields = {"from": f"{start[0]},{start[1]}", "to": f"{end[0]},{end[1]}", "reference": reference,
+                  "box": ",".join(str(v) for v in box) if box else None, "model": model, **intrinsics}
+        return self._call("POST", "/v1/measure", **self._image_form(image, fields))
+
+    def fetch(self, url: str) -> bytes:
+        """One signed URL's object."""
+        r = self.storage.get(url)
+        if r.status_code >= 300:
+            raise ApiError(r.status_code, "download_failed", r.text[:300], r)
+        return r.content
+
+    def _raw(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            self._raise(response)
+        return response
 
     # --- files ----------------------------------------------------------------------------
     def upload(self, paths: Iterable[str | Path], *, progress: Callable[[int], None] | None = None) -> str:

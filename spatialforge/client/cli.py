@@ -170,3 +170,91 @@ def list_uploads(ctx: click.Context) -> None:
 def delete_results(ctx: click.Context, job_id: str) -> None:
     """Delete a finished job's results now."""
     _echo(_client(ctx).delete_results(job_id))
+
+
+# --- synchronous depth and measurement: `spatialforge depth` and `spatialforge measure` -----------
+def _point(value: str) -> tuple[float, float]:
+    try:
+        x, y = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected X,Y (pixels)") from None
+    return x, y
+
+
+def _box(value: str | None) -> tuple[float, float, float, float] | None:
+    if value is None:
+        return None
+    try:
+        x0, y0, x1, y1 = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected X0,Y0,X1,Y1 (pixels)") from None
+    return x0, y0, x1, y1
+
+
+def _server_options(fn):  # type: ignore[no-untyped-def]
+    fn = click.option("--key", envvar="SPATIALFORGE_API_KEY", required=True,
+                      help="API key (prefer the env variable).")(fn)
+    return click.option("--url", envvar="SPATIALFORGE_URL", required=True, help="API base URL.")(fn)
+
+
+def _intrinsics(fx: float | None, fy: float | None, cx: float | None, cy: float | None) -> dict[str, float]:
+    return {k: v for k, v in (("fx", fx), ("fy", fy), ("cx", cx), ("cy", cy)) if v is not None}
+
+
+_focal_options = [click.option(f"--{k}", type=float, default=None, help=f"Intrinsic {k} in image pixels.")
+                  for k in ("fx", "fy", "cx", "cy")]
+
+
+def _with_focal(fn):  # type: ignore[no-untyped-def]
+    for option in reversed(_focal_options):
+        fn = option(fn)
+    return fn
+
+
+@click.command("depth")
+@click.argument("image")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the 16-bit PNG.")
+@click.option("--preview", "preview_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the colour preview JPEG here.")
+@click.option("--model", type=click.Choice(["small", "base", "large"]), default=None)
+@_with_focal
+@_server_options
+@_guard
+def depth_command(image: str, output: str, preview_path: str | None, model: str | None, fx: float | None,
+                  fy: float | None, cx: float | None, cy: float | None, url: str, key: str) -> None:
+    """Depth for IMAGE now (a local file or an s3:// URI of your prefix); one unit. Prints its metadata."""
+    with Client(url, key) as client:
+        if preview_path is None:
+            png, meta = client.depth_png(image, model=model, **_intrinsics(fx, fy, cx, cy))
+        else:  # one request: the results are written, fetched from their signed URLs
+            meta = client.depth(image, model=model, **_intrinsics(fx, fy, cx, cy))
+            png = client.fetch(meta["depth_url"])
+            Path(preview_path).write_bytes(client.fetch(meta["preview_url"]))
+    Path(output).write_bytes(png)
+    _echo(meta)
+
+
+@click.command("measure")
+@click.argument("image")
+@click.option("--from", "start", required=True, help="X,Y: first point (image pixels).")
+@click.option("--to", "end", required=True, help="X,Y: second point (image pixels).")
+@click.option("--reference", type=click.Choice(["a4", "letter", "credit_card"]), default=None,
+              help="An object of known size in the photo (with --box).")
+@click.option("--box", default=None, help="X0,Y0,X1,Y1: the reference object's box (image pixels).")
+@click.option("--model", type=click.Choice(["small", "base", "large"]), default=None)
+@_with_focal
+@_server_options
+@_guard
+def measure_command(image: str, start: str, end: str, reference: str | None, box: str | None, model: str | None,
+                    fx: float | None, fy: float | None, cx: float | None, cy: float | None, url: str, key: str) -> None:
+    """Distance in metres between two pixels of IMAGE, with its 95 % interval; one unit."""
+    if (reference is None) != (box is None):
+        raise click.UsageError("--reference and --box go together")
+    with Client(url, key) as client:
+        result = client.measure(image, _point(start), _point(end), reference=reference, box=_box(box), model=model,
+                                **_intrinsics(fx, fy, cx, cy))
+    lo, hi = result["interval_m"]
+    click.echo(f"{result['distance_m']:.3f} m (95 %: {lo:.3f}-{hi:.3f} m, focal from {result['focal']['source']})",
+               err=True)
+    _echo(result)
+
