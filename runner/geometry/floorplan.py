@@ -5,8 +5,9 @@ z forward), so "up" is found from the data:
 
 1. **Up.** Dominant plane directions are clustered from the normals (estimated with open3d when
    not given). The vertical is the direction whose extent is a plausible storey height
-   (1.8-5 m) and that is closest to the first camera's "up" (-y); the sign comes from the
-   camera too (footage is shot with the camera held within ~60 degrees of upright).
+   (1.8-5 m) and that is closest to the cameras' "up" (-y; the first camera's, or the mean over
+   `camera_poses`); the sign comes from the camera too (footage is shot with the camera held
+   within ~60 degrees of upright).
 2. **Floor.** The lowest horizontal surface holding at least a quarter of the largest one's
    points; a least-squares plane through it fixes the vertical exactly. The ceiling is the
    highest such surface (when it is at least 1.8 m above the floor).
@@ -206,12 +207,15 @@ def extract_floorplan(
     resolution: float = 0.02,
     min_room_area: float = 1.0,
     min_prominence: float = 0.2,
+    camera_poses: list[np.ndarray | None] | None = None,
 ) -> FloorPlan:
     """Rooms of the storey seen in `points` (N x 3, metres, first camera's frame).
 
     `normals` (N x 3, any sign) are estimated when None. `min_prominence` (m): a room is kept
     apart from its neighbour when its widest point is at least this much wider (as a
-    distance to the nearest wall) than the opening between them. Raises FloorPlanError.
+    distance to the nearest wall) than the opening between them. `camera_poses` (camera-to-world
+    4x4, OpenCV axes; None entries skipped), when given, tell up from their mean "up" instead of the first camera's
+    alone (a walk that starts looking at the floor). Raises FloorPlanError.
     """
     pts = np.asarray(points, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != 3:
@@ -228,7 +232,7 @@ def extract_floorplan(
     if len(pts) < 1000:
         raise FloorPlanError(f"too few points for a floor plan: {len(pts)}")
 
-    up = _find_up(pts, nrm)
+    up = _find_up(pts, nrm, _camera_up(camera_poses))
     floor_point, up, ceiling = _floor_and_ceiling(pts, nrm, up)
     if not 0.2 <= slice_height <= (ceiling - 0.15 if ceiling else 3.5):
         raise FloorPlanError(
@@ -294,11 +298,22 @@ def _dominant_directions(nrm: np.ndarray, *, k: int = 3, cos_tol: float = np.cos
     return found
 
 
-def _find_up(pts: np.ndarray, nrm: np.ndarray) -> np.ndarray:
+def _camera_up(camera_poses: list[np.ndarray | None] | None) -> np.ndarray:
+    """The cameras' mean "up" (-y in OpenCV axes) in the world frame: the first camera's alone
+    when no poses are given. Over a walk, pitching up and down averages out."""
+    poses = [np.asarray(T, dtype=np.float64) for T in camera_poses or () if T is not None]
+    if not poses:
+        return np.array([0.0, -1.0, 0.0])
+    ups = np.array([-T[:3, 1] for T in poses])
+    mean = ups.mean(axis=0)
+    norm = float(np.linalg.norm(mean))
+    return mean / norm if norm > 1e-6 else np.array([0.0, -1.0, 0.0])
+
+
+def _find_up(pts: np.ndarray, nrm: np.ndarray, camera_up: np.ndarray) -> np.ndarray:
     dirs = [(d, share) for d, share in _dominant_directions(nrm) if share >= 0.05]
     if not dirs:
         raise FloorPlanError("no planar surfaces found (no floor, walls or ceiling)")
-    camera_up = np.array([0.0, -1.0, 0.0])  # OpenCV: the first camera's y points down
 
     def plausible(d: np.ndarray) -> bool:
         h = pts @ d
@@ -308,7 +323,7 @@ def _find_up(pts: np.ndarray, nrm: np.ndarray) -> np.ndarray:
     pool = [d for d, _ in dirs if plausible(d)] or [d for d, _ in dirs]
     d = max(pool, key=lambda v: abs(float(v @ camera_up)))
     if abs(float(d @ camera_up)) < 0.3:
-        raise FloorPlanError("cannot tell up from down: the first camera is tilted more than ~70 degrees from upright")
+        raise FloorPlanError("cannot tell up from down: the camera was held more than ~70 degrees from upright")
     return d if d @ camera_up > 0 else -d
 
 

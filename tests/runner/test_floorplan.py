@@ -345,3 +345,14 @@ def test_fused_from_rendered_depth() -> None:
     normals = pcd.point.normals.numpy() if "normals" in pcd.point else None
     plan = extract_floorplan(fused.points, normals)
     check(plan, TWO_ROOMS, first, "two-rooms-fused-tsdf")
+
+
+def test_walk_that_starts_looking_at_the_floor() -> None:
+    """A first camera pitched 80 degrees down (its "up" is nearly horizontal): the walk's poses
+    tell up instead."""
+    apt_to_world = np.linalg.inv(look((2.0, 1.5, 1.5), 0.0, -80.0))
+    walk = [apt_to_world @ look((2.0 + 0.3 * i, 1.5, 1.5), 40.0 * i, p) for i in range(8) for p in (-30.0, 10.0)]
+    p, n = sample_apartment(TWO_ROOMS, seed=6)
+    points, normals = p @ apt_to_world[:3, :3].T + apt_to_world[:3, 3], n @ apt_to_world[:3, :3].T
+    plan = extract_floorplan(points, normals, camera_poses=walk)
+    check(plan, TWO_ROOMS, apt_to_world, "first-camera-at-the-floor")
