@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from kubernetes_asyncio.client.rest import ApiException
 from pydantic import ValidationError
 
 from spatialforge.crds.v1alpha1 import depthpool as dp
@@ -166,9 +167,19 @@ class PoolController:
             replicas = int((current or {}).get("spec", {}).get("replicas") or 0)
         else:
             replicas = g.replicas
-        await self.ensure_identity(key[1])
-        await self._ensure_service(res)
-        current = await self._ensure_deployment(key, res, current, replicas)
+        try:
+            await self.ensure_identity(key[1])
+            await self._ensure_service(res)
+            current = await self._ensure_deployment(key, res, current, replicas)
+        except ApiException as exc:
+            if exc.status != 403:
+                raise
+            message = (f"the operator may not create the pool's Deployment or Service in namespace {key[1]} "
+                       f"(the chart grants that in the operator's own namespace): {exc.reason}")
+            await self._write_status(key, obj, {"reason": dp.REASON_FORBIDDEN, "message": message},
+                                     ready=("False", dp.REASON_FORBIDDEN, message), limited=None)
+            self.queue.add_after(key, 60.0)
+            return
         name = pool.child_name(key[2])
         slices = await self.kube.list_endpoint_slices(key[1], f"kubernetes.io/service-name={name}")
         endpoints = pool.ready_endpoints(slices)

@@ -33,6 +33,7 @@ REASON_WITHIN_BUDGET = "WithinBudget"
 REASON_CLUSTER_BUDGET = "ClusterBudget"  # gpuBudget in the quota ConfigMap leaves fewer GPUs
 REASON_NAMESPACE_LIMIT = "NamespaceLimit"  # the namespace's spatialforge.io/gpu-limit leaves fewer
 REASON_AWAITING_BUDGET = "AwaitingBudget"  # the operator has not read the budget yet
+REASON_FORBIDDEN = "Forbidden"  # the operator may not create the pool's children in its namespace
 
 
 class PoolPlacement(CRDModel):

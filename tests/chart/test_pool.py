@@ -35,12 +35,18 @@ def test_default_pool_validates_and_the_autoscaler_targets_its_scale_subresource
     assert "replicas" not in find(objects, "DepthPool")["spec"]
 
 
-def test_operator_may_run_pools(helm: Helm) -> None:
-    rules = find(helm.render(), "ClusterRole", "-operator")["rules"]
+def test_operator_may_run_pools_in_its_own_namespace_only(helm: Helm) -> None:
+    objects = helm.render()
+    cluster_rules = find(objects, "ClusterRole", "-operator")["rules"]
+    own_rules = find(objects, "Role", "-operator")["rules"]
 
-    def may(group: str, resource: str, verb: str) -> bool:
+    def may(rules: list[dict[str, Any]], group: str, resource: str, verb: str) -> bool:
         return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in rules)
 
-    assert may("spatialforge.io", "depthpools", "watch") and may("spatialforge.io", "depthpools/status", "patch")
-    assert may("apps", "deployments", "create") and may("apps", "deployments", "patch")
-    assert may("", "services", "create") and may("discovery.k8s.io", "endpointslices", "watch")
+    assert may(cluster_rules, "spatialforge.io", "depthpools", "watch")
+    assert may(cluster_rules, "spatialforge.io", "depthpools/status", "patch")
+    assert may(cluster_rules, "discovery.k8s.io", "endpointslices", "watch")
+    assert may(cluster_rules, "apps", "deployments", "watch") and not may(cluster_rules, "apps", "deployments", "create")
+    assert not may(cluster_rules, "", "services", "create")
+    assert may(own_rules, "apps", "deployments", "create") and may(own_rules, "apps", "deployments", "patch")
+    assert may(own_rules, "", "services", "create")

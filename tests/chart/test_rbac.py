@@ -67,6 +67,11 @@ OPERATOR_MAY = [
     ("create", "serviceaccounts", FRESH, None), ("create", "roles.rbac.authorization.k8s.io", FRESH, None),
     ("create", "rolebindings.rbac.authorization.k8s.io", FRESH, None),
     ("list", "customresourcedefinitions.apiextensions.k8s.io", None, None),
+    # DepthPools: followed everywhere, run (Deployment, Service) in the operator's namespace only.
+    ("watch", "depthpools.spatialforge.io", None, None), ("patch", "depthpools.spatialforge.io", NS, "status"),
+    ("list", "deployments.apps", None, None), ("create", "deployments.apps", NS, None),
+    ("patch", "deployments.apps", NS, None), ("create", "services", NS, None),
+    ("watch", "endpointslices.discovery.k8s.io", None, None),
 ]
 OPERATOR_MAY_NOT = [
     ("get", "secrets", None, None), ("list", "secrets", NS, None), ("get", "configmaps", TENANT, None),
@@ -77,6 +82,7 @@ OPERATOR_MAY_NOT = [
     ("create", "clusterroles.rbac.authorization.k8s.io", None, None), ("create", "deployments.apps", TENANT, None),
     ("update", DB, TENANT, None), ("create", DB, TENANT, None), ("delete", "roles.rbac.authorization.k8s.io", FRESH, None),
     ("create", "pods", TENANT, "exec"), ("create", "serviceaccounts", TENANT, "token"),
+    ("create", "services", TENANT, None), ("patch", "deployments.apps", TENANT, None),
 ]
 APISERVER_MAY = [
     ("create", DB, TENANT, None), ("create", RJ, TENANT, None), ("get", DB, TENANT, None), ("list", RJ, None, None),
