@@ -9,7 +9,8 @@ colour) is composited over white; CMYK, YCbCr, 1-bit, L and palettes convert as 
 Memory: the header's size is checked against the pixel limit before any pixel is decoded.
 With `target_pixels`, a larger image is decoded at reduced size where the format allows it
 (JPEG draft mode, a DCT scale of 1/2 to 1/8) and otherwise downscaled right after decoding,
-before any conversion, so only the decoder's own buffer is ever full size.
+before any conversion, so only the decoder's own buffer is ever full size. WebP is decoded by
+OpenCV (one buffer) rather than Pillow (three).
 """
 
 from __future__ import annotations
@@ -122,9 +123,12 @@ def decode_image(
         target = fit_pixels(width, height, target_pixels)
         if img.format in ("JPEG", "MPO") and target != (width, height):
             img.draft(img.mode, target)  # decode at 1/2, 1/4 or 1/8 scale, never below target
-        img.load()
         exif = img.getexif()
         mode, source = img.mode, sample_info(img)
+        if img.format == "WEBP":
+            img = _decode_webp(name, data, target)
+        else:
+            img.load()
         if img.size != target:
             img = _downscale(img, target)
         rgb_img = to_rgb(img, source=source)
@@ -163,6 +167,22 @@ def sample_info(img: Any) -> dict[str, int]:
     return out
 
 
+def _decode_webp(name: str, data: bytes, size: tuple[int, int]) -> Any:
+    """WebP through OpenCV's libwebp binding: one full-size buffer (Pillow's decoder holds three,
+    ~1 GB at 64 MP), downscaled to `size` at once. First frame of an animation; alpha kept."""
+    import cv2
+    from PIL import Image
+
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise InvalidImageError(f"{name}: cannot decode image (WebP)")
+    if (arr.shape[1], arr.shape[0]) != size:
+        arr = cv2.resize(arr, size, interpolation=cv2.INTER_AREA)
+    alpha = arr.shape[2] == 4
+    arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA if alpha else cv2.COLOR_BGR2RGB)
+    return Image.fromarray(arr)
+
+
 def _downscale(img: Any, size: tuple[int, int]) -> Any:
     """Resize in the image's own mode (so conversions run on the small image)."""
     from PIL import Image
@@ -191,7 +211,7 @@ def to_rgb(img: Any, *, source: dict[str, int] | None = None) -> Any:
             block = grey[r0 : r0 + 256].astype(np.float64 if mode == "I" else np.float32)
             np.clip(np.rint((block - lo) * (255.0 / (hi - lo))), 0, 255, out=block)
             out[r0 : r0 + 256] = block
-        return Image.fromarray(out, mode="L").convert("RGB")
+        return Image.fromarray(out).convert("RGB")
     if _has_alpha(img):
         rgba = img.convert("RGBA")
         background = Image.new("RGB", rgba.size, BACKGROUND)
