@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import json
 import logging
+import logging.handlers
+import queue
 import time
 
 from spatialforge.apiserver.core.security import SECRET_PATTERN
@@ -83,10 +86,21 @@ def setup(secrets: list[str], json_logs: bool = True, level: int = logging.INFO)
         _installed = True
     root = logging.getLogger("spatialforge.apiserver")
     root.setLevel(level)
-    if json_logs and not any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
-        handler = logging.StreamHandler()
-        handler.setFormatter(JsonFormatter())
-        root.addHandler(handler)
+    if json_logs and not any(isinstance(h, logging.handlers.QueueHandler) for h in root.handlers):
+        root.addHandler(_off_loop_handler())
+
+
+def _off_loop_handler() -> logging.Handler:
+    """A QueueHandler: the event loop only puts the (redacted) record on a queue; a listener
+    thread formats it as JSON and writes it. A write to stderr blocks when the pipe is full
+    (a slow log collector), and that must never hold the event loop."""
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    stream = logging.StreamHandler()
+    stream.setFormatter(JsonFormatter())
+    listener = logging.handlers.QueueListener(records, stream, respect_handler_level=True)
+    listener.start()
+    atexit.register(listener.stop)  # flushes what is queued at exit
+    return logging.handlers.QueueHandler(records)
 
 # Headers a dependency wants on the response (e.g. X-RateLimit-*); the middleware sets a
 # fresh dict per request and adds its contents when the response starts.

@@ -197,6 +197,9 @@ class JobCache:
                                 self.forget(obj)
                             else:
                                 await self.put(obj)
+                            # Events arrive in bursts already buffered (200 creates, 200 ADDED): let
+                            # requests run between two events instead of after the whole burst.
+                            await asyncio.sleep(0)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # 410 Gone, connection loss: relist after a pause
