@@ -85,3 +85,16 @@ def test_model_weights_from_s3_prefix(s3, model_dir, tmp_path, monkeypatch):
     assert (tmp_path / "cache" / folder.name / "config.json").is_file()
     (depth,) = est.predict_rgb([np.zeros((20, 30, 3), np.uint8)])
     assert depth.shape == (20, 30)
+
+
+def test_staged_move_keeps_checksum_metadata_past_the_multipart_size(s3):
+    """Publishing moves staged outputs server-side; a 4 MP float32 depth map (> 16 MiB) keeps its sha256."""
+    store = S3Store()
+    data = os.urandom(17 * 1024 * 1024)
+    src, dst = f"s3://{s3}/.staging/a.depth.npy", f"s3://{s3}/shard-00000/a.depth.npy"
+    digest = store.put(src, data, content_type="application/x-npy")
+    store.move(src, dst)
+    assert store.stat(src) is None and store.get(dst) == data
+    head = store.client.head_object(Bucket=s3, Key="shard-00000/a.depth.npy")
+    assert head["Metadata"]["sha256"] == digest and head["ContentType"] == "application/x-npy"
+    assert store.delete_prefix(f"s3://{s3}/") == 1 and store.list(f"s3://{s3}/") == []
