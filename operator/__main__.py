@@ -43,9 +43,14 @@ CRDS_HOW = "install them with `kubectl apply -f crds/` and start the operator ag
 
 async def preflight(settings: OperatorSettings) -> str | None:
     """One line saying why the operator cannot start (missing CRDs), or None."""
-    api = await handlers.api_client(settings)
+    try:
+        api = await handlers.api_client(settings)
+    except Exception as exc:  # no kubeconfig and not in a pod
+        return f"spatialforge operator: no Kubernetes credentials ({exc}); set KUBECONFIG or run in a pod"
     try:
         missing = await Kube(api).missing_crds()
+    except Exception as exc:
+        return f"spatialforge operator: cannot list CustomResourceDefinitions: {exc}".splitlines()[0]
     finally:
         await api.close()
     if missing:
