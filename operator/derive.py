@@ -306,6 +306,11 @@ def derive(o: Observed, settings: OperatorSettings, now: dt.datetime) -> Derived
 
     if job is None:
         if stored.get("jobName"):
+            if stored.get("phase") == Phase.failed.value and stored.get("reason"):
+                # Failed (fail fast deletes the Job) before outcomes were recorded: Failed either
+                # way, so the stored reason is kept rather than renamed JobDeleted.
+                return fail(stored["reason"], stored.get("message") or stored["reason"], name=stored["jobName"],
+                            completed=stored.get("completionTime"))
             return fail(cond.REASON_JOB_LOST, f"Job {stored['jobName']} was deleted while the resource was in progress",
                         name=stored["jobName"])
         return _waiting(o, b, common, now, secs)

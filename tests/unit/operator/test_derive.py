@@ -125,6 +125,8 @@ def test_verdicts_without_a_job() -> None:
 def test_job_deleted_and_invalid_spec_and_pod_creation_failures() -> None:
     d = derive(observe(resource({"phase": "Running", "jobName": "d-db123456"})), SETTINGS, NOW)
     assert d.status.reason == "JobDeleted" and d.outcome.phase == "Failed"
+    legacy = resource({"phase": "Failed", "reason": "Unschedulable", "message": "m", "jobName": "d-db123456"})
+    assert derive(observe(legacy), SETTINGS, NOW).outcome.reason == "Unschedulable"  # recorded before outcomes
     bad = Observed(resource(), None, "spec.inputs: too short", None, [])
     assert derive(bad, SETTINGS, NOW).status.reason == "InvalidSpec"
     d = derive(observe(resource(), job(active=0, ready=0), creation_failures=['pods "x" is forbidden: exceeded quota']),
