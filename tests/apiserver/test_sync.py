@@ -250,7 +250,7 @@ def test_licence_and_plan_refusals(stack: Stack, make_tenant: Callable[..., Tena
 
 def test_quota_spent_is_429(stack: Stack, make_tenant: Callable[..., Tenant], admin) -> None:
     tenant = make_tenant("free")
-    r = admin.put(f"/v1/admin/tenants/{tenant.id}/plan", json={"plan": "free", "units": 1})
+    r = admin.put(f"/v1/admin/tenants/{tenant.id}/plan", json={"plan": "free", "monthly_units": 1})
     assert r.status_code == 200, r.text
     with _client(stack, "fast", tenant) as c:
         assert c.post("/v1/depth", files={"image": ("a.jpg", _photo())}).status_code == 200
