@@ -45,6 +45,9 @@ from spatialforge.operator.status import now_iso, patch_for
 from spatialforge.operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
+# Phases announced with an Event: work starting and ending. Pending and Queued are in the status
+# (reason, queue position); an Event each was one more write per resource at admission.
+EVENT_PHASES = frozenset({Phase.running.value, *TERMINAL})
 RESYNC_SECONDS = 10.0  # resources with pods: GPU-seconds of running pods move with the clock
 
 
@@ -230,9 +233,10 @@ class Reconciler:
         self.cache.put_resource(updated)
         if new_phase and new_phase != old_phase:
             metrics.TRANSITIONS.labels(kind=key[0], phase=new_phase).inc()
-            warn = new_phase == Phase.failed.value
-            await self.kube.event(updated, "Warning" if warn else "Normal", f"Phase{new_phase}",
-                                  desired.message or new_phase, now_iso())
+            if new_phase in EVENT_PHASES:
+                warn = new_phase == Phase.failed.value
+                await self.kube.event(updated, "Warning" if warn else "Normal", f"Phase{new_phase}",
+                                      desired.message or new_phase, now_iso())
             if new_phase in TERMINAL:
                 self.poke_admission()
                 if new_phase == Phase.succeeded.value and desired.start_time and desired.completion_time:
