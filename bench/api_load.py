@@ -73,10 +73,11 @@ def script(name: str, action: str, **env: str) -> dict[str, str]:
             for k, _, v in [line[len("export "):].partition("=")]}
 
 
-def serve(env: dict[str, str], port: int, workers: int) -> subprocess.Popen[bytes]:
+def serve(env: dict[str, str], port: int, workers: int, nice: int = 0) -> subprocess.Popen[bytes]:
     log = open(BENCH_STATE / "apiserver.log", "wb")  # noqa: SIM115 (lives as long as the process)
     return subprocess.Popen([sys.executable, "-m", "spatialforge.cli", "api", "serve", "--port", str(port),
-                             "--workers", str(workers)], env={**os.environ, **env}, stdout=log, stderr=log)
+                             "--workers", str(workers)], env={**os.environ, **env}, stdout=log, stderr=log,
+                            preexec_fn=(lambda: os.nice(nice)) if nice else None)
 
 
 async def wait_ready(url: str, proc: subprocess.Popen[bytes], seconds: float = 60) -> None:
@@ -162,7 +163,7 @@ def _probe(urls: list[str], stop: Any, out: Any) -> None:
     out.put(latencies)
 
 
-def _bare_server(port: int, ready: Any) -> None:
+def _bare_server(port: int, ready: Any, nice: int = 0) -> None:
     """In its own process: a bare asyncio HTTP server answering 200 to anything (the machine's
     own scheduling noise, probed next to the front end)."""
     answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{\"status\":\"ok\"}"
@@ -174,6 +175,9 @@ def _bare_server(port: int, ready: Any) -> None:
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
+
+    if nice:
+        os.nice(nice)
 
     async def main() -> None:
         server = await asyncio.start_server(handle, "127.0.0.1", port)
@@ -188,12 +192,12 @@ class Probe:
     """/health of the front end and of a bare asyncio server, probed from a separate process
     (the load generator's own event loop never delays a probe)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, nice: int = 0) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.ctx = ctx
         port = free_port()
         ready = ctx.Event()
-        self.bare = ctx.Process(target=_bare_server, args=(port, ready), daemon=True)
+        self.bare = ctx.Process(target=_bare_server, args=(port, ready, nice), daemon=True)
         self.bare.start()
         ready.wait(30)
         self.urls = [url, f"http://127.0.0.1:{port}"]
@@ -289,7 +293,7 @@ async def main(args: argparse.Namespace) -> dict:
         key = await tenant_key(api_env, tenant)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        proc = serve(api_env, port, args.workers)
+        proc = serve(api_env, port, args.workers, args.nice)
         await wait_ready(url, proc)
 
         headers = {"X-API-Key": key, "Content-Type": "application/json"}
@@ -320,7 +324,7 @@ async def main(args: argparse.Namespace) -> dict:
             read_lat, read_wall, read_err = await drive(args.concurrency, read, seconds=args.read_seconds)
 
             # /health idle, under a burst of creates, and while large bodies arrive.
-            probe = Probe(url)
+            probe = Probe(url, args.nice)
             try:
                 idle, idle_bare, _ = await probe.during(lambda: asyncio.sleep(2))
                 burst_lat, burst_bare, burst_result = await probe.during(
@@ -336,7 +340,7 @@ async def main(args: argparse.Namespace) -> dict:
             raise SystemExit(f"errors: creates {create_err[:3]} ({len(create_err)}), reads {read_err[:3]} "
                              f"({len(read_err)}), burst {burst_err[:3]}")
         result = {
-            "workers": args.workers, "concurrency": args.concurrency, "cpus": os.cpu_count(),
+            "workers": args.workers, "nice": args.nice, "load_avg_1m": round(os.getloadavg()[0], 1), "concurrency": args.concurrency, "cpus": os.cpu_count(),
             "creates": len(create_lat), "creates_per_s": round(len(create_lat) / create_wall, 1),
             "create_p50_ms": round(statistics.median(create_lat) * 1000, 1),
             "create_p99_ms": round(percentile(create_lat, 99) * 1000, 1),
@@ -383,6 +387,9 @@ if __name__ == "__main__":
     parser.add_argument("--attackers", type=int, default=4, help="clients sending large bodies")
     parser.add_argument("--body-seconds", type=float, default=10.0, help="how long large bodies arrive")
     parser.add_argument("--max-body", type=int, default=1024 * 1024, help="the front end's max_body_bytes")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="niceness of the front end and of the bare reference server (negative needs root): on a "
+                             "machine shared with other work, keeps that work from deciding the /health figures")
     parser.add_argument("--skip-throughput", action="store_true",
                         help="only the /health phases (creates 2 x concurrency, reads 2 s)")
     result = asyncio.run(main(parser.parse_args()))

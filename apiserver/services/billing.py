@@ -300,10 +300,20 @@ class Billing:
             await self.redis.delete(grace_reapply_key(tenant))
         return await self.end_grace(tenant, via="sweep")
 
-    async def end_grace(self, tenant: str, *, via: str) -> bool:
-        """If the tenant's payment grace ran out, degrade it to free (and write its GPU limit
-        to its namespace) once; True when this call did it. `via`: "request" or "sweep"."""
+    async def current_plan(self, tenant: str) -> plans.Plan:
+        """The plan in force for a request, in one Redis read; a payment grace period that ran
+        out is ended here (the same path as the sweep) before the plan is read again."""
         info = await self.tenants.info(tenant)
+        grace = info.get("grace_until")
+        if grace and float(grace) < time.time() and await self.end_grace(tenant, via="request", info=info):
+            info = await self.tenants.info(tenant)
+        return plans.effective(Tenants.effective_name(info), info)
+
+    async def end_grace(self, tenant: str, *, via: str, info: dict[str, str] | None = None) -> bool:
+        """If the tenant's payment grace ran out, degrade it to free (and write its GPU limit
+        to its namespace) once; True when this call did it. `via`: "request" or "sweep";
+        `info`: the tenant's record when the caller just read it."""
+        info = info if info is not None else await self.tenants.info(tenant)
         grace = info.get("grace_until")
         if not grace or float(grace) >= time.time():
             return False

@@ -152,9 +152,8 @@ class JobService:
         return self.namespaces.name(tenant)
 
     async def current_plan(self, tenant: str) -> plans_mod.Plan:
-        # Payment grace over: degrade now (the same path as the periodic sweep, billing.end_grace).
-        await self.billing.end_grace(tenant, via="request")
-        return await self.tenants.plan(tenant)
+        # One Redis read; a payment grace that ran out is ended first (billing.end_grace, as the sweep does).
+        return await self.billing.current_plan(tenant)
 
     def _summary(self, obj: dict[str, Any], phase: str | None = None) -> dict[str, Any]:
         return summary(obj, phase, retention_days=self.settings.results_retention_days)

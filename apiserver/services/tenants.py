@@ -110,10 +110,10 @@ class Tenants:
 
     async def plan(self, tenant: str) -> plans.Plan:
         info = await self.info(tenant)
-        return plans.effective(self._effective_name(info), info)
+        return plans.effective(self.effective_name(info), info)
 
     @staticmethod
-    def _effective_name(info: dict[str, str]) -> str:
+    def effective_name(info: dict[str, str]) -> str:
         """The plan in force: free once a payment grace period has run out."""
         grace = info.get("grace_until")
         if grace and float(grace) < time.time():
