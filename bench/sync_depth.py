@@ -12,6 +12,12 @@ path dominates; `--arch v2-small` for the real architecture's dimensions, random
 
     python bench/sync_depth.py                        # ~1 minute on 2 CPU cores
     python bench/sync_depth.py --arch v2-small --requests 32 --latency-requests 10
+    python bench/sync_depth.py --front-end            # also through the front end (bench/sync_frontend.py)
+
+With --front-end the same server is also reached the way clients reach a pool: the real stack
+(plane, Redis, MinIO, stripe-mock, a DepthPool and its EndpointSlice, `spatialforge api serve`),
+`POST /v1/depth` with a multipart upload and an API key, inline PNG: latency and throughput again
+(`front_end_*`), the overhead counted against the same bare pass.
 
 Prints a table, then one JSON line.
 """
@@ -70,12 +76,13 @@ def bare_pass(root: Path, rgb: np.ndarray, n: int, env: dict[str, str]) -> tuple
     return times, est.backend.name
 
 
-def start_server(env: dict[str, str], port: int, args: argparse.Namespace, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "spatialforge.runner", "serve", "--host", "127.0.0.1", "--port", str(port),
+def start_server(env: dict[str, str], port: int, args: argparse.Namespace, log: Path,
+                 host: str = "127.0.0.1") -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "spatialforge.runner", "serve", "--host", host, "--port", str(port),
            "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--max-queue", "256"]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{host}:{port}"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -147,6 +154,7 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--backend", default="auto")
+    parser.add_argument("--front-end", action="store_true", help="Also through the front end on the real stack")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
     rng = np.random.default_rng(0)
@@ -162,9 +170,15 @@ def main() -> None:
         env = {**os.environ, "SPATIALFORGE_MODEL_DIR": str(root), "SPATIALFORGE_DEVICE": os.environ.get("SPATIALFORGE_DEVICE", "cpu"),
                "SPATIALFORGE_DEPTH_BACKEND": args.backend, "SPATIALFORGE_BACKEND_CACHE": str(Path(tmp) / "cache")}
         bare, backend = bare_pass(root, rgb, args.latency_requests, env)  # also fills the export cache
-        port = _free_port()
-        proc = start_server(env, port, args, Path(tmp) / "server.log")
-        url = f"http://127.0.0.1:{port}"
+        fe_out: dict | None = None
+        host = "127.0.0.1"
+        if args.front_end:
+            import sync_frontend
+
+            host = sync_frontend.pod_address()
+        port = _free_port() if host == "127.0.0.1" else sync_frontend.free_port(host)
+        proc = start_server(env, port, args, Path(tmp) / "server.log", host=host)
+        url = f"http://{host}:{port}"
         try:
             sequential(url, body, 3)  # connection and first-shape warm-up
             lat, _ = sequential(url, body, args.latency_requests)
@@ -173,9 +187,16 @@ def main() -> None:
             mid = batch_histogram(url)
             t_conc = asyncio.run(concurrent(url, body, args.requests, args.clients))
             after = batch_histogram(url)
+            if args.front_end:
+                with sync_frontend.front_end(host, port) as fe:
+                    fe_out = sync_frontend.measure(fe, body, latency_requests=args.latency_requests,
+                                                   requests=args.requests, clients=args.clients,
+                                                   batches=lambda: batch_histogram(url))
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
+            if host != "127.0.0.1":
+                sync_frontend.drop_address(host)
     seq_rate, conc_rate = args.requests / t_seq, args.requests / t_conc
     conc_batches = batches_between(mid, after)
     mean_batch = args.requests / max(1, sum(conc_batches.values()))
@@ -189,6 +210,21 @@ def main() -> None:
     print(f"throughput: 1 sequential client {seq_rate:.1f} images/s; {args.clients} concurrent clients {conc_rate:.1f} images/s "
           f"({conc_rate / seq_rate:.2f}x); batches {conc_batches} (mean {mean_batch:.1f}); sequential batches "
           f"{batches_between(before, mid)}")
+    extra: dict = {}
+    if fe_out is not None:
+        f50, f99 = _percentile(fe_out["latency"], 50), _percentile(fe_out["latency"], 99)
+        f_ratio = fe_out["concurrent_rate"] / fe_out["sequential_rate"]
+        f_batches = batches_between(fe_out["before"], fe_out["after"])
+        print(f"{'one request through the front end':<34}{1000 * f50:>10.1f}{1000 * f99:>10.1f}")
+        print(f"{'front-end overhead (vs bare)':<34}{1000 * (f50 - p50_bare):>10.1f}{1000 * (f99 - p99_bare):>10.1f}")
+        print(f"through the front end: 1 sequential client {fe_out['sequential_rate']:.1f} images/s; {args.clients} "
+              f"concurrent {fe_out['concurrent_rate']:.1f} images/s ({f_ratio:.2f}x); batches {f_batches}")
+        extra = {"front_end_p50_ms": round(1000 * f50, 2), "front_end_p99_ms": round(1000 * f99, 2),
+                 "front_end_overhead_p50_ms": round(1000 * (f50 - p50_bare), 2),
+                 "front_end_overhead_p99_ms": round(1000 * (f99 - p99_bare), 2),
+                 "front_end_sequential_images_per_s": round(fe_out["sequential_rate"], 2),
+                 "front_end_concurrent_images_per_s": round(fe_out["concurrent_rate"], 2),
+                 "front_end_throughput_ratio": round(f_ratio, 3), "front_end_concurrent_batches": f_batches}
     print(json.dumps({
         "bench": "sync_depth", "arch": args.arch, "processor_size": args.processor_size, "backend": backend, "image": f"{width}x{height}",
         "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
@@ -200,6 +236,7 @@ def main() -> None:
         "concurrent_batches": conc_batches, "mean_batch_size": round(mean_batch, 2),
         "latency_requests": args.latency_requests, "requests": args.requests,
         "stdev_server_ms": round(1000 * statistics.pstdev(lat), 2),
+        **extra,
     }))
 
 
