@@ -24,6 +24,7 @@ from spatialforge.operator.settings import OperatorSettings
 from spatialforge.operator.workqueue import WorkQueue
 
 if TYPE_CHECKING:
+    from spatialforge.operator.handoff import HandOff
     from spatialforge.operator.poolctl import PoolController
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class Admitter:
         self._standing_memo: dict[Key, tuple[dict[str, Any], dict[str, Any] | None, Any]] = {}
         self._new: list[Key] = []  # resources the latest pass saw first
         self.pools: PoolController | None = None  # DepthPools: their replicas hold GPUs too
+        self.handoff: HandOff | None = None  # small DepthBatches run by a warm pool
 
     def poke(self) -> None:
         self.wakeup.set()
@@ -147,6 +149,8 @@ class Admitter:
                                   nodes_autoscale=self.settings.nodes_autoscale,
                                   no_fit_window_seconds=self.settings.unschedulable_timeout_seconds)
         candidates, kueue = self.candidates()
+        if self.handoff is not None:  # small DepthBatches a warm pool runs leave the queue
+            candidates = self.handoff.take(candidates)
         if self.pools is not None:  # pools take their grant from what running Jobs leave, before queued Jobs
             candidates += self.pools.hold(limits, candidates)
         decision = admission.decide(candidates, limits, now=dt.datetime.now(dt.UTC),

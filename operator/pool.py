@@ -215,6 +215,19 @@ def deployment(pool: DepthPool, settings: OperatorSettings, replicas: int) -> di
 
 
 # -- status -------------------------------------------------------------------------------------
+def ready_urls(slices: list[dict[str, Any]]) -> list[str]:
+    """http://address:port of every ready endpoint, the port being the slice's `http` port."""
+    out: set[str] = set()
+    for s in slices:
+        port = next((p.get("port") for p in s.get("ports") or [] if p.get("name") == PORT_NAME), None)
+        if port is None:
+            continue
+        for ep in s.get("endpoints") or []:
+            if (ep.get("conditions") or {}).get("ready"):
+                out.update(f"http://{a}:{port}" for a in ep.get("addresses") or [])
+    return sorted(out)
+
+
 def ready_endpoints(slices: list[dict[str, Any]]) -> int:
     """Ready addresses over a Service's EndpointSlices (what a client can balance over)."""
     seen: set[str] = set()

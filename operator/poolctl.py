@@ -42,6 +42,7 @@ class PoolController:
         self.pools: dict[Key, dict[str, Any]] = {}
         self.deployments: dict[Key, dict[str, Any]] = {}  # by the owning pool's key
         self.grants: dict[Key, pool.Grant] = {}
+        self.urls: dict[Key, list[str]] = {}  # ready endpoints (http://ip:port), for hand-offs
         self.queue = WorkQueue()
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -53,6 +54,7 @@ class PoolController:
         if deleted:
             self.pools.pop(key, None)
             self.grants.pop(key, None)
+            self.urls.pop(key, None)
         elif _newer(obj, old):
             self.pools[key] = obj
         if deleted or old is None or old["metadata"].get("generation") != obj["metadata"].get("generation"):
@@ -183,6 +185,7 @@ class PoolController:
         name = pool.child_name(key[2])
         slices = await self.kube.list_endpoint_slices(key[1], f"kubernetes.io/service-name={name}")
         endpoints = pool.ready_endpoints(slices)
+        self.urls[key] = pool.ready_urls(slices)
         dstat = (current or {}).get("status") or {}
         ready = int(dstat.get("readyReplicas") or 0)
         running = int(dstat.get("replicas") or 0)

@@ -39,6 +39,7 @@ from spatialforge.operator.derive import (
     pods_missing_since,
 )
 from spatialforge.operator.kube import ConflictError, Kube, NotFound
+from spatialforge.operator.handoff import HandOff
 from spatialforge.operator.poolctl import PoolController
 from spatialforge.operator.settings import OperatorSettings
 from spatialforge.operator.status import now_iso, patch_for
@@ -60,8 +61,14 @@ class Reconciler:
                                  self._forget_if_gone)
         self.pools = PoolController(kube, settings, self.poke_admission, self._ensure_identity)
         self.admitter.pools = self.pools  # pool replicas hold GPUs from the same budget
+        self.admitter.handoff = HandOff(kube, cache, self.pools, settings, self._handed_back)
         self.tasks: list[asyncio.Task[None]] = []
         self.runner_identities: set[str] = set()  # namespaces whose runner SA and Role exist
+
+    def _handed_back(self, key: Key) -> None:
+        """A hand-off to a pool ended (outcome recorded, or back to the Job path)."""
+        self.queue.add(key)
+        self.poke_admission()
 
     def enqueue(self, key: Key) -> None:
         self.queue.add(key)

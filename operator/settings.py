@@ -43,6 +43,9 @@ class OperatorSettings(BaseSettings):
     """A runner pod stuck in image pull / config errors this long fails its resource."""
     avg_run_seconds: float = 300.0
     """Prior for the queue ETA until runs have been observed."""
+    pool_handoff_max_images: int = Field(default=0, ge=0, le=10_000)
+    """DepthBatches of at most this many images (listed one by one, one shard) are run by a
+    ready DepthPool of the same model instead of a Job (operator/handoff.py); 0: never."""
     workers: int = 8
     """Concurrent reconciles."""
     admission_interval_seconds: float = 2.0

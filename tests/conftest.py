@@ -36,7 +36,10 @@ def operator(cluster: Cluster) -> Iterator[OperatorProcess]:
     log_dir = STATE / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     op = OperatorProcess(cluster.kubeconfig, log_dir, name="test-operator",
-                         SPATIALFORGE_RUNNER_ENV_FROM_SECRET=RUNNER_SECRET)
+                         SPATIALFORGE_RUNNER_ENV_FROM_SECRET=RUNNER_SECRET,
+                         # Small DepthBatches go to a ready DepthPool of their namespace, if any
+                         # (only tests/runner/test_pool_cluster.py creates pools).
+                         SPATIALFORGE_POOL_HANDOFF_MAX_IMAGES="4")
     op.start()
     yield op
     op.stop()

@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from spatialforge.crds.constants import EXIT_INVALID_INPUT
 from spatialforge.crds.v1alpha1.common import DepthModel, Intrinsics
 from spatialforge.crds.v1alpha1.depthbatch import DepthBatchSpec
 from spatialforge.runner.errors import InvalidImageError, MeasurementError, RunnerError
@@ -208,6 +209,43 @@ def create_app(
             state.metrics.queue_depth.set(batcher.admitted)
             state.metrics.latency.labels(outcome).observe(time.monotonic() - t0)
 
+    async def batches(request: Request) -> Response:
+        """A small DepthBatch handed over by the operator (its hand-off to a warm pool): run with
+        the batch runner's own stage (same decoding, outputs, manifest) and this server's loaded
+        model, one shard; the operator writes the resource's status from the answer."""
+        if not state.ready or state.estimator is None:
+            return _error(503, "not_ready", state.failure or "the model is loading", retry_after=1)
+        try:
+            body = await request.json()
+            meta = body.get("metadata") or {}
+            spec = DepthBatchSpec.model_validate(body.get("spec") or {})
+            namespace, name = str(meta["namespace"]), str(meta["name"])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            return _error(400, "bad_request", " ".join(f"not a DepthBatch: {exc}".split())[:1024])
+        loaded = DepthModel(size=serve.model_size, variant=serve.model_variant)
+        if spec.model != loaded or spec.shards != 1:
+            return _error(409, "wrong_pool", f"this server runs {loaded.size.value}/{loaded.variant.value} "
+                                             "and takes one-shard batches only")
+        from spatialforge.runner.errors import exit_code_for, reason_for
+        from spatialforge.runner.stages.base import RunContext
+        from spatialforge.runner.stages.depth import DepthStage
+
+        ctx = RunContext(namespace=namespace, name=name, settings=state.runner,
+                         estimator_loader=lambda *_a, **_k: state.estimator)
+        t0 = time.monotonic()
+        try:
+            result = await asyncio.to_thread(DepthStage().run, spec, ctx)
+        except Exception as exc:  # noqa: BLE001 - the operator gets the runner's exit code and reason
+            code = exit_code_for(exc)
+            if not isinstance(exc, RunnerError):
+                log.exception("handed-off batch %s/%s failed", namespace, name)
+            return JSONResponse({"error": "run_failed", "exitCode": code, "message": reason_for(exc)},
+                                status_code=422 if code == EXIT_INVALID_INPUT else 500)
+        finally:
+            ctx.close()
+        return JSONResponse({"manifestUri": result.manifest_uri, "items": result.items,
+                             "seconds": round(time.monotonic() - t0, 4), "summary": result.summary})
+
     app = Starlette(
         routes=[
             Route("/healthz", healthz),
@@ -215,6 +253,7 @@ def create_app(
             Route("/metrics", metrics),
             Route("/v1/depth", depth, methods=["POST"]),
             Route("/v1/measure", measure, methods=["POST"]),
+            Route("/v1/batches", batches, methods=["POST"]),
         ],
         lifespan=lifespan,
     )

@@ -182,3 +182,45 @@ def test_pool_gpus_hold_back_jobs_and_the_budget_clamps_the_pool(cluster: Cluste
     st = wait_for("the pool clamped again", lambda: clamped_to(1), timeouts.SHORT)
     assert "1 of 3 replicas" in st["message"]
     assert len(pool_pods(cluster, ns, "gpu")) <= 1
+
+
+def test_a_small_depth_batch_is_run_by_a_warm_pool_without_a_job(cluster: Cluster, serving_ns: str,
+                                                                  minio_env: dict[str, str], model_dir: Path) -> None:
+    import boto3
+
+    ns = serving_ns
+    cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": RUNNER_SECRET},
+                   "stringData": {**minio_env, "SPATIALFORGE_MODEL_DIR": str(model_dir), "HF_HUB_OFFLINE": "1",
+                                  "SPATIALFORGE_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}}, ns)
+    s3 = boto3.client("s3", endpoint_url=minio_env["SPATIALFORGE_S3_ENDPOINT"],
+                      aws_access_key_id=minio_env["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=minio_env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+    bucket = f"pool-{ns}"
+    s3.create_bucket(Bucket=bucket)
+    for i in range(2):
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(buf, "PNG")
+        s3.put_object(Bucket=bucket, Key=f"in/img-{i}.png", Body=buf.getvalue())
+    cluster.apply(depth_pool("warm"), ns)
+    wait_for("a ready server", lambda: serving(cluster, ns, "warm", 1), SERVE)
+
+    cluster.apply(depth_batch("quick", gpus=0, inputs=[f"s3://{bucket}/in/img-0.png", f"s3://{bucket}/in/img-1.png"],
+                              output={"uri": f"s3://{bucket}/out"}), ns)
+    st = wait_for("Succeeded", lambda: (s := status(cluster, "depthbatch", "quick", ns)).get("phase") == "Succeeded"
+                  and s, timeouts.MEDIUM)
+    assert st["reason"] == "RunByPool" and "pool " + ns + "/warm" in st["message"]
+    assert st["progress"]["done"] == st["progress"]["total"] == 2 and st["progressSummary"] == "2/2"
+    assert st["manifestUri"] == f"s3://{bucket}/out/{ns}/quick/shard-00000/manifest.json"
+    assert "jobName" not in st and not cluster.list("jobs", ns)
+    written = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"out/{ns}/quick/")["Contents"]]
+    assert sorted(Path(k).name for k in written if k.endswith(".png")) == ["img-0.depth.png", "img-1.depth.png"]
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=f"out/{ns}/quick/shard-00000/manifest.json")["Body"].read())
+    assert manifest["summary"]
+
+    # Invalid input fails the batch as a runner would (InvalidInput), once, without a Job.
+    s3.put_object(Bucket=bucket, Key="in/bad.jpg", Body=b"not an image at all")
+    cluster.apply(depth_batch("bad", gpus=0, inputs=[f"s3://{bucket}/in/bad.jpg"], output={"uri": f"s3://{bucket}/out"}),
+                  ns)
+    st = wait_for("Failed", lambda: (s := status(cluster, "depthbatch", "bad", ns)).get("phase") == "Failed" and s,
+                  timeouts.MEDIUM)
+    assert st["reason"] == "InvalidInput" and not cluster.list("jobs", ns)

@@ -108,3 +108,17 @@ def test_crd_has_scale_and_status_subresources_and_columns() -> None:
     assert {"gpusPerReplica", "replicas", "minReplicas", "maxReplicas", "maxBatch", "maxWaitMs",
             "maxInFlightPerTenant", "backend", "model"} <= set(spec["properties"])
     assert yaml.safe_dump(crd)
+
+
+def test_only_small_listed_one_shard_batches_are_handed_off() -> None:
+    from spatialforge.crds.v1alpha1.depthbatch import DepthBatchSpec
+    from spatialforge.operator.handoff import eligible
+
+    def spec(**kw: object) -> DepthBatchSpec:
+        return DepthBatchSpec.model_validate({"inputs": ["s3://bkt/a.png", "s3://bkt/b.png"],
+                                              "output": {"uri": "s3://bkt/out"}, **kw})
+
+    assert eligible(spec(), 4) and not eligible(spec(), 1) and not eligible(spec(), 0)
+    assert not eligible(spec(inputs=["s3://bkt/in/"]), 4)  # a prefix: its size is unknown
+    assert not eligible(spec(parallelism=2), 4) and not eligible(spec(queueName="q"), 4)
+    assert not eligible(spec(suspend=True), 4)
