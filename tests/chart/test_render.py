@@ -212,3 +212,27 @@ def test_runner_status_policy_is_the_generated_one(helm: Helm) -> None:
     assert "endsWith(':gpu-runner')" in policy["spec"]["matchConditions"][0]["expression"]
     off = helm.render("--set", "runner.statusPolicy.enabled=false")
     assert not [o for o in off if o["kind"].startswith("ValidatingAdmissionPolicy")]
+
+
+def test_front_end_metrics_have_their_own_port_and_forwarded_clients_come_from_trusted_proxies(helm: Helm) -> None:
+    """The Ingress routes only the front end's `http` port; Prometheus scrapes `metrics`, a port
+    of its own; X-Forwarded-For is read by the app from trustedProxies, never by uvicorn."""
+    objects = helm.render("--set", "apiserver.ingress.enabled=true", "--set", "monitoring.serviceMonitor.enabled=true",
+                          "--set", "networkPolicy.enabled=true", "--set-json", 'apiserver.trustedProxies=["10.42.0.0/16"]')
+    deployment = find(objects, "Deployment", "-apiserver")
+    c = pod_spec(deployment)["containers"][0]
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8000, "metrics": 9464}
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["SPATIALFORGE_API_METRICS_PORT"] == "9464"
+    assert json.loads(env["SPATIALFORGE_API_TRUSTED_PROXIES"]) == ["10.42.0.0/16"]
+    assert "--proxy-headers" not in c["command"] and "--no-proxy-headers" in c["command"]
+    service = find(objects, "Service", "-apiserver")
+    assert {p["name"] for p in service["spec"]["ports"]} == {"http", "metrics"}
+    ingress = find(objects, "Ingress", "-apiserver")
+    ports = {p["backend"]["service"]["port"]["name"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]}
+    assert ports == {"http"}
+    monitor = find(objects, "ServiceMonitor", "-apiserver")
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+    policy = find(objects, "NetworkPolicy", "-apiserver")
+    by_port = {r["ports"][0]["port"]: r["from"] for r in policy["spec"]["ingress"]}
+    assert set(by_port) == {"http", "metrics"} and len(by_port["metrics"]) == 1  # only Prometheus's namespace
