@@ -27,7 +27,7 @@ LIMIT = DepthBatchSpec.model_fields["max_image_pixels"].default
 SIDE = int(LIMIT**0.5)
 assert SIDE * SIDE == LIMIT  # 8000 x 8000 is exactly the default limit
 # The bound stated in runner/README.md: what one image at the pixel limit may add to the peak.
-BOUND = 900 * MB
+BOUND = 512 * MB
 CHILD = "import sys; from spatialforge.runner import run_local; sys.exit(run_local(sys.argv[1], show_progress=False).exit_code)"
 
 
