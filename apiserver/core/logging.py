@@ -62,10 +62,6 @@ class JsonFormatter(logging.Formatter):
 _filter = RedactFilter()
 
 
-def redaction_filter() -> RedactFilter:
-    return _filter
-
-
 _installed = False
 
 
