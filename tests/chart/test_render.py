@@ -82,6 +82,7 @@ NON_DEFAULT_VALUES = {
     "operator.admissionIntervalSeconds": 5,
     "operator.unschedulableTimeoutSeconds": 120,
     "operator.imagePullGraceSeconds": 45,
+    "operator.poolHandoffMaxImages": 2,
     "operator.avgRunSeconds": 600,
     "operator.quotas.configMapName": "gpu-quotas-b",
     "operator.healthPort": 8181,
