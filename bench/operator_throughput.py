@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -32,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from spatialforge.kubeclient import tuned  # noqa: E402
+from spatialforge.operator.kube import Kube  # noqa: E402
 from tests.cluster import STATE, start_cluster  # noqa: E402
 from tests.operator_process import OperatorProcess  # noqa: E402
 
@@ -98,6 +98,11 @@ async def main(count: int, rate: float, latency_count: int) -> dict:
     # The raw baseline uses the same client tuning as the operator (see spatialforge/kubeclient.py).
     api = tuned(await config.new_client_from_config(config_file=str(plane.kubeconfig)))
     api.configuration.connection_pool_maxsize = 64
+    missing = await Kube(api).missing_crds()
+    if missing:
+        await api.close()
+        raise SystemExit(f"bench: the plane at {STATE} serves no {', '.join(missing)}; install them with "
+                         f"`KUBECONFIG={plane.kubeconfig} kubectl apply -f crds/` and run the bench again")
     core, batch, custom = client.CoreV1Api(api), client.BatchV1Api(api), client.CustomObjectsApi(api)
     run = uuid.uuid4().hex[:6]
     raw_ns, drain_ns, lat_ns = f"bench-raw-{run}", f"bench-drain-{run}", f"bench-lat-{run}"
