@@ -29,7 +29,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from tests.apiserver.conftest import BUCKET, ServerThread, Tenant, free_port
+from tests.apiserver.conftest import BUCKET, ServerThread, Tenant
 from tests.cluster import Cluster
 from tests.timeouts import LONG, MEDIUM, SHORT
 
@@ -48,6 +48,12 @@ class DepthServer:
         raise AssertionError(f"{name} not in /metrics")
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
 def _pod_address() -> str:
     """An address EndpointSlices accept (they refuse loopback) that reaches this host: one of
     198.18.0.0/15 (never routed) put on lo, as the local plane's node agent does for pods."""
@@ -61,9 +67,7 @@ def _pod_address() -> str:
 
 
 def _start_server(tmp: Path, model_dir: Path, host: str, *args: str) -> DepthServer:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port = int(s.getsockname()[1])
+    port = free_port(host)
     log = tmp / f"depth-server-{port}.log"
     env = {**os.environ, "SPATIALFORGE_MODEL_DIR": str(model_dir), "SPATIALFORGE_DEVICE": "cpu", "HF_HUB_OFFLINE": "1"}
     env.pop("SPATIALFORGE_RESEARCH_MODE", None)
@@ -128,8 +132,10 @@ def stack(cluster: Cluster, make_settings, api, tmp_path_factory: pytest.TempPat
     slow = _start_server(tmp, models, address, "--max-batch", "8", "--max-wait-ms", "5000", "--max-queue", "1")
     ns = f"pools-{uuid.uuid4().hex[:6]}"
     cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-    # a not-ready endpoint (nothing listens there): never chosen
-    _pool(cluster, ns, "fast", [(address, fast.port, True), ("198.18.0.1", free_port(), False)])
+    # A not-ready endpoint (nothing listens there): never chosen. A ready one whose server is gone
+    # (the slice not updated yet): its refused connection is retried on the live one.
+    _pool(cluster, ns, "fast", [(address, fast.port, True), ("198.18.0.1", free_port(), False),
+                                (address, free_port(address), True)])
     _pool(cluster, ns, "slow", [(address, slow.port, True)], maxInFlightPerTenant=1)
     _pool(cluster, ns, "empty", [])
     apps = {name: ServerThread(make_settings(depth_pools=f"{ns}/{name}", pool_refresh_seconds=0.5)).start()
