@@ -53,6 +53,9 @@ class JobPublic(BaseModel):
     duration_seconds: float | None = None
     gpu_seconds: float | None = None
     attempts: int | None = None
+    skipped_images: int | None = None
+    """Images a DepthBatch with `onInvalidImage: Skip` left out (listed with reasons in its
+    manifest); their units are refunded when it succeeds."""
     status_url: str
     results_url: str
     expires_at: str | None = None

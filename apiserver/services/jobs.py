@@ -100,6 +100,7 @@ def summary(obj: dict[str, Any], phase: str | None = None, *, retention_days: in
                        for c in status.get("conditions") or []],
         "created_at": meta.get("creationTimestamp"), "started_at": _iso(started), "completed_at": _iso(completed),
         "duration_seconds": duration, "gpu_seconds": status.get("gpuSeconds"), "attempts": status.get("attempts"),
+        "skipped_images": status.get("skippedImages"),
         "status_url": f"/v1/jobs/{name}", "results_url": f"/v1/jobs/{name}/results",
         "expires_at": None,
     }
@@ -453,6 +454,8 @@ class JobService:
             await self.quotas.release_slot(tenant, meta["name"])
             if never_ran(obj, phase_before):
                 await self._refund(tenant, obj)
+            elif phase == "Succeeded" and skipped_units(obj):
+                await self._refund(tenant, obj, units=skipped_units(obj), why="skipped images")
         except Exception:
             log.exception("releasing the slot or refunding %s/%s failed", meta.get("namespace"), meta.get("name"))
         try:
@@ -471,18 +474,41 @@ class JobService:
                 log.exception("webhook for %s/%s could not be queued; a later start that lists the job "
                               "as finished queues it", meta.get("namespace"), meta.get("name"))
 
-    async def _refund(self, tenant: str, obj: dict[str, Any]) -> None:
-        """Give a job's units back to the month it was charged in, once per uid."""
+    async def _refund(self, tenant: str, obj: dict[str, Any], *, units: int | None = None,
+                      why: str = "no runner ran") -> None:
+        """Give a job's units (all of them, or `units`) back to the month it was charged in,
+        once per uid."""
         meta = obj["metadata"]
-        try:
-            units = int((meta.get("annotations") or {}).get(ANNOTATION_UNITS) or 0)
-        except ValueError:
-            units = 0
+        if units is None:
+            units = charged_units(obj)
         if units <= 0 or not await self.redis.set(f"refund:job:{meta['uid']}", units, nx=True, ex=REFUND_CLAIM_TTL):
             return
         created = _parse(meta.get("creationTimestamp"))
         await self.quotas.refund(tenant, units, quotas_month(created), recorded=True)
-        log.info("refunded %d units of %s/%s (no runner ran)", units, meta.get("namespace"), meta.get("name"))
+        log.info("refunded %d units of %s/%s (%s)", units, meta.get("namespace"), meta.get("name"), why)
+
+
+def charged_units(obj: dict[str, Any]) -> int:
+    """The units a job was charged at submission (its annotation; 0 when unreadable)."""
+    try:
+        return max(0, int((obj["metadata"].get("annotations") or {}).get(ANNOTATION_UNITS) or 0))
+    except ValueError:
+        return 0
+
+
+def skipped_units(obj: dict[str, Any]) -> int:
+    """Units of the images a Succeeded DepthBatch skipped (`onInvalidImage: Skip`): the charged
+    units in proportion to skipped / all images, rounded down, so a batch of single files gets
+    back exactly one unit per skipped file and a prefix input is never refunded more than it cost."""
+    status = obj.get("status") or {}
+    try:
+        skipped = int(status.get("skippedImages") or 0)
+        total = int((status.get("progress") or {}).get("total") or 0)
+    except (TypeError, ValueError):
+        return 0
+    if skipped <= 0 or total <= 0:
+        return 0
+    return charged_units(obj) * min(skipped, total) // total
 
 
 def quotas_month(when: dt.datetime | None) -> str | None:

@@ -311,3 +311,25 @@ def test_readiness_fails_with_the_reason_when_redis_may_evict(api, make_settings
     finally:
         rc.config_set("maxmemory-policy", before)
     assert httpx.get(f"{api.url}/readyz").status_code == 200
+
+
+def test_skipped_images_of_a_succeeded_batch_are_refunded(make_tenant, behaviour, cluster):
+    """`onInvalidImage: Skip`: two of four photos skipped -> two units back once it succeeds."""
+    t = make_tenant("pro")
+    behaviour.set(t.namespace, seconds=8)
+    with t.client() as c:
+        job = c.post("/v1/depth-batches", json=t.depth_spec(4, onInvalidImage="Skip")).json()
+        _wait_phase(c, job["id"], "Running")
+        # What the runner's shard reports for two undecodable photos. The node agent simulates the
+        # runner here, so the admin writes the shard's entry; the operator sums it into the status.
+        cluster.kubectl("patch", "depthbatch", job["id"], "-n", t.namespace, "--subresource=status",
+                        "--type=merge", "-p",
+                        '{"status": {"progress": {"shards": {"0": {"done": 4, "total": 4, "skipped": 2}}}}}')
+        done = _wait_phase(c, job["id"], "Succeeded")
+        assert done["skipped_images"] == 2, done
+
+        def refunded(c=c):
+            u = c.get("/v1/usage").json()
+            return u if u["units_refunded"] == 2 else None
+        usage = wait_until("the skipped images' units back", refunded, MEDIUM)
+        assert usage["units_used"] == 2
