@@ -158,9 +158,15 @@ class SyncService:
 
     async def measure(self, tenant: str, name: str, data: bytes, *, model: str | None, params: dict[str, str]) -> SyncAnswer:
         """Distance between two pixels (and its 95 % interval), computed by the depth server."""
-        _, r, headers = await self._call(tenant, model, "/v1/measure", {"name": name, **params}, data,
-                                         "application/json")
-        body = r.json()
+        view, r, headers = await self._call(tenant, model, "/v1/measure", {"name": name, **params}, data,
+                                            "application/json")
+        try:
+            body = r.json()
+        except ValueError:
+            await self.quotas.refund(tenant, COST)
+            log.error("depth pool %s answered a measure with a body that is not JSON", view.ref)
+            raise errors.Unavailable("the depth pool answered a malformed body; nothing was charged",
+                                     code="pool_error", headers={"Retry-After": "1"}) from None
         return SyncAnswer(body=body, headers=headers)
 
     async def _store(self, tenant: str, png: bytes, jpeg: bytes | None) -> dict[str, Any]:
