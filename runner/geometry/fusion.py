@@ -62,7 +62,7 @@ def fuse(
     vbg = o3d.t.geometry.VoxelBlockGrid(
         attr_names=("tsdf", "weight", "color"),
         # uint16 weight and colour: 12 bytes a voxel instead of 20 (same surface, colours
-        # within 1/65535), which keeps the high preset's 1 cm room under 2 GB.
+        # within 1/65535).
         attr_dtypes=(o3c.float32, o3c.uint16, o3c.uint16),
         attr_channels=((1), (1), (3)),
         voxel_size=float(voxel_size),
