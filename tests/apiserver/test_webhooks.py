@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 import uuid
@@ -35,7 +36,7 @@ class Receiver:
     `status` to every call). `spans` keeps, per call, when it arrived and when it was answered."""
 
     def __init__(self, fail: int, delay: float = 0.0, status: int | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, drop: int = 0) -> None:
         self.fail = fail
         self.calls: list[tuple[dict[str, str], bytes]] = []
         self.spans: list[tuple[float, float]] = []
@@ -46,6 +47,11 @@ class Receiver:
                 start = time.monotonic()
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 outer.calls.append((dict(self.headers), body))
+                if len(outer.calls) <= drop:  # read it, then hang up without an answer
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    outer.spans.append((start, time.monotonic()))
+                    return
                 time.sleep(delay)
                 self.send_response(status or (500 if len(outer.calls) <= outer.fail else 204))
                 for k, v in (headers or {}).items():
@@ -465,3 +471,27 @@ def test_redirects_are_not_followed_and_each_attempt_is_bounded(redis_server):
     finally:
         redirecting.close()
         slow.close()
+
+
+def test_a_transport_error_on_the_first_attempt_is_retried_not_lost(redis_server):
+    """The receiver reads the first POST and hangs up without answering (a transport error, as
+    a reset or ReadError is): the attempt is recorded as failed, retried after the backoff and
+    delivered; nothing waits for a lease."""
+    url = _db(redis_server.env["SPATIALFORGE_API_REDIS_URL"], 2)
+    receiver = Receiver(fail=0, drop=1)
+
+    async def go() -> None:
+        s = _sender(url, backoff=0.1, lease=30.0)  # a lost attempt would wait 30 s for its lease
+        await s.redis.flushdb()
+        uid = uuid.uuid4().hex
+        try:
+            await s.enqueue("acme", uid, receiver.url, _body(uid))
+            s.start()
+            await _until("delivered on the second attempt", lambda: _all_delivered_at(s, uid, "delivered:2"))
+            assert len(receiver.calls) == 2 and _count(s, "retry") == 1 and _count(s, "delivered") == 1
+            assert await s.redis.zcard(wh.DUE_KEY) == 0
+        finally:
+            await s.redis.flushdb()
+            await _close(s)
+
+    _run(go, receiver)
