@@ -36,7 +36,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 FULL = (640, 480)
 FOCAL = 500.0
