@@ -129,3 +129,12 @@ def test_auto_takes_the_fastest_measured_backend(model_dir):
 def test_an_unknown_backend_setting_is_refused(model_dir):
     with pytest.raises(ModelLoadError, match="SPATIALFORGE_DEPTH_BACKEND"):
         _load(model_dir, "tensorflow")
+
+
+def test_ahead_of_time_export_fills_the_cache(model_dir, tmp_path, monkeypatch, capsys):
+    """`python -m spatialforge.runner.models.backends` (image build or a pre-export job)."""
+    monkeypatch.setenv("SPATIALFORGE_BACKEND_CACHE", str(tmp_path / "cache"))
+    assert backends.main(["--backend", "openvino"]) == 0
+    assert f"{CKPT}: backend openvino" in capsys.readouterr().out
+    (export,) = (tmp_path / "cache").glob(f"{CKPT}-*/model.onnx")
+    assert list(export.parent.glob("parity-openvino-cpu-fp32-*.json"))
