@@ -21,8 +21,10 @@ log_info "rendering demo inputs into s3://${BUCKET}/inputs/"
 "${PYTHON}" "${HACK_DIR}/demo_inputs.py" "s3://${BUCKET}"
 
 kubectl apply --server-side -f "${REPO_ROOT}/crds/spatialforge.io_depthbatches.yaml" \
-  -f "${REPO_ROOT}/crds/spatialforge.io_reconstructionjobs.yaml" >/dev/null
-kubectl wait --for=condition=Established crd/depthbatches.spatialforge.io crd/reconstructionjobs.spatialforge.io >/dev/null
+  -f "${REPO_ROOT}/crds/spatialforge.io_reconstructionjobs.yaml" \
+  -f "${REPO_ROOT}/crds/spatialforge.io_depthpools.yaml" >/dev/null
+kubectl wait --for=condition=Established crd/depthbatches.spatialforge.io crd/reconstructionjobs.spatialforge.io \
+  crd/depthpools.spatialforge.io >/dev/null
 for ns in spatialforge-system spatialforge-devcluster "${NS}"; do
   kubectl create namespace "${ns}" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 done
