@@ -70,8 +70,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         cache.put_pod(pod)
     for ns in await kube.list_namespaces():
         cache.put_namespace(ns)
-    pool_objs = await kube.list_pools()
-    pool_deployments = await kube.list_deployments(f"{c.LABEL_COMPONENT}={pool.COMPONENT}") if pool_objs else []
+    try:  # pools are optional; their watch events fill the controller anyway
+        pool_objs = await kube.list_pools()
+        pool_deployments = await kube.list_deployments(f"{c.LABEL_COMPONENT}={pool.COMPONENT}") if pool_objs else []
+    except Exception as exc:  # e.g. 429 "storage is (re)initializing" right after the CRD was installed
+        log.warning("listing DepthPools at start-up failed (%s); their watch events will bring them", exc)
+        pool_objs, pool_deployments = [], []
     nodes = await kube.list_nodes()
     for node in nodes or []:
         cache.put_node(node)
