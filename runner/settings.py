@@ -59,7 +59,7 @@ class RunnerSettings(BaseSettings):
     depth_backend: str = Field(default="auto", validation_alias=c.ENV_DEPTH_BACKEND)
     """Depth network backend: `auto` or one of runner/models/backends.py's BACKENDS."""
     backend_cache: Path | None = Field(default=None, validation_alias=c.ENV_BACKEND_CACHE)
-    """Where exported backend graphs are cached; unset: `_backends/` in the model cache."""
+    """Where exported backend graphs are cached; unset: `_backends/` beside the weights when the model dir is a local folder that has or can take one, else in the model cache."""
     decode_slots: int = Field(default=2, ge=1, le=64, validation_alias=c.ENV_DECODE_SLOTS)
     """Images fetched and decoded at once; the peak memory grows with it (runner/README.md)."""
     s3_endpoint: str | None = Field(

@@ -169,11 +169,18 @@ def _ort_providers(device: DeviceChoice, trt_cache: Path) -> list[Any]:
 
 
 def backend_cache(settings: RunnerSettings) -> Path:
-    """SPATIALFORGE_BACKEND_CACHE, else `_backends/` in the model cache."""
+    """SPATIALFORGE_BACKEND_CACHE; else `_backends/` beside the weights when the model dir is a
+    local folder that has one or can take one (shared by every pod and run that mounts it, so
+    a Job pod does not export again); else `_backends/` in the (per-pod) model cache."""
     from spatialforge.runner.models.registry import model_cache
 
     if settings.backend_cache:
         return Path(settings.backend_cache)
+    model_dir = (settings.model_dir or "").strip()
+    if model_dir and "://" not in model_dir:
+        beside = Path(model_dir) / "_backends"
+        if beside.is_dir() or os.access(model_dir, os.W_OK):
+            return beside
     return model_cache(settings) / "_backends"
 
 
@@ -332,11 +339,15 @@ def _quiet(*loggers: str) -> Any:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Write a small memo atomically; a read-only cache (pre-exported, mounted) just is not written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("cannot write %s (%s); it is recomputed next time", path, exc)
 
 
 # --- parity and selection ---------------------------------------------------------------------

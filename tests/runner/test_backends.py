@@ -138,3 +138,24 @@ def test_ahead_of_time_export_fills_the_cache(model_dir, tmp_path, monkeypatch, 
     assert f"{CKPT}: backend openvino" in capsys.readouterr().out
     (export,) = (tmp_path / "cache").glob(f"{CKPT}-*/model.onnx")
     assert list(export.parent.glob("parity-openvino-cpu-fp32-*.json"))
+
+
+def test_the_default_cache_is_beside_a_local_model_dir(tmp_path):
+    """So Job pods (each with its own model cache) share one export through the model volume."""
+    from spatialforge.runner.models.backends import backend_cache
+    from spatialforge.runner.settings import RunnerSettings
+
+    models, cache = tmp_path / "models", tmp_path / "model-cache"
+    models.mkdir()
+    settings = RunnerSettings.from_env({"SPATIALFORGE_MODEL_DIR": str(models), "SPATIALFORGE_MODEL_CACHE": str(cache)})
+    assert backend_cache(settings) == models / "_backends"
+    s3 = RunnerSettings.from_env({"SPATIALFORGE_MODEL_DIR": "s3://bucket/models/", "SPATIALFORGE_MODEL_CACHE": str(cache)})
+    assert backend_cache(s3) == cache / "_backends"
+    models.chmod(0o555)  # read-only and no export there: the model cache
+    try:
+        if not os.access(models, os.W_OK):  # root may write anyway
+            assert backend_cache(settings) == cache / "_backends"
+    finally:
+        models.chmod(0o755)
+    explicit = RunnerSettings.from_env({"SPATIALFORGE_MODEL_DIR": str(models), "SPATIALFORGE_BACKEND_CACHE": str(tmp_path / "x")})
+    assert backend_cache(explicit) == tmp_path / "x"
