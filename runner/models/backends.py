@@ -292,9 +292,13 @@ def cached_onnx(model: Any, location: str, name: str, settings: RunnerSettings) 
     onnx_path = folder / "model.onnx"
     if onnx_path.is_file():
         return onnx_path
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache))
-    tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache))
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
+    except OSError as exc:
+        raise BackendError(f"no export of {name} in {cache} and cannot write one there ({exc}); "
+                           f"set SPATIALFORGE_BACKEND_CACHE to a writable folder") from exc
     try:
         log.info("exporting %s to ONNX (once per checkpoint and toolchain) into %s", name, folder)
         export_onnx(_cpu_fp32(model), tmp / "model.onnx")
