@@ -38,6 +38,7 @@ class OperatorProcess:
         would act at once)."""
         if self.alive():
             raise RuntimeError(f"{self.name} is already running (pid {self.proc.pid}); stop or kill it first")
+        self._kill_orphan()
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), **self.settings,
                "SPATIALFORGE_HEALTH_PORT": str(self.health_port),
                "SPATIALFORGE_METRICS_PORT": str(self.metrics_port),
@@ -45,6 +46,28 @@ class OperatorProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "spatialforge.operator"], env=env,
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pidfile.parent.mkdir(parents=True, exist_ok=True)
+        self.pidfile.write_text(str(self.proc.pid))
+
+    @property
+    def pidfile(self) -> Path:
+        """Where this operator's pid is kept, beside its log, in the session's own state."""
+        return self.log_path.parent.parent / "pids" / f"{self.name}.pid"
+
+    def _kill_orphan(self) -> None:
+        """Kill an operator of the same name left by an earlier session that was itself killed
+        (its own session, so nothing ended it): it would hold the Lease, and this one stand by."""
+        try:
+            pid = int(self.pidfile.read_text())
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return
+        if f"KUBECONFIG={self.kubeconfig}".encode() in environ and b"SPATIALFORGE_IDENTITY=" + self.name.encode() in \
+                b"\n".join(environ):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
     def kill(self) -> None:
         """SIGKILL: no clean shutdown, no lease release (the worst case)."""

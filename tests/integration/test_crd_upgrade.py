@@ -29,6 +29,11 @@ OLD_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
 def _scratch(crd: dict[str, Any]) -> dict[str, Any]:
     crd = json.loads(json.dumps(crd).replace(f'"{GROUP}"', f'"{SCRATCH_GROUP}"'))
     crd["metadata"]["name"] = CRD_NAME
+    # Out of the `spatialforge` category and without short names: kubectl's discovery cache would
+    # otherwise resolve `kubectl get spatialforge` or `db` to this scratch kind after it is deleted.
+    names = crd["spec"]["names"]
+    names.pop("categories", None)
+    names.pop("shortNames", None)
     return crd
 
 
