@@ -8,6 +8,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from spatialforge.crds import ReconstructionJobSpec
+from spatialforge.crds.v1alpha1.reconstructionjob import ReconstructionFormat
+
 # --- errors -------------------------------------------------------------------------------
 
 
@@ -35,6 +38,26 @@ class ProgressPublic(BaseModel):
     done: int = 0
     total: int = 0
     stage: str = ""
+
+
+class ReconstructionCreate(ReconstructionJobSpec):
+    """A ReconstructionJob's spec, plus `outputs`: what to produce, any of trajectory,
+    pointcloud, mesh and floorplan (shorthand for `output.formats`; a trajectory-only job runs
+    only the pose stage)."""
+
+    outputs: list[ReconstructionFormat] | None = Field(default=None, min_length=1,
+                                                       max_length=len(ReconstructionFormat))
+
+    def to_spec(self) -> ReconstructionJobSpec:
+        """The resource's spec: `outputs` folded into `output.formats`."""
+        data = self.model_dump(by_alias=True, exclude={"outputs"}, exclude_unset=True, mode="json")
+        if self.outputs is not None:
+            given = (data.get("output") or {}).get("formats")
+            wanted = [f.value for f in dict.fromkeys(self.outputs)]
+            if given is not None and sorted(given) != sorted(wanted):
+                raise ValueError("outputs and output.formats disagree; give one of them")
+            data["output"]["formats"] = wanted
+        return ReconstructionJobSpec.model_validate(data)
 
 
 class JobPublic(BaseModel):

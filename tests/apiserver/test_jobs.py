@@ -196,3 +196,26 @@ def test_plan_gpu_limit_reaches_the_operator_queue_position_shown(make_tenant, c
         assert queued["reason"]
         for job in (first, second):
             assert c.delete(f"/v1/jobs/{job['id']}").status_code == 202
+
+
+def test_reconstruction_outputs_choose_what_is_produced(make_tenant, cluster):
+    """`outputs` names what to produce; it lands in the resource's output.formats."""
+    t = make_tenant("pro")
+    with t.client() as c:
+        r = c.post("/v1/reconstructions", json=t.recon_spec(outputs=["trajectory", "floorplan"]))
+        assert r.status_code == 202, r.text
+        cr = cluster.get("reconstructionjob", r.json()["id"], t.namespace)
+        assert cr["spec"]["output"]["formats"] == ["trajectory", "floorplan"]
+        # Without it, the default outputs.
+        r = c.post("/v1/reconstructions", json=t.recon_spec())
+        assert cluster.get("reconstructionjob", r.json()["id"], t.namespace)["spec"]["output"]["formats"] == \
+            ["pointcloud", "mesh", "trajectory"]
+        # Contradicting output.formats, or naming an unknown output: 422 with the reason, nothing created.
+        before = len(cluster.list("reconstructionjobs", t.namespace))
+        spec = t.recon_spec(outputs=["mesh"])
+        spec["output"]["formats"] = ["trajectory"]
+        bad = c.post("/v1/reconstructions", json=spec)
+        assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_outputs", bad.text
+        unknown = c.post("/v1/reconstructions", json=t.recon_spec(outputs=["hologram"]))
+        assert unknown.status_code == 422 and "outputs" in unknown.text, unknown.text
+        assert len(cluster.list("reconstructionjobs", t.namespace)) == before

@@ -8,8 +8,16 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Body, Header, Query, Response
 
 from spatialforge.apiserver.api.deps import ApiKeyDep, JobsDep, SettingsDep
-from spatialforge.apiserver.schemas import ErrorPublic, JobPublic, JobsPublic, ResultsDeleted, ResultsPublic
-from spatialforge.crds import DepthBatchSpec, ReconstructionJobSpec
+from spatialforge.apiserver import errors
+from spatialforge.apiserver.schemas import (
+    ErrorPublic,
+    JobPublic,
+    JobsPublic,
+    ReconstructionCreate,
+    ResultsDeleted,
+    ResultsPublic,
+)
+from spatialforge.crds import DepthBatchSpec
 
 router = APIRouter(tags=["jobs"])
 
@@ -21,7 +29,8 @@ DEPTH_EXAMPLE = {"inputs": ["s3://spatialforge/tenants/acme/inputs/u1/"],
                  "output": {"uri": "s3://spatialforge/tenants/acme/results"},
                  "model": {"size": "small", "variant": "relative"}, "placement": {"gpus": 1}}
 RECON_EXAMPLE = {"input": "s3://spatialforge/tenants/acme/inputs/u2/walk.mp4",
-                 "output": {"uri": "s3://spatialforge/tenants/acme/results"}, "quality": "draft"}
+                 "output": {"uri": "s3://spatialforge/tenants/acme/results"}, "quality": "draft",
+                 "outputs": ["trajectory", "mesh", "floorplan"]}
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200,
                                                 description="Retrying a POST with the same key returns the first job")]
 WebhookUrl = Annotated[str | None, Query(max_length=2048, description="POSTed a signed event on a terminal phase")]
@@ -40,9 +49,14 @@ async def create_depth_batch(principal: ApiKeyDep, jobs: JobsDep, response: Resp
 
 @router.post("/v1/reconstructions", status_code=202, response_model=JobPublic, responses=ERRORS)
 async def create_reconstruction(principal: ApiKeyDep, jobs: JobsDep, response: Response,
-                                spec: Annotated[ReconstructionJobSpec, Body(openapi_examples={"recon": {"value": RECON_EXAMPLE}})],
+                                body: Annotated[ReconstructionCreate, Body(openapi_examples={"recon": {"value": RECON_EXAMPLE}})],
                                 idempotency_key: IdempotencyKey = None, webhook_url: WebhookUrl = None) -> dict:
-    """Submit a ReconstructionJob; the body is its spec."""
+    """Submit a ReconstructionJob; the body is its spec, with `outputs` (any of trajectory,
+    pointcloud, mesh, floorplan) as shorthand for `output.formats`."""
+    try:
+        spec = body.to_spec()
+    except ValueError as exc:
+        raise errors.InvalidRequest(str(exc).splitlines()[0], code="invalid_outputs") from exc
     done = await jobs.submit(principal.tenant, "ReconstructionJob", spec,
                               idempotency_key=idempotency_key, webhook_url=webhook_url)
     response.headers.update({**done.headers, "Location": done.job["status_url"]})
