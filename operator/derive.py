@@ -160,6 +160,19 @@ def progress_of(status: dict[str, Any]) -> tuple[dict[str, Any] | None, str | No
             skipped if any("skipped" in s for s in shards.values()) else None)
 
 
+def floorplan_of(status: dict[str, Any]) -> dict[str, Any]:
+    """floorAreaM2 and roomCount summed over the shards that reported a floor plan ({} when none did)."""
+    shards = ((status.get("progress") or {}).get("shards")) or {}
+    areas = [float(s["floorAreaM2"]) for s in shards.values() if s.get("floorAreaM2") is not None]
+    rooms = [int(s["roomCount"]) for s in shards.values() if s.get("roomCount") is not None]
+    out: dict[str, Any] = {}
+    if areas:
+        out["floorAreaM2"] = round(sum(areas), 3)
+    if rooms:
+        out["roomCount"] = sum(rooms)
+    return out
+
+
 def failure_reason(failed: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[str, str]:
     """Reason and message of a Job that failed."""
     job_reason = failed.get("reason") or ""
@@ -263,6 +276,7 @@ def derive(o: Observed, settings: OperatorSettings, now: dt.datetime) -> Derived
     common: dict[str, Any] = {"observedGeneration": gen, "progress": progress, "progressSummary": summary}
     if _HAS_SKIPPED:
         common["skippedImages"] = skipped
+    common.update(floorplan_of(stored))
     spec_suspend = bool((obj.get("spec") or {}).get("suspend"))
     if spec_suspend:
         b.set(cond.SUSPENDED, True, cond.REASON_SUSPENDED, "spec.suspend is true")

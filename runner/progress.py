@@ -20,17 +20,25 @@ class Snapshot:
     stage: str
     skipped: int = 0
     """Of `done`, the invalid images skipped (spec.onInvalidImage: Skip)."""
+    floor_area_m2: float | None = None
+    """Floor plan summary (ReconstructionJob), once one was produced; the operator copies it to the status."""
+    room_count: int | None = None
     updated_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
 
     def as_status(self) -> dict[str, object]:
         """camelCase body for `status.progress.shards.<index>`."""
-        return {
+        body: dict[str, object] = {
             "done": self.done,
             "total": self.total,
             "stage": self.stage[:64],
             "skipped": self.skipped,
             "updatedAt": self.updated_at.replace(microsecond=0).isoformat().replace("+00:00", "Z"),
         }
+        if self.floor_area_m2 is not None:
+            body["floorAreaM2"] = round(float(self.floor_area_m2), 3)
+        if self.room_count is not None:
+            body["roomCount"] = int(self.room_count)
+        return body
 
 
 class Progress:
@@ -46,7 +54,8 @@ class Progress:
         self._listeners.append(listener)
 
     def update(
-        self, *, done: int | None = None, total: int | None = None, stage: str | None = None, skipped: int | None = None
+        self, *, done: int | None = None, total: int | None = None, stage: str | None = None, skipped: int | None = None,
+        floor_area_m2: float | None = None, room_count: int | None = None,
     ) -> None:
         with self._lock:
             old = self._snap
@@ -55,6 +64,8 @@ class Progress:
                 total=old.total if total is None else total,
                 stage=old.stage if stage is None else stage,
                 skipped=old.skipped if skipped is None else skipped,
+                floor_area_m2=old.floor_area_m2 if floor_area_m2 is None else floor_area_m2,
+                room_count=old.room_count if room_count is None else room_count,
             )
             self.version += 1
             snap = self._snap

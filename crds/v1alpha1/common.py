@@ -169,6 +169,10 @@ class ShardProgress(CRDModel):
     """Current stage, e.g. depth, poses, fusion."""
     skipped: int = Field(default=0, ge=0)
     """Invalid images this shard skipped (spec.onInvalidImage: Skip)."""
+    floor_area_m2: float | None = Field(default=None, ge=0)
+    """Floor area in m² of the floor plan this shard produced (ReconstructionJob), when one was produced."""
+    room_count: int | None = Field(default=None, ge=0)
+    """Rooms in the floor plan this shard produced, when one was produced."""
     updated_at: dt.datetime | None = None
 
 
@@ -203,6 +207,10 @@ class ResourceStatus(CRDModel):
     """GPU time used: GPUs per pod x seconds each pod ran."""
     skipped_images: int | None = None
     """Invalid images skipped over all shards (spec.onInvalidImage: Skip); listed in the manifest."""
+    floor_area_m2: float | None = Field(default=None, ge=0)
+    """Floor area in m² from the floor plan, when one was produced (the manifest has the plan)."""
+    room_count: int | None = Field(default=None, ge=0)
+    """Rooms in the floor plan, when one was produced."""
     queue_position: int | None = None
     """1-based place in the admission queue while Queued."""
     estimated_start_time: dt.datetime | None = None

@@ -186,7 +186,9 @@ class ReconstructStage:
             )
             timings["write"] = time.monotonic() - t0
         seconds = time.monotonic() - started
-        progress.update(done=len(keyframes), total=len(keyframes), stage="done")
+        progress.update(done=len(keyframes), total=len(keyframes), stage="done",
+                        floor_area_m2=plan.area_m2 if plan is not None else None,
+                        room_count=plan.room_count if plan is not None else None)
         summary: dict[str, Any] = {
             "keyframes": len(keyframes), "posed": len(poses.posed), "singleView": single,
             "points": geometry.n_points if geometry is not None else 0, "timings": timings,

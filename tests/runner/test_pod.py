@@ -64,6 +64,22 @@ async def test_progress_is_rate_limited_with_a_final_patch():
     assert rec.sent[-1][2]["done"] == 60 and {i for _, i, _ in rec.sent} == {4}
 
 
+async def test_final_patch_carries_the_floor_plan_figures():
+    """The reconstruction stage's last update carries the plan's area and rooms, which the operator copies."""
+    from spatialforge.crds.v1alpha1.common import ShardProgress
+
+    progress, rec = Progress(), _Recorder()
+    patcher = ProgressPatcher(rec, progress, 0, interval=10.0)  # type: ignore[arg-type]
+    patcher.start()
+    progress.update(done=0, total=3, stage="floorplan")
+    progress.update(done=3, stage="done", floor_area_m2=23.45678, room_count=2)
+    await patcher.close()
+    body = rec.sent[-1][2]
+    assert (body["floorAreaM2"], body["roomCount"], body["stage"]) == (23.457, 2, "done")
+    assert ShardProgress.model_validate(body).room_count == 2
+    assert "floorAreaM2" not in Snapshot(done=1, total=1, stage="done").as_status()  # no plan: no figures
+
+
 async def test_run_in_pod_without_env_is_invalid(runner_env):
     outcome = await run_in_pod({"SPATIALFORGE_TERMINATION_LOG": str(runner_env)})
     assert outcome.exit_code == EXIT_INVALID_INPUT

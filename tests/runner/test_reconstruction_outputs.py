@@ -46,6 +46,8 @@ def test_floorplan_from_estimated_poses(tmp_path):
     assert plan["roomCount"] == 1 and manifest["outputs"]["floorplan"]["roomCount"] == 1
     assert plan["areaM2"] == pytest.approx(ROOM.floor_area, rel=0.03), plan
     assert result.summary["floorplan"]["roomCount"] == 1
+    final = ctx.progress.snapshot.as_status()  # the last shard progress: the operator copies these into the status
+    assert (final["stage"], final["roomCount"], final["floorAreaM2"]) == ("done", 1, plan["areaM2"])
     for ext in ("svg", "dxf", "geojson"):
         entry = manifest["outputs"]["floorplan"]["files"][ext]
         assert (shard / f"floorplan.{ext}").stat().st_size == entry["bytes"] > 0

@@ -140,6 +140,18 @@ def test_progress_and_skipped_images_are_summed_from_the_shards() -> None:
     assert (st.progress.done, st.progress.total, st.progress_summary, st.skipped_images) == (7, 8, "7/8", 3)
 
 
+def test_floor_plan_figures_are_copied_from_the_shards_into_the_status() -> None:
+    st = derive(observe(resource({"progress": {"shards": {"0": {"done": 1, "total": 4}}}}), job(), [pod()]),
+                SETTINGS, NOW).status
+    assert (st.floor_area_m2, st.room_count) == (None, None)  # no floor plan (yet): no figures
+    shards = {"0": {"done": 4, "total": 4, "stage": "done", "floorAreaM2": 41.25, "roomCount": 3},
+              "1": {"done": 4, "total": 4, "floorAreaM2": 10.5, "roomCount": 1}, "2": {"done": 2, "total": 2}}
+    obj = resource({"progress": {"shards": shards}})
+    st = derive(observe(obj, job(complete=True), [pod(finished="2026-01-01T11:59:50Z")]), SETTINGS, NOW).status
+    assert st.phase.value == "Succeeded" and (st.floor_area_m2, st.room_count) == (51.75, 4)
+    assert patch_for(obj["status"], st)["floorAreaM2"] == 51.75
+
+
 def test_outcome_annotation_round_trips_and_garbage_is_ignored() -> None:
     out = Outcome(phase="Failed", reason="InvalidInput", message="m", completion_time="2026-01-01T00:00:00Z")
     assert Outcome.of(resource(annotations={c.ANNOTATION_OUTCOME: out.dumps()})) == out
