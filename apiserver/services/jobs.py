@@ -72,10 +72,6 @@ class Submitted:
     headers: dict[str, str]
 
 
-def _iso(value: str | None) -> str | None:
-    return value or None
-
-
 def _parse(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
@@ -98,7 +94,7 @@ def summary(obj: dict[str, Any], phase: str | None = None, *, retention_days: in
         "queue_position": status.get("queuePosition"), "estimated_start_time": status.get("estimatedStartTime"),
         "conditions": [{k: c.get(k, "") for k in ("type", "status", "reason", "message")}
                        for c in status.get("conditions") or []],
-        "created_at": meta.get("creationTimestamp"), "started_at": _iso(started), "completed_at": _iso(completed),
+        "created_at": meta.get("creationTimestamp"), "started_at": started or None, "completed_at": completed or None,
         "duration_seconds": duration, "gpu_seconds": status.get("gpuSeconds"), "attempts": status.get("attempts"),
         "skipped_images": status.get("skippedImages"),
         "status_url": f"/v1/jobs/{name}", "results_url": f"/v1/jobs/{name}/results",
