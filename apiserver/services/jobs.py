@@ -389,13 +389,17 @@ class JobService:
     def _results_base(self, obj: dict[str, Any], job_id: str) -> str:
         return output_base(obj["spec"]["output"]["uri"], obj["metadata"]["namespace"], job_id)
 
-    async def results(self, tenant: str, job_id: str, ttl: int) -> dict[str, Any]:
+    async def _with_results(self, tenant: str, job_id: str) -> tuple[dict[str, Any], str | None]:
+        """The tenant's job and its phase; 409 for a cancelled job (it has no results), else 404."""
         obj, stone = await self._find(tenant, job_id)
         if obj is None:
             if stone is not None:
                 raise errors.Conflict("the job was cancelled", code="no_results")
             raise errors.NotFound("job not found")
-        phase = (obj.get("status") or {}).get("phase")
+        return obj, (obj.get("status") or {}).get("phase")
+
+    async def results(self, tenant: str, job_id: str, ttl: int) -> dict[str, Any]:
+        obj, phase = await self._with_results(tenant, job_id)
         if phase != "Succeeded":
             raise errors.Conflict(f"results exist once the job has Succeeded (now {phase or 'Pending'})",
                                   code="not_ready")
@@ -418,12 +422,7 @@ class JobService:
 
     async def delete_results(self, tenant: str, job_id: str) -> dict[str, Any]:
         """Delete a finished job's outputs now; its results then answer 410."""
-        obj, stone = await self._find(tenant, job_id)
-        if obj is None:
-            if stone is not None:
-                raise errors.Conflict("the job was cancelled", code="no_results")
-            raise errors.NotFound("job not found")
-        phase = (obj.get("status") or {}).get("phase")
+        obj, phase = await self._with_results(tenant, job_id)
         if phase not in ("Succeeded", "Failed"):
             raise errors.Conflict(f"results can be deleted once the job has finished (now {phase or 'Pending'})",
                                   code="not_finished")
