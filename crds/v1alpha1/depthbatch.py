@@ -22,6 +22,7 @@ from spatialforge.crds.v1alpha1.common import (
 class DepthFormat(str, enum.Enum):
     png16 = "png16"  # 16-bit PNG: depth = value x the manifest's png16Scale (metric: 1 mm indoor, 2 mm outdoor).
     npy = "npy"  # float32 NumPy array, metres (metric) or relative units.
+    preview = "preview"  # Colour JPEG (inferno colormap, near is bright): for looking at, not measuring.
 
 
 class OnInvalidImage(str, enum.Enum):
@@ -33,7 +34,10 @@ class DepthOutput(CRDModel):
     """Where results go: `<uri>/<namespace>/<name>/...`, manifest written last."""
 
     uri: ObjectURI
-    formats: list[DepthFormat] = Field(default_factory=lambda: [DepthFormat.png16, DepthFormat.npy], min_length=1, max_length=2)
+    formats: list[DepthFormat] = Field(
+        default_factory=lambda: [DepthFormat.png16, DepthFormat.npy, DepthFormat.preview], min_length=1,
+        max_length=len(DepthFormat))
+    """What to write per image: any of png16, npy and preview (a colour JPEG); default all three."""
     max_pixels: int = Field(default=4_194_304, ge=1, le=200_000_000)
     """Depth maps are written at the input's size up to this many pixels (default 2048 x 2048), and
     downscaled to it (aspect kept) above. Set it to maxImagePixels to always get the input's size;

@@ -31,6 +31,7 @@ from spatialforge.crds.v1alpha1.depthbatch import DepthBatchSpec, DepthFormat, O
 from spatialforge.runner.errors import InvalidImageError
 from spatialforge.runner.images import DecodedImage, check_size, decode_image, fit_pixels, heuristic_focal_px, is_image_name
 from spatialforge.runner.inputs import expand
+from spatialforge.runner.preview import encode_preview
 from spatialforge.runner.stages.base import RunContext, StageResult, manifest_header
 from spatialforge.runner.storage import ObjectInfo
 from spatialforge.runner.storage.staging import StagedOutput
@@ -203,6 +204,10 @@ class DepthStage:
                 npy = encode_npy(depth)
                 uri, digest = out.put(f"{item.stem}.depth.npy", npy, content_type="application/x-npy")
                 outputs["npy"] = {"uri": uri, "sha256": digest, "bytes": len(npy)}
+            if DepthFormat.preview in spec.output.formats:
+                jpg = encode_preview(depth, metric=estimator.checkpoint.metric)
+                uri, digest = out.put(f"{item.stem}.preview.jpg", jpg, content_type="image/jpeg")
+                outputs["preview"] = {"uri": uri, "sha256": digest, "bytes": len(jpg)}
             progress.advance()
             h, w = depth.shape
             return {

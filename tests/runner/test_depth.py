@@ -77,9 +77,9 @@ def test_manifest_is_the_last_write(model_dir, rgb_image):
     result = DepthStage(io_workers=3).run(spec, ctx)
     writes = [u for u in store.put_order if u.startswith("s3://bucket/out/ns/n/shard-00000/")]
     assert writes[-1] == result.manifest_uri == "s3://bucket/out/ns/n/shard-00000/manifest.json"
-    assert len(writes) == 11
+    assert len(writes) == 16  # png16, npy and preview of five images, and the manifest
     staged = [u for u in store.put_order if u.startswith("s3://bucket/out/ns/n/.staging/shard-00000/")]
-    assert len(staged) == 11  # ten outputs and the write probe, all staged first
+    assert len(staged) == 16  # fifteen outputs and the write probe, all staged first
     assert sorted(store.objects) == sorted([*(f"s3://bucket/in/{i}.png" for i in range(5)), *writes])
     assert ctx.progress.snapshot.done == 5 and ctx.progress.snapshot.stage == "done"
 
@@ -296,7 +296,8 @@ def test_skip_invalid_images(tmp_path, model_dir, make_manifest, rgb_image):
     snap = ctx.progress.snapshot
     assert (snap.done, snap.total, snap.skipped, snap.stage) == (5, 5, 3, "done")
     assert snap.as_status()["skipped"] == 3
-    assert sorted(p.name for p in shard.iterdir()) == ["a.depth.npy", "a.depth.png", "c.depth.npy", "c.depth.png", "manifest.json"]
+    assert sorted(p.name for p in shard.iterdir()) == ["a.depth.npy", "a.depth.png", "a.preview.jpg", "c.depth.npy",
+                                                       "c.depth.png", "c.preview.jpg", "manifest.json"]
 
 
 def test_skip_with_nothing_valid_fails(tmp_path, model_dir, make_manifest):
@@ -305,3 +306,21 @@ def test_skip_with_nothing_valid_fails(tmp_path, model_dir, make_manifest):
     outcome = run_local(make_manifest("DepthBatch", spec), show_progress=False)
     assert outcome.exit_code == EXIT_INVALID_INPUT and "no valid image" in outcome.reason
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+
+
+def test_previews_are_written_by_default_and_listed(tmp_path, model_dir, make_manifest, rgb_image):
+    """The `preview` format (on by default): one colour JPEG per image, at the depth map's size."""
+    _save(rgb_image(48, 64, 1), tmp_path / "in" / "a.png", "PNG")
+    manifest = make_manifest("DepthBatch", {"inputs": ["file://in/"], "output": {"uri": "file://out"}})
+    assert run_local(manifest, show_progress=False).exit_code == 0
+    shard = tmp_path / "out" / "team-a" / "job" / "shard-00000"
+    (rec,) = json.loads((shard / "manifest.json").read_text())["images"]
+    preview = rec["outputs"]["preview"]
+    with Image.open(preview["uri"].removeprefix("file://")) as img:
+        assert img.format == "JPEG" and img.size == (rec["width"], rec["height"]) and img.mode == "RGB"
+        assert len(set(img.getdata())) > 1, "a preview of a real depth map is not one flat colour"
+    # Asked only for npy: no preview.
+    only = make_manifest("DepthBatch", {"inputs": ["file://in/"], "output": {"uri": "file://npy-only",
+                                                                           "formats": ["npy"]}})
+    assert run_local(only, show_progress=False).exit_code == 0
+    assert not list((tmp_path / "npy-only").rglob("*.preview.jpg"))

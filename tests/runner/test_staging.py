@@ -81,13 +81,13 @@ def test_killed_attempt_is_cleared_by_the_next(tmp_path, model_dir, make_manifes
             child.wait()
     assert child.returncode == -signal.SIGKILL
     left = _local_files(staging)
-    assert left and len(left) < 2 * count  # debris, in the staging folder only
+    assert left and len(left) < 3 * count  # debris, in the staging folder only
     assert _local_files(shard) == []
     outcome = run_local(manifest, show_progress=False)
     assert outcome.exit_code == 0, outcome.reason
     assert not staging.parent.exists()
     files = _local_files(shard)
-    assert len(files) == 2 * count + 1 and "manifest.json" in files
+    assert len(files) == 3 * count + 1 and "manifest.json" in files  # png16, npy, preview each
     assert len(json.loads((shard / "manifest.json").read_text())["images"]) == count
 
 
@@ -103,7 +103,7 @@ def test_leftovers_on_minio_are_cleared(tmp_path, s3, model_dir, make_manifest, 
     outcome = run_local(make_manifest("DepthBatch", {"inputs": ["file://a.png"], "output": {"uri": f"s3://{s3}/out"}}), show_progress=False)
     assert outcome.exit_code == 0, outcome.reason
     assert [o.uri.removeprefix(base + "/") for o in store.list(f"{base}/")] == [
-        "shard-00000/a.depth.npy", "shard-00000/a.depth.png", "shard-00000/manifest.json"]
+        "shard-00000/a.depth.npy", "shard-00000/a.depth.png", "shard-00000/a.preview.jpg", "shard-00000/manifest.json"]
 
 
 def test_outputs_written_before_a_failure_are_removed(model_dir, rgb_image):
