@@ -35,7 +35,10 @@ demo: install tools ## Cluster, MinIO, operator; both samples to Succeeded; resu
 
 bench: install tools ## Benchmarks (not tests); each prints a final JSON line
 	$(PYTHON) bench/operator_throughput.py
+	$(PYTHON) bench/api_load.py
 	$(PYTHON) bench/depth_throughput.py
+	$(PYTHON) bench/sync_depth.py --front-end
+	$(PYTHON) bench/pool_first_result.py
 	$(PYTHON) bench/reconstruct.py
 
 crds: ## Regenerate every generated copy: crds/*.yaml, crds/policies/, the chart's crds/ and generated templates
