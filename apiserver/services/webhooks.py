@@ -410,4 +410,8 @@ class WebhookSender:
         for t in list(self.tasks):
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.http.aclose()
+        try:  # a pooled connection of a cancelled attempt can hold the pool's close; never wait on it
+            async with asyncio.timeout(self.timeout + 1.0):
+                await self.http.aclose()
+        except TimeoutError:
+            log.warning("webhook HTTP client did not close within %.1fs; left to the collector", self.timeout + 1.0)
