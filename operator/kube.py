@@ -20,6 +20,9 @@ from spatialforge.crds.rbac import runner_rules
 from spatialforge.crds.v1alpha1 import depthpool
 
 MERGE = "application/merge-patch+json"
+PAGE = 500
+"""Start-up lists are read this many objects at a time, so the cache slims each page before the
+next arrives (unpaginated, 10,000 Jobs were one body of tens of MB parsed at once)."""
 
 
 class NotFound(Exception):
@@ -84,6 +87,20 @@ async def _json(coro: Any) -> dict[str, Any]:
     return body
 
 
+async def _pages(call: Any, *, kind: str | None = None) -> AsyncIterator[dict[str, Any]]:
+    """The items of a paginated list; `call(continue_token)` starts one page's request."""
+    cont = None
+    while True:
+        page = await _json(call(cont))
+        for item in page["items"]:
+            if kind is not None:
+                item.setdefault("kind", kind)
+            yield item
+        cont = page["metadata"].get("continue")
+        if not cont:
+            return
+
+
 class Kube:
     """Thin async facade over the API groups the operator uses."""
 
@@ -97,18 +114,10 @@ class Kube:
         self.discovery = client.DiscoveryV1Api(api)
 
     # -- our resources -------------------------------------------------------------------
-    async def list_resources(self, kind: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        cont = None
-        while True:
-            page = await _json(self.custom.list_cluster_custom_object(
-                GROUP, VERSION, BY_KIND[kind].plural, limit=500, _continue=cont, _preload_content=False))
-            for item in page["items"]:
-                item.setdefault("kind", kind)
-            items.extend(page["items"])
-            cont = page["metadata"].get("continue")
-            if not cont:
-                return items
+    def list_resources(self, kind: str) -> AsyncIterator[dict[str, Any]]:
+        """Every resource of `kind`, a page at a time (see `_pages`)."""
+        return _pages(lambda cont: self.custom.list_cluster_custom_object(
+            GROUP, VERSION, BY_KIND[kind].plural, limit=PAGE, _continue=cont, _preload_content=False), kind=kind)
 
     async def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         return await _json(self.custom.patch_namespaced_custom_object_status(
@@ -180,13 +189,13 @@ class Kube:
         return page["items"]
 
     # -- Jobs and pods -------------------------------------------------------------------
-    async def list_jobs(self, selector: str) -> list[dict[str, Any]]:
-        page = await _json(self.batch.list_job_for_all_namespaces(label_selector=selector, _preload_content=False))
-        return page["items"]
+    def list_jobs(self, selector: str) -> AsyncIterator[dict[str, Any]]:
+        return _pages(lambda cont: self.batch.list_job_for_all_namespaces(
+            label_selector=selector, limit=PAGE, _continue=cont, _preload_content=False))
 
-    async def list_pods(self, selector: str) -> list[dict[str, Any]]:
-        page = await _json(self.core.list_pod_for_all_namespaces(label_selector=selector, _preload_content=False))
-        return page["items"]
+    def list_pods(self, selector: str) -> AsyncIterator[dict[str, Any]]:
+        return _pages(lambda cont: self.core.list_pod_for_all_namespaces(
+            label_selector=selector, limit=PAGE, _continue=cont, _preload_content=False))
 
     async def get_job(self, namespace: str, name: str) -> dict[str, Any]:
         return await _json(self.batch.read_namespaced_job(name, namespace, _preload_content=False))
