@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from spatialforge.aio import within
 from spatialforge.operator import admission, children, metrics, nodefit
 from spatialforge.operator.budget import BudgetWatch
 from spatialforge.operator.cache import Cache, Key
@@ -62,10 +63,7 @@ class Admitter:
 
     async def run(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self.wakeup.wait(), self.settings.admission_interval_seconds)
-            except TimeoutError:
-                pass
+            await within(self.wakeup.wait(), self.settings.admission_interval_seconds)
             await asyncio.sleep(0.02)  # let a burst of creations land in one pass
             self.wakeup.clear()
             try:

@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Any
 
+from spatialforge.aio import within
 from spatialforge.crds.constants import GROUP, VERSION
 from spatialforge.runner.progress import Progress, Snapshot
 
@@ -73,10 +74,7 @@ class ProgressPatcher:
         last = 0.0
         while not self._stop.is_set():
             wait = max(0.05, self.interval - (time.monotonic() - last))
-            try:
-                await asyncio.wait_for(self._stop.wait(), timeout=wait)
-            except TimeoutError:
-                pass
+            await within(self._stop.wait(), wait)
             if self._stop.is_set():
                 break
             if self.progress.version != self._sent_version:

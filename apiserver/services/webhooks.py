@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 import httpx
 from redis.asyncio import Redis
 
+from spatialforge.aio import within
 from spatialforge.apiserver.core import security
 from spatialforge.apiserver.errors import InvalidRequest
 
@@ -306,10 +307,7 @@ class WebhookSender:
             except Exception as exc:  # Redis down: keep trying, quietly
                 log.warning("webhook worker: %s", type(exc).__name__)
             if delay > 0:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), delay)
-                except TimeoutError:
-                    pass
+                await within(self._wake.wait(), delay)
             self._wake.clear()
 
     async def run_once(self) -> int:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from spatialforge.aio import within
+
 RunBatch = Callable[[Sequence[np.ndarray], Sequence[tuple[int, int]]], list[np.ndarray]]
 
 
@@ -167,9 +169,7 @@ class DynamicBatcher:
             if left <= 0:
                 break
             self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout=left)
-            except TimeoutError:
+            if not await within(self._wakeup.wait(), left):
                 break
         batch: list[_Request] = []
         rest: collections.deque[_Request] = collections.deque()

@@ -9,6 +9,8 @@ import logging
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
+from spatialforge.aio import within
+
 log = logging.getLogger(__name__)
 LEASE_NAMESPACE = "kube-node-lease"
 HEARTBEAT_SECONDS = 10
@@ -106,7 +108,4 @@ async def keep_ready(api: client.ApiClient, names: list[str], gpus: int, stop: a
                 await heartbeat(core, coord, name, gpus)
             except Exception:  # keep beating; a missed beat is logged, not fatal
                 log.exception("heartbeat of %s failed", name)
-        try:
-            await asyncio.wait_for(stop.wait(), HEARTBEAT_SECONDS)
-        except TimeoutError:
-            pass
+        await within(stop.wait(), HEARTBEAT_SECONDS)

@@ -27,6 +27,7 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
+from spatialforge.aio import within
 from spatialforge.devcluster import podnet, ports, probes
 from spatialforge.devcluster.probes import StatusCallback
 
@@ -260,10 +261,7 @@ async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
     """As a kubelet stops a container: SIGTERM, then SIGKILL once the grace period is over."""
     if grace > 0 and proc.returncode is None:
         _signal(proc, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), grace)
-        except TimeoutError:
-            pass
+        await within(proc.wait(), grace)
     _signal(proc, signal.SIGKILL)  # the whole session: children too
     await proc.wait()
 

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from spatialforge.crds.constants import EXIT_INVALID_INPUT, LABEL_NAME
+from spatialforge.crds.constants import EXIT_INVALID_INPUT, GROUP, LABEL_NAME, VERSION
+from spatialforge.crds.kinds import KINDS
 from tests import timeouts
 from tests.cluster import REPO, Cluster, wait_for
 from tests.conftest import RUNNER_SECRET, Behaviour
@@ -50,14 +51,21 @@ def parse_ts(value: str) -> dt.datetime:
 
 
 class Follow:
-    """Every version of one object, as a watch (`kubectl get -w`) delivers them: tests assert on
-    what happened in order instead of sampling on a clock."""
+    """Every version of one object, as a watch delivers them: tests assert on what happened in
+    order instead of sampling on a clock. The watch resumes from the resourceVersion of a list
+    taken in the constructor, so nothing written after the constructor returns is missed, however
+    late the watch connection opens (a `kubectl get --watch` started in the background could open
+    after the change it was meant to see)."""
 
     def __init__(self, cluster: Cluster, kind: str, name: str, ns: str) -> None:
-        self.seen: list[dict[str, Any]] = []
+        plural = next(k.plural for k in KINDS if k.singular == kind)
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{plural}?fieldSelector=metadata.name%3D{name}"
+        listing = json.loads(cluster.kubectl("get", "--raw", path).stdout)
+        self.seen: list[dict[str, Any]] = [{"type": "ADDED", "object": o} for o in listing["items"]]
+        since = listing["metadata"]["resourceVersion"]
         self._proc = subprocess.Popen(
-            [str(cluster.kubectl_path), "--kubeconfig", str(cluster.kubeconfig), "get", kind, "-n", ns,
-             "--field-selector", f"metadata.name={name}", "--watch", "--output-watch-events", "-o", "json"],
+            [str(cluster.kubectl_path), "--kubeconfig", str(cluster.kubeconfig), "get", "--raw",
+             f"{path}&watch=1&resourceVersion={since}"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
