@@ -26,6 +26,7 @@ import stripe
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.asyncio import Redis
 
+from spatialforge.aio import cancel_and_wait
 from spatialforge.apiserver.core.config import Settings
 from spatialforge.apiserver.core.metrics import Metrics
 from spatialforge.apiserver.errors import BadRequest, InvalidRequest
@@ -391,8 +392,7 @@ class GraceSweeper:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task])
             self._task = None
 
     async def _run(self) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from spatialforge.aio import cancel_and_wait
 from spatialforge.crds.kinds import BY_KIND
 from spatialforge.crds.constants import ANNOTATION_GPU_LIMIT, GROUP, LABEL_TENANT, VERSION
 from spatialforge.kubeclient import tuned
@@ -122,9 +123,7 @@ class JobCache:
             self._tasks.append(asyncio.create_task(self._run(kind), name=f"watch-{kind}"))
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
 
     def ready(self) -> bool:
         return all(e.is_set() for e in self.synced.values())

@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 import httpx
 from redis.asyncio import Redis
 
-from spatialforge.aio import within
+from spatialforge.aio import cancel_and_wait, within
 from spatialforge.apiserver.core import security
 from spatialforge.apiserver.errors import InvalidRequest
 
@@ -400,14 +400,11 @@ class WebhookSender:
         """Stop claiming; let attempts in flight finish (each is bounded by `timeout`), then
         cancel what is left (its lease runs out and another claimer retries it)."""
         if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
+            await cancel_and_wait([self._worker])
             self._worker = None
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=self.timeout + 1.0)
-        for t in list(self.tasks):
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await cancel_and_wait(list(self.tasks))
         try:  # a pooled connection of a cancelled attempt can hold the pool's close; never wait on it
             async with asyncio.timeout(self.timeout + 1.0):
                 await self.http.aclose()

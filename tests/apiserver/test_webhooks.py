@@ -262,6 +262,41 @@ async def _close(*senders: WebhookSender) -> None:
         await s.redis.aclose()
 
 
+def test_close_stops_a_worker_whose_redis_call_swallowed_its_cancellation(redis_server):
+    """redis-py 8 can let a command it was cancelled in finish and return normally, so the
+    worker never sees the one cancellation a plain `cancel()` sends and runs on: a CI run hung
+    15 minutes in close(). close() stops it all the same."""
+    url = _db(redis_server.env["SPATIALFORGE_API_REDIS_URL"], 2)
+
+    async def go() -> None:
+        sender = _sender(url)
+        original, inside, swallowed = sender.redis.zrange, asyncio.Event(), []
+
+        async def swallowing(*args: Any, **kw: Any) -> Any:
+            call = asyncio.ensure_future(original(*args, **kw))
+            inside.set()
+            try:
+                await asyncio.sleep(0.2)
+                return await asyncio.shield(call)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed.append(True)
+                return await call  # finished and returned: the cancellation is gone
+
+        sender.redis.zrange = swallowing  # type: ignore[method-assign]
+        sender.start()
+        await asyncio.wait_for(inside.wait(), SHORT)
+        try:
+            async with asyncio.timeout(SHORT):
+                await sender.close()
+        finally:
+            await sender.redis.aclose()
+        assert swallowed and sender._worker is None
+
+    asyncio.run(go())
+
+
 def test_two_workers_deliver_each_event_once(redis_server):
     """Each event is recorded delivered exactly once, no two attempts of one event are ever in
     flight together, and every POST the receiver saw is an attempt the record counts: a retry

@@ -1,10 +1,11 @@
-"""`within` never loses a cancellation, even one that lands as the awaited event is set."""
+"""`within` never loses a cancellation, even one that lands as the awaited event is set, and
+`cancel_and_wait` stops a task that swallowed one."""
 
 from __future__ import annotations
 
 import asyncio
 
-from spatialforge.aio import within
+from spatialforge.aio import cancel_and_wait, within
 
 
 async def _worker(wake: asyncio.Event) -> None:
@@ -38,3 +39,36 @@ def test_it_says_whether_the_wait_finished_in_time() -> None:
         return missed, await within(ev.wait(), 2.0)
 
     assert asyncio.run(go()) == (False, True)
+
+
+async def _stubborn(swallow: int) -> None:
+    """Swallows its first `swallow` cancellations, as redis-py 8 does when it lets a command it
+    was cancelled in finish and return normally."""
+    while True:
+        try:
+            await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            if swallow == 0:
+                raise
+            swallow -= 1
+
+
+def test_cancel_and_wait_stops_a_task_that_swallowed_its_cancellation() -> None:
+    async def go() -> tuple[set[asyncio.Task[None]], bool]:
+        task = asyncio.create_task(_stubborn(swallow=2))
+        await asyncio.sleep(0.02)
+        left = await cancel_and_wait([task], timeout=10.0)
+        return left, task.cancelled()
+
+    assert asyncio.run(go()) == (set(), True)
+
+
+def test_cancel_and_wait_returns_what_it_could_not_stop() -> None:
+    async def go() -> int:
+        task = asyncio.create_task(_stubborn(swallow=3))
+        await asyncio.sleep(0.02)
+        left = await cancel_and_wait([task], timeout=0.3)  # one cancellation, then out of time
+        await cancel_and_wait(left)
+        return len(left)
+
+    assert asyncio.run(go()) == 1
