@@ -52,11 +52,20 @@ def _gray(img: np.ndarray) -> np.ndarray:
     return img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
 
 
-def detect(gray: np.ndarray, n_features: int = 3000) -> tuple[list, np.ndarray | None]:
+Features = tuple[np.ndarray, np.ndarray | None]
+
+
+def detect(gray: np.ndarray, n_features: int = 3000) -> Features:
+    """ORB keypoint positions (N x 2, float32) and their binary descriptors.
+
+    Positions only, not cv2.KeyPoint objects: a tracker keeps every keyframe's features for
+    loop closure, and 3,000 KeyPoint objects weigh several times their 24 KB of positions.
+    """
     import cv2
 
     orb = cv2.ORB_create(nfeatures=n_features, scaleFactor=1.2, nlevels=8, fastThreshold=10)
-    return orb.detectAndCompute(gray, None)
+    keypoints, descriptors = orb.detectAndCompute(gray, None)
+    return np.array([k.pt for k in keypoints], dtype=np.float32).reshape(-1, 2), descriptors
 
 
 def match(desc_a: np.ndarray, desc_b: np.ndarray, ratio: float = 0.8) -> list[tuple[int, int]]:
@@ -121,7 +130,8 @@ def relative_pose(
     K: np.ndarray,
     *,
     depth_max: float = 100.0,
-    features: tuple | None = None,
+    features: Features | None = None,
+    features_cur: Features | None = None,
 ) -> tuple[np.ndarray | None, str, int]:
     """T_cur_ref (reference camera -> current camera), the method used, and inlier count.
 
@@ -130,7 +140,8 @@ def relative_pose(
     import cv2
 
     try:
-        return _relative_pose(gray_ref, depth_ref, gray_cur, K, depth_max=depth_max, features=features)
+        return _relative_pose(gray_ref, depth_ref, gray_cur, K, depth_max=depth_max, features=features,
+                              features_cur=features_cur)
     except (cv2.error, ValueError, np.linalg.LinAlgError):
         return None, "failed", 0
 
@@ -142,17 +153,18 @@ def _relative_pose(
     K: np.ndarray,
     *,
     depth_max: float,
-    features: tuple | None,
+    features: Features | None,
+    features_cur: Features | None,
 ) -> tuple[np.ndarray | None, str, int]:
     import cv2
 
-    kp_r, des_r = features if features is not None else detect(gray_ref)
-    kp_c, des_c = detect(gray_cur)
+    xy_r, des_r = features if features is not None else detect(gray_ref)
+    xy_c, des_c = features_cur if features_cur is not None else detect(gray_cur)
     pairs = match(des_r, des_c)
     if len(pairs) < MIN_MATCHES:
         return None, "failed", len(pairs)
-    pts_r = np.float32([kp_r[i].pt for i, _ in pairs])
-    pts_c = np.float32([kp_c[j].pt for _, j in pairs])
+    pts_r = xy_r[[i for i, _ in pairs]]
+    pts_c = xy_c[[j for _, j in pairs]]
     if not (spread_ok(pts_r) and spread_ok(pts_c)):
         return None, "failed", len(pairs)
     pts_r, pts_c = refine_points(gray_ref, gray_cur, pts_r, pts_c)

@@ -18,13 +18,13 @@ Every step is guarded: a keyframe that cannot be posed is left None, nothing rai
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from spatialforge.runner.geometry import odometry
-from spatialforge.runner.geometry.poses import PoseResult, _gray, detect, relative_pose
+from spatialforge.runner.geometry.poses import Features, PoseResult, _gray, detect, relative_pose
 
 log = logging.getLogger(__name__)
 FRAME_CACHE = 8
@@ -91,16 +91,17 @@ def depth_ratio(
 class Tracker:
     """Poses a list of keyframes (RGB uint8, depth in metres); see the module docstring."""
 
-    def __init__(self, images: list[np.ndarray], depths: list[np.ndarray], K: np.ndarray, options: TrackingOptions) -> None:
-        if len(images) != len(depths):
+    def __init__(self, images: Sequence[np.ndarray], depths: Iterable[np.ndarray], K: np.ndarray,
+                 options: TrackingOptions) -> None:
+        self.depths = [_finite32(d) for d in depths]
+        if len(images) != len(self.depths):
             raise ValueError("one depth map per image")
         self.images = images
-        self.depths = [np.nan_to_num(d.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0) for d in depths]
         self.K = np.asarray(K, dtype=np.float64)
         self.opt = options
         self.n = len(images)
         self.grays = [_gray(img) for img in images]
-        self._features: dict[int, tuple] = {}
+        self._features: dict[int, Features] = {}
         self._frames: dict[int, odometry.Frame] = {}
         self.result = PoseResult(
             poses=[None] * self.n, methods=["failed"] * self.n, inliers=[0] * self.n, scales=[1.0] * self.n
@@ -110,7 +111,8 @@ class Tracker:
 
     # --- caches ---------------------------------------------------------------------------
 
-    def features(self, i: int) -> tuple:
+    def features(self, i: int) -> Features:
+        """Every keyframe's features stay: loop closure matches against any earlier one."""
         if i not in self._features:
             self._features[i] = detect(self.grays[i])
         return self._features[i]
@@ -128,7 +130,8 @@ class Tracker:
     def seed(self, ref: int, cur: int) -> tuple[np.ndarray | None, str, int]:
         """T_cur_ref from features and the reference depth."""
         return relative_pose(
-            self.grays[ref], self.depths[ref], self.grays[cur], self.K, depth_max=self.opt.depth_max, features=self.features(ref)
+            self.grays[ref], self.depths[ref], self.grays[cur], self.K, depth_max=self.opt.depth_max,
+            features=self.features(ref), features_cur=self.features(cur),
         )
 
     def scale_to(self, cur: int, refs: list[int], T_cur_ref: dict[int, np.ndarray]) -> None:
@@ -272,9 +275,18 @@ class Tracker:
                 res.poses[k] = pose
 
 
+def _finite32(depth: np.ndarray) -> np.ndarray:
+    """The map as float32 with non-finite depths set to 0; the input itself when it already is
+    (the tracker never writes into a map, it replaces it), so a caller handing maps over by an
+    iterator keeps one copy of each, not two."""
+    if depth.dtype == np.float32 and np.isfinite(depth).all():
+        return depth
+    return np.nan_to_num(depth.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def estimate_poses(
-    images: list[np.ndarray],
-    depths: list[np.ndarray],
+    images: Sequence[np.ndarray],
+    depths: Iterable[np.ndarray],
     K: np.ndarray,
     *,
     depth_max: float = 10.0,
@@ -282,7 +294,11 @@ def estimate_poses(
     device: str = "CPU:0",
     progress: Callable[[int], None] | None = None,
 ) -> tuple[PoseResult, list[np.ndarray]]:
-    """Camera-to-world poses (first keyframe = world) and the depth maps as scaled for them."""
+    """Camera-to-world poses (first keyframe = world) and the depth maps as scaled for them.
+
+    `images` is read by index, as often as odometry needs a frame: a sequence that builds each
+    image on access (resized on the fly, say) keeps them out of memory. `depths` is read once.
+    """
     tracker = Tracker(images, depths, K, TrackingOptions(depth_max=depth_max, align_scale=align_scale, device=device))
     tracker.track()
     return tracker.result, tracker.depths

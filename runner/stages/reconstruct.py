@@ -16,9 +16,9 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -32,6 +32,7 @@ from spatialforge.runner.geometry.quality import ADVICE, DropReason
 from spatialforge.runner.geometry.single_view import single_view
 from spatialforge.runner.geometry.tracking import estimate_poses
 from spatialforge.runner.images import is_image_name
+from spatialforge.runner.memory import release_free_memory
 from spatialforge.runner.stages.base import RunContext, StageResult, manifest_header
 from spatialforge.runner.storage import join_uri
 from spatialforge.runner.storage.local import file_path
@@ -78,6 +79,37 @@ def no_usable_frame_reason(drops: Drops, candidates: int) -> str:
     else:
         head = "no usable frame"
     return f"{head} ({', '.join(parts)} of {candidates} sampled frames); {ADVICE[main]}"
+
+
+class _Resized(Sequence[np.ndarray]):
+    """Images resized (INTER_AREA) each time they are read: the tracker reads each a few times."""
+
+    def __init__(self, images: list[np.ndarray], width: int, height: int) -> None:
+        self.images, self.size = images, (width, height)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @overload
+    def __getitem__(self, i: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[np.ndarray]: ...
+    def __getitem__(self, i: int | slice) -> np.ndarray | list[np.ndarray]:
+        import cv2
+
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return cv2.resize(self.images[i], self.size, interpolation=cv2.INTER_AREA)
+
+
+def _scale(depth: np.ndarray, s: float) -> np.ndarray:
+    """`depth * s`, in place where the map is a writable float array (as the same float32 product)."""
+    if s == 1.0:
+        return depth
+    if depth.dtype.kind == "f" and depth.flags.writeable:
+        depth *= depth.dtype.type(np.float32(s))
+        return depth
+    return depth * np.float32(s)
 
 
 def _resize_depth(depth: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -133,10 +165,12 @@ class ReconstructStage:
             t0 = time.monotonic()
             depths, metric, checkpoint = self._depth(spec, ctx, keyframes)
             timings["depth"] = time.monotonic() - t0
+            release_free_memory()
             progress.update(stage="poses")
             t0 = time.monotonic()
             poses, depths = self._poses(keyframes, depths, camera, spec, ctx, warnings)
             timings["poses"] = time.monotonic() - t0
+            release_free_memory()  # the tracker's maps and features, before fusion allocates its own
             single = len(poses.posed) < 2
             if single:
                 warnings.append(self._single_view_why(keyframes, selector))
@@ -252,9 +286,12 @@ class ReconstructStage:
         self, keyframes: list[Keyframe], depths: list[np.ndarray], camera: Camera, spec: ReconstructionJobSpec,
         ctx: RunContext, warnings: list[str],
     ) -> tuple[PoseResult, list[np.ndarray]]:
-        """Tracking at most POSE_MAX_SIDE wide; poses carry over to the working size unchanged."""
-        import cv2
+        """Tracking at most POSE_MAX_SIDE wide; poses carry over to the working size unchanged.
 
+        Memory (the high preset holds 200 keyframes): the small images are made on access, the
+        small depth maps are handed to the tracker by a generator so only its (scaled) copy of
+        each lives, and the working-size maps are scaled in place: the stage owns them.
+        """
         first_only = PoseResult(poses=[np.eye(4)] + [None] * (len(keyframes) - 1),
                                 methods=["first"] + ["failed"] * (len(keyframes) - 1),
                                 inliers=[0] * len(keyframes), scales=[1.0] * len(keyframes))
@@ -262,22 +299,23 @@ class ReconstructStage:
             return first_only, depths
         h, w = depths[0].shape
         scale = min(1.0, POSE_MAX_SIDE / max(w, h))
+        images: Sequence[np.ndarray]
+        small: Iterable[np.ndarray]
         if scale < 1.0:
             sw, sh = round(w * scale), round(h * scale)
-            images = [cv2.resize(k.rgb, (sw, sh), interpolation=cv2.INTER_AREA) for k in keyframes]
-            small = [_resize_depth(d, sw, sh) for d in depths]
+            images = _Resized([k.rgb for k in keyframes], sw, sh)
+            small = (_resize_depth(d, sw, sh) for d in depths)
             K = camera.scaled(sw, sh).K
         else:
             images, small, K = [k.rgb for k in keyframes], depths, camera.K
         try:
-            result, _ = estimate_poses(images, small, K, depth_max=spec.depth_max, device=ctx.get_device().open3d_device)
+            result = estimate_poses(images, small, K, depth_max=spec.depth_max, device=ctx.get_device().open3d_device)[0]
         except Exception as exc:  # noqa: BLE001 - a geometry failure must not fail the job: one view remains
             log.warning("pose estimation failed: %s: %s", type(exc).__name__, exc)
             log.debug("pose estimation failure", exc_info=True)
             warnings.append(f"pose estimation failed ({type(exc).__name__}); kept the first view only")
             return first_only, depths
-        scaled = [d * np.float32(s) for d, s in zip(depths, result.scales, strict=True)]
-        return result, scaled
+        return result, [_scale(d, s) for d, s in zip(depths, result.scales, strict=True)]
 
     @staticmethod
     def _single_view_why(keyframes: list[Keyframe], selector: KeyframeSelector) -> str:

@@ -69,7 +69,7 @@ def test_essential_fallback_recovers_scaled_motion(scene_vga):
     g0, g1 = (cv2.cvtColor(rgbs[i], cv2.COLOR_RGB2GRAY) for i in (0, 3))
     (k0, d0), (k1, d1) = detect(g0), detect(g1)
     pairs = match(d0, d1)
-    p0, p1 = refine_points(g0, g1, np.float32([k0[i].pt for i, _ in pairs]), np.float32([k1[j].pt for _, j in pairs]))
+    p0, p1 = refine_points(g0, g1, k0[[i for i, _ in pairs]], k1[[j for _, j in pairs]])
     T, method, n = _essential(p0, p1, depths[0], cam.K, 10.0)
     gt = np.linalg.inv(np.linalg.inv(poses_gt[0]) @ poses_gt[3])  # camera 0 -> camera 3
     assert method == "essential" and n > 50
