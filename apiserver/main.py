@@ -42,6 +42,7 @@ from spatialforge.apiserver.services.sync import SyncService
 from spatialforge.apiserver.services.tenants import Tenants
 from spatialforge.apiserver.services.uploads import Uploads
 from spatialforge.apiserver.services.webhooks import WebhookSender
+from spatialforge.gctune import tune_gc
 
 log = logging.getLogger("spatialforge.apiserver")
 
@@ -199,21 +200,6 @@ def _serve_metrics(settings: Settings, metrics: Metrics) -> Any:
         log.warning("metrics port %d not served by this process (%s)", settings.metrics_port, exc.strerror)
         return None
     return server
-
-
-def tune_gc() -> None:
-    """Keep the cyclic garbage collector from stalling the event loop. What start-up loads
-    (kubernetes_asyncio's models, botocore's service data, pydantic and Stripe) is ~200,000
-    tracked objects; with CPython's default thresholds a full collection over them ran in the
-    middle of a burst of creates and held the loop for up to a second (measured with
-    gc.callbacks during 200 creates). Start-up objects are moved out of the collector's reach
-    and young collections run less often, as the operator does (operator/handlers.py). Older
-    generations still run every 20 young and 400 young collections: a full pass scans only what
-    is not frozen, and cyclic garbage that reached them is not kept for the life of the process
-    (the operator's 50 and 1,000 would make that "never" for a server)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
 
 
 async def _freeze_after_sync(cache: JobCache) -> None:

@@ -6,7 +6,6 @@ computed from the cache.
 
 from __future__ import annotations
 
-import gc
 import logging
 from typing import Any
 
@@ -16,6 +15,7 @@ from kubernetes_asyncio import config as kube_config
 from spatialforge.crds import constants as c
 from spatialforge.crds.kinds import BY_PLURAL, KINDS
 from spatialforge.crds.v1alpha1 import depthpool
+from spatialforge.gctune import tune_gc
 from spatialforge.kubeclient import tuned
 from spatialforge.operator.cache import Cache
 from spatialforge.operator import pool
@@ -100,16 +100,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         reconciler.enqueue(key)
     reconciler.poke_admission()
     log.info("operator started: %d resources, %d jobs in cache", len(cache.resources), len(cache.jobs))
-
-
-def tune_gc() -> None:
-    """The cache holds thousands of long-lived dicts, and CPython's default thresholds run a
-    full collection over all of them every second or so under a steady event stream (pauses of
-    100-300 ms at 2,000 resources, measured with gc.callbacks). What start-up loaded is moved
-    out of the collector's reach, and young collections run less often."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
 
 
 async def api_client(settings: OperatorSettings) -> Any:

@@ -108,9 +108,13 @@ def test_idempotency_key_returns_the_first_job(make_tenant, cluster):
         # After a cancel, the retry still answers with the first (now cancelled) job.
         job_id = responses[0].json()["id"]
         assert c.delete(f"/v1/jobs/{job_id}").status_code == 202
+        # The cancel refunds the unit if no runner had started yet (a race with the operator
+        # and the node): whatever it left, the retry charges nothing more.
+        after_cancel = c.get("/v1/usage").json()["units_used"]
+        assert after_cancel in (0, 1)
         again = c.post("/v1/depth-batches", json=t.depth_spec(), headers=headers)
         assert again.status_code == 202 and again.json()["id"] == job_id and again.json()["phase"] == "Cancelled"
-        assert c.get("/v1/usage").json()["units_used"] == 1
+        assert c.get("/v1/usage").json()["units_used"] == after_cancel
 
 
 def test_another_tenants_job_is_404_for_every_verb(make_tenant):
