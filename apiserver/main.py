@@ -23,6 +23,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client import start_http_server
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from spatialforge.aio import within
 from spatialforge.apiserver import errors
 from spatialforge.apiserver.api.main import api_router
 from spatialforge.apiserver.api.routes import sync as sync_routes
@@ -217,10 +218,8 @@ async def _shut_down(steps: list[tuple[str, Callable[[], Awaitable[Any]], float]
     front end still stopping 30 s after it was told to). What is left behind is logged."""
     for name, close, seconds in steps:
         try:
-            async with asyncio.timeout(seconds):
-                await close()
-        except TimeoutError:
-            log.warning("shutdown: %s did not close within %.0f s; left behind", name, seconds)
+            if not await within(close(), seconds):
+                log.warning("shutdown: %s did not close within %.0f s; left behind", name, seconds)
         except Exception as exc:  # noqa: BLE001 - one failing close must not keep the rest open
             log.warning("shutdown: %s failed to close (%s)", name, type(exc).__name__)
 

@@ -37,8 +37,9 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], timeout: float | N
     """
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
+    tasks = list(tasks)
     pending = {t for t in tasks if not t.done()}
-    done: set[asyncio.Task[Any]] = set()
+    done = {t for t in tasks if t.done()}
     while pending:
         for t in pending:
             t.cancel()

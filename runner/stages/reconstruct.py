@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 import numpy as np
 
@@ -90,15 +90,9 @@ class _Resized(Sequence[np.ndarray]):
     def __len__(self) -> int:
         return len(self.images)
 
-    @overload
-    def __getitem__(self, i: int) -> np.ndarray: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[np.ndarray]: ...
-    def __getitem__(self, i: int | slice) -> np.ndarray | list[np.ndarray]:
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]  # read by index only
         import cv2
 
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
         return cv2.resize(self.images[i], self.size, interpolation=cv2.INTER_AREA)
 
 
