@@ -227,7 +227,8 @@ async def _shut_down(steps: list[tuple[str, Callable[[], Awaitable[Any]], float]
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. Settings are validated here: weak secrets refuse to start (not dev mode)."""
     settings = settings or get_settings()
-    sf_logging.setup(settings.secret_values(), json_logs=settings.log_json)
+    sf_logging.setup(settings.secret_values(), json_logs=settings.log_json,
+                     level=logging.getLevelName(settings.log_level))
     if settings.dev_mode:
         log.warning("dev mode: weak or missing secrets are accepted; never run this in production")
     metrics = Metrics()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Self
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from spatialforge.crds.constants import ENV_RESEARCH_MODE
@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     public_docs: bool | None = None
     """Serve /docs, /redoc and /openapi.json without a key; default: only in dev mode."""
     log_json: bool = True
+    log_level: str = Field(default="INFO", validation_alias=AliasChoices(
+        "SPATIALFORGE_API_LOG_LEVEL", "SPATIALFORGE_LOG_LEVEL", "log_level"))
+    """Level of the front end's own loggers (DEBUG, INFO, WARNING, ERROR); the chart's
+    `apiserver.logLevel`. SPATIALFORGE_LOG_LEVEL (the operator's name) is read too."""
 
     webhook_poll_seconds: float = Field(default=1.0, gt=0)
     """How often the webhook worker looks for due deliveries in Redis (it also wakes on its own enqueues)."""
@@ -124,6 +128,14 @@ class Settings(BaseSettings):
     """Deliveries in flight per process."""
     grace_sweep_seconds: float = Field(default=30.0, gt=0)
     """How often each replica degrades tenants whose payment grace period has run out."""
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(f"log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {value!r}")
+        return level
 
     @model_validator(mode="after")
     def _refuse_weak_secrets(self) -> Self:
@@ -175,4 +187,12 @@ class Settings(BaseSettings):
 
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    """Settings from the environment; invalid ones end the process with one line naming each
+    problem (never the values: they may be secrets), not a traceback."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors(include_input=False, include_url=False))
+        raise SystemExit(f"spatialforge front end: {problems}") from None

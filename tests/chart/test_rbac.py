@@ -29,7 +29,9 @@ RJ = "reconstructionjobs.spatialforge.io"
 def rbac(helm: Helm, cluster: Cluster) -> Iterator[Cluster]:
     for ns in (NS, TENANT, OTHER, FRESH):
         cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    # With the chart's DepthPool and one in another namespace the front end serves from.
     objs = [o for o in helm.render("-f", str(CHART / "ci" / "full-values.yaml"), *tenants_args(TENANT, OTHER),
+                                 "--set", "pool.enabled=true", "--set-json", f'apiserver.depthPools=["{OTHER}/big"]',
                                  namespace=NS, release="rbac")
             if o["kind"] in RBAC_KINDS]
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objs))
@@ -88,12 +90,18 @@ APISERVER_MAY = [
     ("create", DB, TENANT, None), ("create", RJ, TENANT, None), ("get", DB, TENANT, None), ("list", RJ, None, None),
     ("watch", DB, None, None), ("get", RJ, TENANT, "status"),
     ("create", "namespaces", None, None),  # full values: rbac.manageTenantNamespaces
+    # Synchronous depth (apiserver/services/pool.py): the served pools by name, their EndpointSlices.
+    ("get", "depthpools.spatialforge.io/default", NS, None), ("list", "endpointslices.discovery.k8s.io", NS, None),
+    ("get", "depthpools.spatialforge.io/big", OTHER, None), ("list", "endpointslices.discovery.k8s.io", OTHER, None),
 ]
 APISERVER_MAY_NOT = [
     ("delete", DB, TENANT, None), ("patch", DB, TENANT, None), ("update", RJ, TENANT, None),
     ("patch", DB, TENANT, "status"), ("get", "secrets", NS, None), ("get", "secrets", TENANT, None),
     ("create", "jobs.batch", TENANT, None), ("create", "pods", TENANT, None), ("list", "configmaps", NS, None),
     ("delete", "namespaces", None, None),
+    ("get", "depthpools.spatialforge.io/other", NS, None), ("list", "depthpools.spatialforge.io", NS, None),
+    ("patch", "depthpools.spatialforge.io/default", NS, None), ("watch", "endpointslices.discovery.k8s.io", NS, None),
+    ("list", "endpointslices.discovery.k8s.io", TENANT, None), ("list", "endpointslices.discovery.k8s.io", None, None),
 ]
 RUNNER_MAY = [
     ("get", DB, TENANT, None), ("get", RJ, TENANT, None), ("patch", DB, TENANT, "status"),

@@ -187,18 +187,95 @@ def test_disabled_components_render_nothing(helm: Helm) -> None:
 API_PENDING: set[str] = set()
 
 
-def test_apiserver_env_is_what_its_settings_read(full_objects: list[dict[str, Any]]) -> None:
+def settings_env_names(model: type) -> set[str]:
+    """Every environment variable a pydantic-settings class reads: its aliases where it has
+    them (AliasChoices: each of them), else env_prefix + field name."""
+    from pydantic import AliasChoices
+
+    prefix = model.model_config.get("env_prefix", "")  # type: ignore[attr-defined]
+    out: set[str] = set()
+    for name, f in model.model_fields.items():  # type: ignore[attr-defined]
+        alias = f.validation_alias
+        if isinstance(alias, AliasChoices):
+            out |= {c.upper() for c in alias.choices if isinstance(c, str)}
+        elif isinstance(alias, str):
+            out.add(alias.upper())
+        else:
+            out.add(f"{prefix}{name}".upper())
+    return out
+
+
+@pytest.mark.parametrize("extra", [[], ["--set", "pool.enabled=true", "--set-json", 'apiserver.depthPools=["ns-b/p"]']],
+                         ids=["full", "full+pools"])
+def test_apiserver_env_is_what_its_settings_read(helm: Helm, extra: list[str]) -> None:
+    """Every SPATIALFORGE_* variable the chart gives the front end is one its Settings read
+    (aliases included), and every secret the front end needs outside dev mode is passed."""
     from spatialforge.apiserver.core.config import Settings
 
-    c = find(full_objects, "Deployment", "-apiserver")["spec"]["template"]["spec"]["containers"][0]
-    names = {e["name"] for e in c["env"] if e["name"].startswith("SPATIALFORGE_API_")}
-    fields = {f"SPATIALFORGE_API_{name.upper()}" for name in Settings.model_fields}
+    objects = helm.render("-f", str(CHART / "ci" / "full-values.yaml"), *extra)
+    c = find(objects, "Deployment", "-apiserver")["spec"]["template"]["spec"]["containers"][0]
+    # SPATIALFORGE_REDIS_PASSWORD_ only feeds $(...) expansion of the Redis URL.
+    names = {e["name"] for e in c["env"] if e["name"].startswith("SPATIALFORGE_")} - {"SPATIALFORGE_REDIS_PASSWORD_"}
+    fields = settings_env_names(Settings)
     assert names - fields == API_PENDING, (
         "the chart sets front-end env its Settings do not read (align apiserver.envNames, or update "
         f"API_PENDING if the front end learnt one): {sorted(names - fields)}")
     secret_fields = {f"SPATIALFORGE_API_{n.upper()}" for n, f in Settings.model_fields.items()
                      if "SecretStr" in str(f.annotation)}
     assert secret_fields <= names, f"secrets the front end needs but the chart does not pass: {secret_fields - names}"
+
+
+# Front-end values that differ from every default (values.yaml and Settings alike).
+API_NON_DEFAULT_VALUES = {
+    "apiserver.logLevel": "DEBUG",
+    "apiserver.publicUrl": "https://api.example.net",
+    "apiserver.namespacePrefix": "tenant-",
+    "apiserver.metricsPort": 9555,
+    "apiserver.trustedProxies": ["10.42.0.0/16"],
+    "apiserver.objectStore.endpoint": "https://s3.example.net",
+    "apiserver.objectStore.region": "eu-west-3",
+    "apiserver.objectStore.bucket": "sf-b",
+    "apiserver.stripe.apiBase": "http://stripe-mock:12111",
+    "apiserver.depthPools": ["ns-b/big"],
+    "pool.enabled": True,
+    "pool.name": "warm",
+}
+
+
+def test_front_end_starts_outside_dev_mode_from_the_chart_env(helm: Helm, monkeypatch) -> None:
+    """The front end's Settings, built (not in dev mode) from exactly the env the chart renders,
+    with the referenced Secrets holding real-looking values: every value given arrives, and
+    nothing the validator requires outside dev mode is missing."""
+    import secrets
+
+    from spatialforge.apiserver.core.config import Settings
+
+    sets = [arg for k, v in API_NON_DEFAULT_VALUES.items() for arg in ("--set-json", f"{k}={json.dumps(v)}")]
+    objects = helm.render(*sets, namespace="sf-b")
+    c = find(objects, "Deployment", "-apiserver")["spec"]["template"]["spec"]["containers"][0]
+    for k in list(__import__("os").environ):
+        if k.startswith(("SPATIALFORGE_", "KUBECONFIG")):
+            monkeypatch.delenv(k)
+    for e in c["env"]:
+        if "value" in e:
+            monkeypatch.setenv(e["name"], e["value"])
+        elif "fieldRef" in e["valueFrom"]:
+            monkeypatch.setenv(e["name"], "sf-b")
+        elif e["name"].endswith("REDIS_URL"):
+            monkeypatch.setenv(e["name"], "redis://redis.example.net:6379/0")
+        elif not e["valueFrom"]["secretKeyRef"].get("optional"):
+            monkeypatch.setenv(e["name"], secrets.token_urlsafe(40))
+    s = Settings()  # would raise "refusing to start" if a required secret were not passed
+    assert not s.dev_mode
+    expected = {
+        "log_level": "DEBUG", "public_url": "https://api.example.net", "namespace_prefix": "tenant-",
+        "metrics_port": 9555, "trusted_proxies": ["10.42.0.0/16"], "s3_endpoint": "https://s3.example.net",
+        "s3_region": "eu-west-3", "bucket": "sf-b", "stripe_api_base": "http://stripe-mock:12111",
+        "depth_pools": "sf-b/warm,ns-b/big", "redis_url": "redis://redis.example.net:6379/0",
+    }
+    defaults = {name: Settings.model_fields[name].get_default(call_default_factory=True) for name in expected}
+    assert not {k for k in expected if expected[k] == defaults[k]}, "a checked value equals its default"
+    assert {k: getattr(s, k) for k in expected} == expected
 
 
 def test_runner_status_policy_is_the_generated_one(helm: Helm) -> None:

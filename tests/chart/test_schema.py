@@ -48,6 +48,7 @@ BAD = [
     ("runner.tenantNamespaces[0]=Not_A_Namespace", "tenantNamespaces"),
     ("monitoring.prometheusRule.api5xxRatio=2", "api5xxRatio"),
     ("apiserver.envNames.redisUrl=lower-case", "redisUrl"),
+    ("apiserver.depthPools[0]=no-namespace", "depthPools"),
     ("apiserver.resources.limits.gpu=1", "additional properties 'gpu' not allowed"),
 ]
 

@@ -62,6 +62,43 @@ app.kubernetes.io/managed-by: spatialforge-operator
 app.kubernetes.io/component: runner
 {{- end -}}
 
+{{/* Labels the operator puts on DepthPool replicas (operator/pool.py): NetworkPolicy selector. */}}
+{{- define "spatialforge.poolPodSelector" -}}
+app.kubernetes.io/managed-by: spatialforge-operator
+app.kubernetes.io/component: depth-pool
+{{- end -}}
+
+{{/* The port DepthPool replicas serve on (operator/pool.py PORT, named `http`). */}}
+{{- define "spatialforge.poolPort" -}}8080{{- end -}}
+
+{{/* The DepthPools the front end serves synchronous depth from, "<namespace>/<name>" joined by
+commas (SPATIALFORGE_API_DEPTH_POOLS): the chart's own pool first, then apiserver.depthPools. */}}
+{{- define "spatialforge.apiserver.depthPools" -}}
+{{- $pools := list -}}
+{{- if .Values.pool.enabled -}}
+{{- $pools = append $pools (printf "%s/%s" .Release.Namespace .Values.pool.name) -}}
+{{- end -}}
+{{- range .Values.apiserver.depthPools -}}
+{{- if not (has . $pools) -}}
+{{- $pools = append $pools . -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $pools -}}
+{{- end -}}
+
+{{/* The namespaces of those pools, as a JSON object namespace -> [names]. */}}
+{{- define "spatialforge.apiserver.depthPoolsByNamespace" -}}
+{{- $byNs := dict -}}
+{{- range $ref := splitList "," (include "spatialforge.apiserver.depthPools" .) -}}
+{{- if $ref -}}
+{{- $parts := splitList "/" $ref -}}
+{{- $ns := index $parts 0 -}}
+{{- $_ := set $byNs $ns (append (default (list) (get $byNs $ns)) (index $parts 1)) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $byNs -}}
+{{- end -}}
+
 {{/* Full image reference: (dict "ctx" $ "image" .Values.operator.image). */}}
 {{- define "spatialforge.image" -}}
 {{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) -}}

@@ -21,6 +21,30 @@ def test_kubeconfig_from_its_own_variable_then_kubectls(monkeypatch: pytest.Monk
     assert Settings(dev_mode=True, kubeconfig="/given").kubeconfig == "/given"
 
 
+def test_log_level_from_its_own_variable_then_the_shared_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chart's apiserver.logLevel (SPATIALFORGE_API_LOG_LEVEL) sets the front end's loggers."""
+    from spatialforge.apiserver.core import logging as sf_logging
+
+    monkeypatch.delenv("SPATIALFORGE_API_LOG_LEVEL", raising=False)
+    monkeypatch.delenv("SPATIALFORGE_LOG_LEVEL", raising=False)
+    assert Settings(dev_mode=True).log_level == "INFO"
+    monkeypatch.setenv("SPATIALFORGE_LOG_LEVEL", "warning")
+    assert Settings(dev_mode=True).log_level == "WARNING"
+    monkeypatch.setenv("SPATIALFORGE_API_LOG_LEVEL", "debug")
+    settings = Settings(dev_mode=True)
+    assert settings.log_level == "DEBUG"
+    monkeypatch.setenv("SPATIALFORGE_API_LOG_LEVEL", "chatty")
+    with pytest.raises(ValueError, match="log_level"):
+        Settings(dev_mode=True)
+    root = logging.getLogger("spatialforge.apiserver")
+    before = root.level
+    try:
+        sf_logging.setup([], json_logs=False, level=logging.getLevelName(settings.log_level))
+        assert root.level == logging.DEBUG
+    finally:
+        root.setLevel(before)
+
+
 def _record(msg: str, *args: object) -> logging.LogRecord:
     return logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, msg, args, None)
 
