@@ -63,7 +63,7 @@ def build_job(res: Resource, settings: OperatorSettings, *, suspend: bool) -> di
     job_labels = labels(res)
     if spec.queue_name:
         job_labels[c.KUEUE_QUEUE_LABEL] = spec.queue_name
-    limits: dict[str, str] = {}
+    limits: dict[str, str] = dict(settings.runner_resources.get("limits", {}))
     if spec.placement.gpus:
         limits[settings.gpu_resource] = str(spec.placement.gpus)
     env = [
@@ -81,7 +81,7 @@ def build_job(res: Resource, settings: OperatorSettings, *, suspend: bool) -> di
         "imagePullPolicy": settings.runner_image_pull_policy,
         "command": list(settings.runner_command),
         "env": env,
-        "resources": {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": limits},
+        "resources": {"requests": dict(settings.runner_resources.get("requests", {})), "limits": limits},
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,

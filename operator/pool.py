@@ -148,9 +148,9 @@ def pod_template(pool: DepthPool, settings: OperatorSettings) -> dict[str, Any]:
     """The replicas' pod: the runner image serving depth on its pod IP, port `http` (8080),
     ready on /readyz (model loaded and warmed up)."""
     name, spec = pool.metadata["name"], pool.spec
-    resources: dict[str, Any] = {"requests": {"cpu": "1", "memory": "4Gi"}}
+    resources: dict[str, Any] = {k: dict(v) for k, v in settings.runner_resources.items()}
     if spec.gpus_per_replica:
-        resources["limits"] = {settings.gpu_resource: str(spec.gpus_per_replica)}
+        resources["limits"] = {**resources.get("limits", {}), settings.gpu_resource: str(spec.gpus_per_replica)}
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": settings.runner_image,

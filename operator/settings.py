@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -32,7 +32,20 @@ class OperatorSettings(BaseSettings):
     resource's own `placement.nodeSelector` adds to and overrides these."""
     runner_tolerations: list[dict[str, Any]] = Field(default_factory=list)
     """Tolerations every runner pod gets (JSON in env), e.g. for tainted GPU nodes."""
+    runner_resources: dict[str, dict[str, str]] = Field(
+        default_factory=lambda: {"requests": {"cpu": "1", "memory": "4Gi"}})
+    """CPU and memory requests and limits of every runner container (JSON in env); the GPUs a
+    resource asks for are added to its limits. A memory limit makes an over-use an OOMKilled
+    pod, which the Job retries (backoffLimit) instead of the node's OOM killer choosing."""
     gpu_resource: str = "nvidia.com/gpu"
+
+    @field_validator("runner_resources", mode="before")
+    @classmethod
+    def _quantities_as_strings(cls, value: Any) -> Any:
+        """`cpu: 1` in values.yaml arrives as a JSON number; Kubernetes takes either."""
+        if isinstance(value, dict):
+            return {k: {r: str(q) for r, q in v.items()} if isinstance(v, dict) else v for k, v in value.items()}
+        return value
     unschedulable_timeout_seconds: float = 300.0
     """A runner pod unschedulable this long fails its resource (fail fast); so does work that
     no node fits, this long after its creation (when nodes autoscale)."""

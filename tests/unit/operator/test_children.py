@@ -69,3 +69,28 @@ def test_placement_defaults_parse_from_env(monkeypatch) -> None:
     monkeypatch.setenv("SPATIALFORGE_RUNNER_TOLERATIONS", '[{"key": "gpu", "operator": "Exists"}]')
     s = OperatorSettings()
     assert s.runner_node_selector == {"pool": "gpu"} and s.runner_tolerations[0]["key"] == "gpu"
+
+
+def test_runner_resources_from_env_reach_jobs_and_pools_with_the_gpus(monkeypatch) -> None:
+    from spatialforge.crds.v1alpha1.depthpool import DepthPool
+    from spatialforge.operator.pool import pod_template
+
+    monkeypatch.setenv("SPATIALFORGE_RUNNER_RESOURCES",
+                       '{"requests": {"cpu": 1, "memory": "2Gi"}, "limits": {"memory": "6Gi"}}')
+    settings = OperatorSettings()
+    assert settings.runner_resources == {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "6Gi"}}
+    job = build_job(load(depth_batch("d", gpus=2), DepthBatch), settings, suspend=False)
+    resources = job["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources == {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "6Gi", "nvidia.com/gpu": "2"}}
+    pool = DepthPool.model_validate({"apiVersion": "spatialforge.io/v1alpha1", "kind": "DepthPool",
+                                     "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
+                                     "spec": {"gpusPerReplica": 1}})
+    replica = pod_template(pool, settings)["spec"]["containers"][0]["resources"]
+    assert replica == {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "6Gi", "nvidia.com/gpu": "1"}}
+    assert settings.runner_resources["limits"] == {"memory": "6Gi"}  # never mutated by a build
+
+
+def test_runner_resources_default_to_the_requests_jobs_always_had() -> None:
+    resources = build_job(load(depth_batch("d", gpus=0), DepthBatch), SETTINGS, suspend=False)[
+        "spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources == {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {}}
