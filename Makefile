@@ -4,7 +4,7 @@ PYTEST_ARGS ?=
 export PYTHON
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools cluster-up cluster-down cluster-status test test-unit demo bench crds verify lint-imports clean
+.PHONY: help install tools cluster-up cluster-down cluster-status test test-unit demo bench crds verify lint-imports clean images e2e
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -29,6 +29,12 @@ cluster-down: ## Stop it (state in .local/ is kept; hack/cluster.sh reset wipes 
 
 cluster-status: ## What runs
 	hack/cluster.sh status
+
+images: install ## Build the operator, front-end and runner images on a private Docker engine (hack/docker.sh; root)
+	hack/docker.sh build operator apiserver runner
+
+e2e: install ## Real containers end to end: images, a kubelet + containerd node, the chart, flows, faults (hack/e2e.sh; root)
+	hack/e2e.sh
 
 demo: install tools ## Cluster, MinIO, operator; both samples to Succeeded; results listed
 	hack/demo.sh
