@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Build the real servers the tests talk to from the Go module proxy, once, into
-# $SF_CACHE/bin/<tool>-<version>/. Usage: hack/build-tools.sh [kube|etcd|minio|stripe-mock|helm|all]...
+# $SF_CACHE/bin/<tool>-<version>/. Usage: hack/build-tools.sh [kube|etcd|minio|stripe-mock|helm|node|all]...
+# `node` is what a real node needs beside the plane (hack/e2e.sh): kubelet and kube-proxy,
+# containerd 2, the CNI plugins, crictl and CoreDNS; `all` leaves it out (the suite needs none).
 # shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -47,6 +49,72 @@ build_kube() {
       mv "${out}/${cmd}.tmp" "${out}/${cmd}"
     done
   )
+}
+
+# build_kube_node: kubelet and kube-proxy, from the module directory build_kube prepared (its
+# dependencies are already compiled, so each takes a few minutes, not fifteen).
+build_kube_node() {
+  local out="${SF_BIN}/kube-${KUBE_VERSION}" mod="${WORK}/kube-${KUBE_VERSION}" cmd minor
+  local cmds=(kubelet kube-proxy)
+  if all_present "${out}" "${cmds[@]}"; then return 0; fi
+  build_kube
+  minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
+  local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=${KUBE_VERSION} -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${minor} -X k8s.io/component-base/version.gitTreeState=clean"
+  (
+    cd "${mod}" || exit 1
+    for cmd in "${cmds[@]}"; do
+      [[ -x "${out}/${cmd}" ]] && continue
+      go get "k8s.io/kubernetes/cmd/${cmd}@${KUBE_VERSION}" 2>&1 | grep -v '^go: ' || true
+      log_info "  go build ${cmd}"
+      go build -ldflags "${ldflags}" -o "${out}/${cmd}.tmp" "k8s.io/kubernetes/cmd/${cmd}" ||
+        log_fatal "building ${cmd} ${KUBE_VERSION} failed"
+      mv "${out}/${cmd}.tmp" "${out}/${cmd}"
+    done
+  )
+}
+
+# build_install NAME VERSION PKG...: several commands of one module into $SF_BIN/NAME-VERSION.
+build_install() {
+  local name=$1 version=$2 out="${SF_BIN}/$1-$2" pkg missing=()
+  shift 2
+  for pkg in "$@"; do [[ -x "${out}/$(basename "${pkg%@*}")" ]] || missing+=("${pkg}"); done
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  log_info "building ${name} ${version}: ${missing[*]##*/}"
+  mkdir -p "${out}"
+  GOBIN="${out}" go install -tags "${BUILD_TAGS:-}" -ldflags "-s -w" "${missing[@]}" ||
+    log_fatal "building ${name} ${version} failed"
+}
+
+# build_runc: containerd 2's specs need a newer runc than Debian's 1.1 ("can't get final child's
+# PID from pipe"); runc links libseccomp through cgo, for the pods' RuntimeDefault profiles.
+build_runc() {
+  local out="${SF_BIN}/runc-${RUNC_VERSION}"
+  if all_present "${out}" runc; then return 0; fi
+  if ! dpkg-query -W -f='${Status}' libseccomp-dev 2>/dev/null | grep -q "install ok installed"; then
+    [[ $(id -u) -eq 0 ]] || log_fatal "runc needs libseccomp-dev (as root: apt-get install libseccomp-dev)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      libseccomp-dev pkg-config gcc libc6-dev >/dev/null
+  fi
+  log_info "building runc ${RUNC_VERSION} (cgo, seccomp)"
+  mkdir -p "${out}"
+  CGO_ENABLED=1 GOBIN="${out}" go install -tags seccomp -ldflags "-s -w" \
+    "github.com/opencontainers/runc@${RUNC_VERSION}" || log_fatal "building runc ${RUNC_VERSION} failed"
+}
+
+build_node() {
+  build_kube_node
+  BUILD_TAGS="no_btrfs no_devmapper no_zfs" build_install containerd "${CONTAINERD_VERSION}" \
+    "github.com/containerd/containerd/v2/cmd/containerd@${CONTAINERD_VERSION}" \
+    "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@${CONTAINERD_VERSION}" \
+    "github.com/containerd/containerd/v2/cmd/ctr@${CONTAINERD_VERSION}"
+  local p plugins=()
+  for p in main/bridge main/loopback ipam/host-local meta/portmap meta/firewall; do
+    plugins+=("github.com/containernetworking/plugins/plugins/${p}@${CNI_PLUGINS_VERSION}")
+  done
+  build_install cni-plugins "${CNI_PLUGINS_VERSION}" "${plugins[@]}"
+  build_runc
+  build_install crictl "${CRICTL_VERSION}" "sigs.k8s.io/cri-tools/cmd/crictl@${CRICTL_VERSION}"
+  build_install coredns "${COREDNS_VERSION}" "github.com/coredns/coredns@${COREDNS_VERSION}"
 }
 
 # build_etcd: etcd server from go.etcd.io/etcd/server/v3 through a two-line main.
@@ -107,7 +175,8 @@ main() {
       minio) build_simple minio github.com/minio/minio "${MINIO_VERSION}" ;;
       stripe-mock) build_simple stripe-mock github.com/stripe/stripe-mock "${STRIPE_MOCK_VERSION}" ;;
       helm) build_simple helm helm.sh/helm/v3/cmd/helm "${HELM_VERSION}" ;;
-      *) log_fatal "unknown tool '${t}' (expected kube, etcd, minio, stripe-mock, helm or all)" ;;
+      node) build_node ;;
+      *) log_fatal "unknown tool '${t}' (expected kube, etcd, minio, stripe-mock, helm, node or all)" ;;
     esac
   done
   log_info "tools ready in ${SF_BIN}"

@@ -27,6 +27,12 @@ ETCD_PEER_PORT="${SF_ETCD_PEER_PORT:-${ETCD_PEER_PORT:-12380}}"
 CM_PORT="${SF_CM_PORT:-${CM_PORT:-10357}}"
 SCHED_PORT="${SF_SCHED_PORT:-${SCHED_PORT:-10359}}"
 NODES="${SF_NODES:-2}"
+# A plane that real nodes join (hack/e2e.sh) listens on every address and advertises one its pods
+# reach; the default plane stays on loopback with no kubernetes Service endpoints. The Service range
+# sits in the benchmarking range 198.18.0.0/15, so no test traffic goes to private ranges.
+ADVERTISE_ADDRESS="${SF_ADVERTISE_ADDRESS:-}"
+SERVICE_CIDR="${SF_SERVICE_CIDR:-198.19.240.0/24}"
+SERVICE_IP="$(python3 -c 'import ipaddress,sys; print(next(ipaddress.ip_network(sys.argv[1]).hosts()))' "${SERVICE_CIDR}")"
 GPUS_PER_NODE="${SF_GPUS_PER_NODE:-4}"
 PYTHON="${PYTHON:-python3}"
 
@@ -41,6 +47,20 @@ cluster_build() {
 }
 
 cluster_pki() {
+  cluster_pki_plane
+  # The API server's client certificate towards kubelets (logs, exec, port-forward).
+  [[ -f "${PKI}/kubelet-client.crt" ]] && return 0
+  (
+    cd "${PKI}" || exit 1
+    umask 077
+    openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=kube-apiserver-kubelet-client" \
+      -keyout kubelet-client.key -out kubelet-client.csr 2>/dev/null
+    openssl x509 -req -in kubelet-client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+      -out kubelet-client.crt 2>/dev/null
+  )
+}
+
+cluster_pki_plane() {
   [[ -f "${PKI}/admin.token" ]] && return 0
   command -v openssl >/dev/null || log_fatal "openssl is required (apt-get install openssl)"
   mkdir -p "${PKI}"
@@ -50,7 +70,8 @@ cluster_pki() {
     openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=spatialforge-dev-ca" \
       -keyout ca.key -out ca.crt 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout apiserver.key -out apiserver.csr 2>/dev/null
-    printf 'subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\n' >san.ext
+    printf 'subjectAltName=IP:127.0.0.1,IP:%s%s,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n' \
+      "${SERVICE_IP}" "${ADVERTISE_ADDRESS:+,IP:${ADVERTISE_ADDRESS}}" >san.ext
     openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
       -extfile san.ext -out apiserver.crt 2>/dev/null
     openssl genrsa -out sa.key 2048 2>/dev/null
@@ -64,12 +85,24 @@ cluster_pki() {
       echo "${sched},system:kube-scheduler,kube-scheduler"
     } >tokens.csv
     echo "${admin}" >admin.token; echo "${cm}" >cm.token; echo "${sched}" >sched.token
+    # A plane real nodes join: identities of the kubelet (the Node authorizer's system:node:<name>),
+    # kube-proxy (bound to system:node-proxier by default) and the cluster DNS.
+    if [[ -n ${ADVERTISE_ADDRESS} ]]; then
+      local node proxy dns
+      node=$(openssl rand -hex 24); proxy=$(openssl rand -hex 24); dns=$(openssl rand -hex 24)
+      {
+        echo "${node},system:node:${SF_NODE_NAME:-spatialforge-node},kubelet,system:nodes"
+        echo "${proxy},system:kube-proxy,kube-proxy"
+        echo "${dns},system:spatialforge-dns,spatialforge-dns"
+      } >>tokens.csv
+      echo "${node}" >node.token; echo "${proxy}" >proxy.token; echo "${dns}" >dns.token
+    fi
   )
 }
 
-# cluster_kubeconfig FILE TOKENFILE
+# cluster_kubeconfig FILE TOKENFILE [SERVER]
 cluster_kubeconfig() {
-  local file=$1 token
+  local file=$1 token server=${3:-https://127.0.0.1:${API_PORT}}
   token=$(cat "$2")
   umask 077
   cat >"${file}" <<KC
@@ -78,7 +111,7 @@ kind: Config
 clusters:
 - name: spatialforge-dev
   cluster:
-    server: https://127.0.0.1:${API_PORT}
+    server: ${server}
     certificate-authority: ${PKI}/ca.crt
 users:
 - name: user
@@ -113,6 +146,10 @@ cluster_up() {
   cluster_kubeconfig "${KUBECONFIG_PATH}" "${PKI}/admin.token"
   cluster_kubeconfig "${PKI}/cm.kubeconfig" "${PKI}/cm.token"
   cluster_kubeconfig "${PKI}/sched.kubeconfig" "${PKI}/sched.token"
+  local id
+  for id in node proxy dns; do
+    [[ -f "${PKI}/${id}.token" ]] && cluster_kubeconfig "${PKI}/${id}.kubeconfig" "${PKI}/${id}.token"
+  done
 
   if ! proc_alive etcd; then
     log_info "starting etcd on 127.0.0.1:${ETCD_PORT}"
@@ -125,16 +162,20 @@ cluster_up() {
   fi
   if ! proc_alive kube-apiserver; then
     log_info "starting kube-apiserver ${KUBE_VERSION} on https://127.0.0.1:${API_PORT}"
+    local net=(--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --endpoint-reconciler-type=none)
+    [[ -n ${ADVERTISE_ADDRESS} ]] &&
+      net=(--bind-address=0.0.0.0 --advertise-address="${ADVERTISE_ADDRESS}" --endpoint-reconciler-type=lease
+        --kubelet-preferred-address-types=InternalIP,Hostname)  # node names are not in this host's DNS
     proc_start kube-apiserver "${KUBE_DIR}/kube-apiserver" \
-      --etcd-servers="http://127.0.0.1:${ETCD_PORT}" \
-      --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="${API_PORT}" \
-      --endpoint-reconciler-type=none \
+      --etcd-servers="http://127.0.0.1:${ETCD_PORT}" "${net[@]}" --secure-port="${API_PORT}" \
+      --kubelet-client-certificate="${PKI}/kubelet-client.crt" --kubelet-client-key="${PKI}/kubelet-client.key" \
       --tls-cert-file="${PKI}/apiserver.crt" --tls-private-key-file="${PKI}/apiserver.key" \
       --client-ca-file="${PKI}/ca.crt" --token-auth-file="${PKI}/tokens.csv" \
       --service-account-issuer=https://kubernetes.default.svc.cluster.local \
       --service-account-key-file="${PKI}/sa.pub" --service-account-signing-key-file="${PKI}/sa.key" \
       --api-audiences=https://kubernetes.default.svc.cluster.local \
-      --service-cluster-ip-range=10.0.0.0/24 --authorization-mode=RBAC \
+      --service-cluster-ip-range="${SERVICE_CIDR}" --authorization-mode=Node,RBAC \
+      --enable-admission-plugins=NodeRestriction \
       --allow-privileged=true --profiling=false --v=1
     cluster_api_ready
   fi
@@ -158,7 +199,7 @@ cluster_up() {
       --leader-elect=false --bind-address=127.0.0.1 --secure-port="${SCHED_PORT}" \
       --kube-api-qps=200 --kube-api-burst=400 --v=1
   fi
-  if ! proc_alive node-agent; then
+  if [[ ${NODES} -gt 0 ]] && ! proc_alive node-agent; then
     "${PYTHON}" -c 'import spatialforge.devcluster' 2>/dev/null ||
       log_fatal "the node agent needs the project installed: pip install -e '.[all]'"
     log_info "starting node agent: ${NODES} nodes x ${GPUS_PER_NODE} nvidia.com/gpu"

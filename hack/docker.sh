@@ -125,6 +125,12 @@ print("\n".join(dict.fromkeys(p["dependencies"] + [d for e in sys.argv[1:] for d
 PY
 )"
   printf '%s\nsetuptools>=69\nwheel\n' "${reqs}" >"${WHEELHOUSE}/.requirements.txt"
+  local filled
+  filled="${WHEELHOUSE}/.filled-$(sha256sum <"${WHEELHOUSE}/.requirements.txt" | cut -c1-16)"
+  if [[ -f ${filled} ]]; then
+    log_info "wheelhouse: up to date for [$*]"
+    return 0
+  fi
   if [[ -n ${PIP_CERT:-} && -f ${PIP_CERT} ]]; then
     mounts+=(-v "${PIP_CERT}:/etc/spatialforge-pip-ca.pem:ro" -e PIP_CERT=/etc/spatialforge-pip-ca.pem)
   fi
@@ -133,6 +139,7 @@ PY
     -e PIP_DISABLE_PIP_VERSION_CHECK=1 -w /tmp "${BASE_IMAGE}" sh -ec \
     'python -m venv /tmp/v && /tmp/v/bin/pip wheel -q --find-links /wheels --wheel-dir /wheels -r /wheels/.requirements.txt' ||
     log_fatal "pip could not fill the wheelhouse for [$*]"
+  touch "${filled}"
 }
 
 # with_wheel_server CMD...: serve the wheelhouse on the bridge address while CMD runs.

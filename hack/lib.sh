@@ -11,6 +11,13 @@ ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 MINIO_VERSION="${MINIO_VERSION:-v0.0.0-20260212201848-7aac2a2c5b7c}"
 STRIPE_MOCK_VERSION="${STRIPE_MOCK_VERSION:-v0.203.0}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+# A real node beside the plane (hack/e2e.sh): containerd 2 (Kubernetes 1.36 needs 2.0+), the CNI
+# plugins, runc, crictl and CoreDNS.
+CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.4.2}"
+RUNC_VERSION="${RUNC_VERSION:-v1.5.3}"
+CNI_PLUGINS_VERSION="${CNI_PLUGINS_VERSION:-v1.10.0}"
+CRICTL_VERSION="${CRICTL_VERSION:-v1.37.0}"
+COREDNS_VERSION="${COREDNS_VERSION:-v1.15.0}"
 
 # Binaries are cached outside the repo, keyed by version, so a clean clone reuses them.
 SF_CACHE="${SPATIALFORGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/spatialforge}"

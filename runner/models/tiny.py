@@ -25,6 +25,11 @@ def build_tiny_model(
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     save_random(tiny_config(variant), str(outdir), processor_size=processor_size, seed=seed)
+    # safetensors writes its file owner-only; a model folder is read by runners of another uid
+    # (the image's 10001, from a volume an admin filled).
+    for path in outdir.iterdir():
+        if path.is_file():
+            path.chmod(0o644)
     return outdir
 
 

@@ -2,7 +2,8 @@
 EndpointSlices list addresses that reach it, as in a cluster.
 
 The API server refuses loopback addresses in EndpointSlices, so a pod's address comes from
-198.18.0.0/15 (reserved for network benchmarks, never routed) and the agent adds it to `lo`
+198.18.0.0/16 (half of the benchmarking range 198.18.0.0/15, never routed; the other half,
+198.19.0.0/16, holds the Docker bridge and the real node of hack/e2e.sh) and the agent adds it to `lo`
 as a /32 while the pod's process runs (`ip addr add`, which needs CAP_NET_ADMIN: root in a
 container or a dev VM). Without that capability pods get 127.x.y.z addresses (Linux routes all
 of 127.0.0.0/8 to lo, so processes still bind and reach them), and the endpointslice controller
@@ -19,7 +20,7 @@ import shutil
 import subprocess
 
 log = logging.getLogger(__name__)
-ROUTABLE_PREFIX = "198.18.0.0/15"
+ROUTABLE_PREFIX = "198.18.0.0/16"
 _routable = False  # set by configure()
 
 
@@ -27,7 +28,7 @@ def configure() -> bool:
     """Whether this agent can give pods addresses EndpointSlices accept (adds and removes a
     probe address on lo to find out); pod_ip follows the answer."""
     global _routable
-    probe = "198.19.255.254"
+    probe = "198.18.255.254"
     ip = shutil.which("ip")
     if ip is None:
         _routable = False
@@ -47,11 +48,11 @@ def routable() -> bool:
 
 
 def pod_ip(uid: str) -> str:
-    """The pod's own address, derived from its uid: 198.18-19.x.y when routable, else
+    """The pod's own address, derived from its uid: 198.18.x.y when routable, else
     127.a.b.c (never 127.0.0.1, where the host's own services listen)."""
     d = hashlib.sha256(uid.encode()).digest()
     if _routable:
-        return f"198.{18 + d[0] % 2}.{d[1]}.{1 + d[2] % 254}"
+        return f"198.18.{d[1]}.{1 + d[2] % 254}"
     return f"127.{1 + d[0] % 254}.{d[1]}.{1 + d[2] % 254}"
 
 

@@ -148,6 +148,8 @@ def test_apiserver(full_objects: list[dict[str, Any]]) -> None:
     test_pod = find(full_objects, "Pod", "-test-readyz")
     assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     assert test_pod["spec"]["containers"][0]["command"][-1].endswith("/readyz")
+    # `helm test` needs no image beyond the chart's own: it runs in the front end's image.
+    assert test_pod["spec"]["containers"][0]["image"] == c["image"]
 
 
 def test_network_policies_default_deny_per_component(full_objects: list[dict[str, Any]]) -> None:
