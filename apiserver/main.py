@@ -158,7 +158,14 @@ def _install_handlers(app: FastAPI) -> None:
         _release(exc)
         if exc.status == 422:
             return _error(422, "invalid_request", f"the Kubernetes API refused the resource: {exc.reason}")
-        log.error("Kubernetes API error %s: %s", exc.status, exc.reason)
+        try:  # the API's own sentence (what was refused, to whom); never a secret
+            detail = str(json.loads(exc.body or "{}").get("message", ""))[:300]
+        except (ValueError, AttributeError):
+            detail = ""
+        log.error("Kubernetes API error %s: %s %s", exc.status, exc.reason, detail)
+        if exc.status == 403:  # a deployment defect (RBAC, an admission policy), not an outage
+            return _error(503, "unavailable", "the cluster refused this service's request (permissions); nothing "
+                          "was created; the operators of this service have been told in its logs")
         return _error(503, "unavailable", "the Kubernetes API is unavailable; nothing was created",
                       {"Retry-After": "5"})
 

@@ -471,18 +471,29 @@ def fault_kill() -> dict[str, Any]:
 
 
 def fault_oom() -> dict[str, Any]:
-    """The runner's container goes over its memory limit: a second process in the container takes
-    memory until the cgroup's OOM killer acts, and the runner is made its choice (oom_score_adj
-    1000), so the runner dies OOMKilled as if it had used the memory itself."""
+    """The runner goes over its container's memory limit: while it works, the limit of its memory
+    cgroup is lowered to just above what the runner holds, so its next allocations meet the
+    kernel's OOM killer in that cgroup (the only process there is the runner). A process of our
+    own in the container would not do: the killer would pick it (same oom_score_adj, more memory),
+    and lowering another's score needs CAP_SYS_RESOURCE, which this machine's root lacks."""
     name = "fault-oom"
     kubectl("-n", TENANT, "delete", "depthbatch", name, "--ignore-not-found", "--wait=true")
     apply(depth_batch(name, [f"s3://{BUCKET}/inputs/many/"]), TENANT)
     pod = wait_for(f"{name} mid-shard", lambda: running_runner(name), TIMEOUT, 0.2)
-    Path(f"/proc/{container_pid(pod)}/oom_score_adj").write_text("1000")
     cid = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
-    subprocess.run([CRICTL, "exec", cid, "python", "-c", "b = [bytearray(1 << 26) for _ in range(160)]; "
-                    "[x.__setitem__(slice(None), b'x' * len(x)) for x in b]"], capture_output=True, timeout=300)
-    first = wait_for(f"{pod['metadata']['name']} terminated", lambda: _terminated(pod), 120)
+    info = json.loads(subprocess.run([CRICTL, "inspect", cid], capture_output=True, text=True, check=True).stdout)
+    cgroup = Path("/sys/fs/cgroup/memory") / info["info"]["runtimeSpec"]["linux"]["cgroupsPath"].lstrip("/")
+    stat = dict(line.split() for line in (cgroup / "memory.stat").read_text().splitlines())
+    held = int(stat["total_rss"])
+    limit = held
+    for _ in range(64):  # file pages are reclaimed on the way down; anonymous memory is not (EBUSY)
+        try:
+            (cgroup / "memory.limit_in_bytes").write_text(str(limit))
+            break
+        except OSError:
+            limit += 2 << 20
+    log(f"{name}: memory limit of {pod['metadata']['name']} lowered to {limit >> 20} MiB (held {held >> 20} MiB)")
+    first = wait_for(f"{pod['metadata']['name']} terminated", lambda: _terminated(pod), 180)
     log(f"{name}: {pod['metadata']['name']} ended {first}")
     phase = wait_terminal("depthbatch", name, TENANT)
     return {"phase": phase, "first_attempt": first, "attempts": len(runner_pods_of(name)),

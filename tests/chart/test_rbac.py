@@ -172,3 +172,39 @@ def test_operator_can_create_the_runner_identity(rbac: Cluster) -> None:
               "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]}
     proc = rbac.kubectl("create", f"--as={OPERATOR}", "-f", "-", input=yaml.safe_dump(greedy), check=False)
     assert proc.returncode != 0 and "forbidden" in proc.stderr.lower()
+
+
+def test_front_end_writes_only_tenant_namespaces(helm: Helm, cluster: Cluster) -> None:
+    """RBAC lets the front end create and patch any namespace (it cannot name ones that do not
+    exist yet); the chart's admission policy, enforced by the real API server, confines it to
+    `namespacePrefix`* (the default values turn both on: the front end writes the plan's GPU
+    limit on a tenant's namespace before each job)."""
+    import time
+    import uuid
+
+    release = f"nsp{uuid.uuid4().hex[:5]}"
+    objs = [o for o in helm.render(namespace=NS, release=release)
+            if o["kind"] in RBAC_KINDS | {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}]
+    assert [o for o in objs if o["kind"] == "ValidatingAdmissionPolicy" and o["metadata"]["name"].endswith("-namespaces")]
+    cluster.kubectl("create", "namespace", NS, check=False)
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objs))
+    who = f"system:serviceaccount:{NS}:{release}-spatialforge-apiserver"
+    tenant, other = f"sf-{uuid.uuid4().hex[:8]}", f"team-{uuid.uuid4().hex[:8]}"
+    try:
+        assert can(cluster, who, "create", "namespaces", None) and can(cluster, who, "patch", "namespaces", None)
+        deadline = time.monotonic() + 30  # the API server loads a new policy within a second or so
+        while True:
+            refused = cluster.kubectl("create", "namespace", other, f"--as={who}", check=False)
+            if refused.returncode != 0 or time.monotonic() > deadline:
+                break
+            cluster.kubectl("delete", "namespace", other, "--wait=false", check=False)
+            time.sleep(0.5)
+        assert refused.returncode != 0 and "may only create or change tenant namespaces" in refused.stderr, refused
+        made = cluster.kubectl("create", "namespace", tenant, f"--as={who}", check=False)
+        assert made.returncode == 0, made.stderr
+        patched = cluster.kubectl("label", "namespace", "default", "owner=front-end", f"--as={who}", check=False)
+        assert patched.returncode != 0 and "may only create or change tenant namespaces" in patched.stderr
+    finally:
+        cluster.kubectl("delete", "-f", "-", "--ignore-not-found", "--wait=false", input=yaml.safe_dump_all(objs),
+                        check=False)
+        cluster.kubectl("delete", "namespace", tenant, other, "--ignore-not-found", "--wait=false", check=False)

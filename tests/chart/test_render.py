@@ -285,13 +285,15 @@ def test_runner_status_policy_is_the_generated_one(helm: Helm) -> None:
     from spatialforge.crds.policy import runner_status_policy
 
     objects = helm.render("--set", "runner.serviceAccount.name=gpu-runner")
-    policy, binding = find(objects, "ValidatingAdmissionPolicy"), find(objects, "ValidatingAdmissionPolicyBinding")
+    policy = find(objects, "ValidatingAdmissionPolicy", "-runner-status")
+    binding = find(objects, "ValidatingAdmissionPolicyBinding", "-runner-status")
     name = policy["metadata"]["name"]
     want_policy, want_binding = runner_status_policy("gpu-runner", name)
     assert policy["spec"] == want_policy["spec"] and binding["spec"] == want_binding["spec"]
     assert "endsWith(':gpu-runner')" in policy["spec"]["matchConditions"][0]["expression"]
     off = helm.render("--set", "runner.statusPolicy.enabled=false")
-    assert not [o for o in off if o["kind"].startswith("ValidatingAdmissionPolicy")]
+    assert not [o for o in off if o["kind"].startswith("ValidatingAdmissionPolicy")
+                and o["metadata"]["name"].endswith("-runner-status")]
 
 
 def test_front_end_metrics_have_their_own_port_and_forwarded_clients_come_from_trusted_proxies(helm: Helm) -> None:
