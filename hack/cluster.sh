@@ -164,8 +164,9 @@ cluster_up() {
     log_info "starting kube-apiserver ${KUBE_VERSION} on https://127.0.0.1:${API_PORT}"
     local net=(--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --endpoint-reconciler-type=none)
     [[ -n ${ADVERTISE_ADDRESS} ]] &&
+      # Kubelets by address: node names are not in this host's DNS.
       net=(--bind-address=0.0.0.0 --advertise-address="${ADVERTISE_ADDRESS}" --endpoint-reconciler-type=lease
-        --kubelet-preferred-address-types=InternalIP,Hostname)  # node names are not in this host's DNS
+        "--kubelet-preferred-address-types=InternalIP,Hostname")
     proc_start kube-apiserver "${KUBE_DIR}/kube-apiserver" \
       --etcd-servers="http://127.0.0.1:${ETCD_PORT}" "${net[@]}" --secure-port="${API_PORT}" \
       --kubelet-client-certificate="${PKI}/kubelet-client.crt" --kubelet-client-key="${PKI}/kubelet-client.key" \

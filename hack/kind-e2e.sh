@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# End to end on kind, on a machine WITH a Docker engine: create a kind cluster with a simulated
+# End to end on kind, on a machine WITH a Docker engine and a registry (kindest/node, the public
+# base images). Where no registry answers, hack/e2e.sh runs the same install on a real kubelet
+# joined to the project's own plane. This script: create a kind cluster with a simulated
 # GPU node, build and load the three images, install MinIO and the chart, run both samples and
 # the REST flow to completion, print where the results are, tear down.
 #
