@@ -12,7 +12,7 @@ WORK="${SF_CACHE}/src"
 
 # build_kube: kube-apiserver, kube-controller-manager, kube-scheduler, kubectl from k8s.io/kubernetes.
 build_kube() {
-  local out="${SF_BIN}/kube-${KUBE_VERSION}" mod="${WORK}/kube-${KUBE_VERSION}" cmd minor
+  local out="${SF_BIN}/kube-${KUBE_VERSION}" mod="${WORK}/kube-${KUBE_VERSION}"
   local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
   if all_present "${out}" "${cmds[@]}"; then return 0; fi
   log_info "building Kubernetes ${KUBE_VERSION} (first time only; ~15 min on 2 cores)"
@@ -36,44 +36,38 @@ build_kube() {
       # apply to a dependent module: pin each to the matching release.
       grep -E '^\s*k8s.io/[^ ]+ => ./staging/' "${gomod}" | awk -v v="${staging}" '{print "replace " $1 " => " $1 " " v}'
     } >go.mod
-    for cmd in "${cmds[@]}"; do  # records every command's dependencies in go.sum
-      go get "k8s.io/kubernetes/cmd/${cmd}@${KUBE_VERSION}" 2>&1 | grep -v '^go: ' || true
-    done
-    minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
-    local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=${KUBE_VERSION} -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${minor} -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=${KUBE_VERSION} -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=${minor}"
-    for cmd in "${cmds[@]}"; do
-      [[ -x "${out}/${cmd}" ]] && continue
-      log_info "  go build ${cmd}"
-      go build -ldflags "${ldflags}" -o "${out}/${cmd}.tmp" "k8s.io/kubernetes/cmd/${cmd}" ||
-        log_fatal "building ${cmd} ${KUBE_VERSION} failed; check Go ($(go version)) and the module proxy"
-      mv "${out}/${cmd}.tmp" "${out}/${cmd}"
-    done
+    kube_go_build "${out}" "${cmds[@]}"
   )
+}
+
+# kube_go_build OUT CMD...: in the wrapper module's directory, each k8s.io/kubernetes command
+# (its dependencies recorded in go.sum) into OUT, with the version stamped as a release would.
+kube_go_build() {
+  local out=$1 cmd minor ldflags
+  shift
+  minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
+  ldflags="-s -w -X k8s.io/component-base/version.gitVersion=${KUBE_VERSION} -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${minor} -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=${KUBE_VERSION} -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=${minor}"
+  for cmd in "$@"; do
+    [[ -x "${out}/${cmd}" ]] && continue
+    go get "k8s.io/kubernetes/cmd/${cmd}@${KUBE_VERSION}" 2>&1 | grep -v '^go: ' || true
+    log_info "  go build ${cmd}"
+    go build -ldflags "${ldflags}" -o "${out}/${cmd}.tmp" "k8s.io/kubernetes/cmd/${cmd}" ||
+      log_fatal "building ${cmd} ${KUBE_VERSION} failed; check Go ($(go version)) and the module proxy"
+    mv "${out}/${cmd}.tmp" "${out}/${cmd}"
+  done
 }
 
 # build_kube_node: kubelet and kube-proxy, from the module directory build_kube prepared (its
 # dependencies are already compiled, so each takes a few minutes, not fifteen).
 build_kube_node() {
-  local out="${SF_BIN}/kube-${KUBE_VERSION}" mod="${WORK}/kube-${KUBE_VERSION}" cmd minor
-  local cmds=(kubelet kube-proxy)
-  if all_present "${out}" "${cmds[@]}"; then return 0; fi
+  local out="${SF_BIN}/kube-${KUBE_VERSION}"
+  all_present "${out}" kubelet kube-proxy && return 0
   build_kube
-  minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
-  local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=${KUBE_VERSION} -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${minor} -X k8s.io/component-base/version.gitTreeState=clean"
-  (
-    cd "${mod}" || exit 1
-    for cmd in "${cmds[@]}"; do
-      [[ -x "${out}/${cmd}" ]] && continue
-      go get "k8s.io/kubernetes/cmd/${cmd}@${KUBE_VERSION}" 2>&1 | grep -v '^go: ' || true
-      log_info "  go build ${cmd}"
-      go build -ldflags "${ldflags}" -o "${out}/${cmd}.tmp" "k8s.io/kubernetes/cmd/${cmd}" ||
-        log_fatal "building ${cmd} ${KUBE_VERSION} failed"
-      mv "${out}/${cmd}.tmp" "${out}/${cmd}"
-    done
-  )
+  (cd "${WORK}/kube-${KUBE_VERSION}" && kube_go_build "${out}" kubelet kube-proxy)
 }
 
-# build_install NAME VERSION PKG...: several commands of one module into $SF_BIN/NAME-VERSION.
+# build_install NAME VERSION PKG@VERSION...: commands of one module without replace lines (go
+# install refuses those) into $SF_BIN/NAME-VERSION, each named for its package.
 build_install() {
   local name=$1 version=$2 out="${SF_BIN}/$1-$2" pkg missing=()
   shift 2
@@ -145,19 +139,6 @@ GO
   )
 }
 
-# build_simple NAME MODULE/PKG VERSION: modules without replace lines build with go install.
-build_simple() {
-  local name=$1 pkg=$2 version=$3 out="${SF_BIN}/$1-$3"
-  if all_present "${out}" "${name}"; then return 0; fi
-  log_info "building ${name} ${version}"
-  mkdir -p "${out}"
-  GOBIN="${out}" go install -ldflags "-s -w" "${pkg}@${version}" ||
-    log_fatal "building ${name} ${version} from ${pkg} failed"
-  local built
-  built="${out}/$(basename "${pkg}")"
-  [[ ${built} == "${out}/${name}" ]] || mv "${built}" "${out}/${name}"
-}
-
 all_present() {
   local dir=$1; shift
   local f
@@ -172,9 +153,9 @@ main() {
     case "${t}" in
       kube) build_kube ;;
       etcd) build_etcd ;;
-      minio) build_simple minio github.com/minio/minio "${MINIO_VERSION}" ;;
-      stripe-mock) build_simple stripe-mock github.com/stripe/stripe-mock "${STRIPE_MOCK_VERSION}" ;;
-      helm) build_simple helm helm.sh/helm/v3/cmd/helm "${HELM_VERSION}" ;;
+      minio) build_install minio "${MINIO_VERSION}" "github.com/minio/minio@${MINIO_VERSION}" ;;
+      stripe-mock) build_install stripe-mock "${STRIPE_MOCK_VERSION}" "github.com/stripe/stripe-mock@${STRIPE_MOCK_VERSION}" ;;
+      helm) build_install helm "${HELM_VERSION}" "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}" ;;
       node) build_node ;;
       *) log_fatal "unknown tool '${t}' (expected kube, etcd, minio, stripe-mock, helm, node or all)" ;;
     esac

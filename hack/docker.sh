@@ -118,10 +118,10 @@ docker_base() {
 docker_wheels() {
   mkdir -p "${WHEELHOUSE}" "${HOME}/.cache/pip"
   local reqs mounts=()
-  reqs="$("${PYTHON}" - "$@" <<'PY'
+  reqs="$("${PYTHON}" - "${REPO_ROOT}/pyproject.toml" "$@" <<'PY'
 import sys, tomllib
-p = tomllib.load(open("pyproject.toml", "rb"))["project"]
-print("\n".join(dict.fromkeys(p["dependencies"] + [d for e in sys.argv[1:] for d in p["optional-dependencies"][e]])))
+p = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print("\n".join(dict.fromkeys(p["dependencies"] + [d for e in sys.argv[2:] for d in p["optional-dependencies"][e]])))
 PY
 )"
   printf '%s\nsetuptools>=69\nwheel\n' "${reqs}" >"${WHEELHOUSE}/.requirements.txt"
@@ -220,7 +220,7 @@ docker_build() {
   done
   WHEEL_ARGS=()
   if [[ ${#extras[@]} -gt 0 ]]; then
-    (cd "${REPO_ROOT}" && docker_wheels "${extras[@]}")
+    docker_wheels "${extras[@]}"
     with_wheel_server build_all "${images[@]}"
   else
     build_all "${images[@]}"
