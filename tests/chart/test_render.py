@@ -121,7 +121,8 @@ def test_operator_env_is_what_operator_settings_read(helm: Helm, monkeypatch) ->
         "runner_runtime_class": "nvidia-cdi", "gpu_resource": "amd.com/gpu",
         "leader_election": False, "lease_name": "sf-leader-b", "lease_duration_seconds": 23.0,
         "workers": 3, "admission_interval_seconds": 5.0, "unschedulable_timeout_seconds": 120.0,
-        "image_pull_grace_seconds": 45.0, "avg_run_seconds": 600.0, "quota_configmap": "gpu-quotas-b",
+        "image_pull_grace_seconds": 45.0, "avg_run_seconds": 600.0, "pool_handoff_max_images": 2,
+        "quota_configmap": "gpu-quotas-b",
         "health_port": 8181, "metrics_port": 9191,
     }
     defaults = {name: OperatorSettings.model_fields[name].get_default(call_default_factory=True) for name in expected}
