@@ -50,8 +50,9 @@ bench: install tools ## Benchmarks (not tests); each prints a final JSON line
 crds: ## Regenerate every generated copy: crds/*.yaml, crds/policies/, the chart's crds/ and generated templates
 	$(PYTHON) -m spatialforge.crds.generate
 
-verify: lint-imports ## Fail if any generated copy is stale or the import layering is broken
+verify: lint-imports ## Fail if any generated copy is stale, the import layering is broken or the docs contradict the code
 	$(PYTHON) -m spatialforge.crds.generate --check
+	$(PYTHON) hack/check_docs.py
 
 lint-imports: ## The import-layering contract (.importlinter): components never import each other
 	$(PYTHON) hack/lint_imports.py
