@@ -19,3 +19,4 @@ class Metrics:
         self.usage_reports = Counter("sf_api_usage_reports_total", "Usage reports of finished jobs", ["result"], registry=r)
         self.grace_downgrades = Counter("sf_api_grace_downgrades_total",
                                         "Tenants degraded to free after their payment grace period", ["via"], registry=r)
+        self.grace_sweeps = Counter("sf_api_grace_sweeps_total", "Grace sweeps that ran to the end", registry=r)

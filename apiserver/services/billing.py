@@ -399,6 +399,7 @@ class GraceSweeper:
         while True:
             try:
                 await self.sweep()
+                self.billing.metrics.grace_sweeps.inc()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -201,7 +201,8 @@ def test_expired_idempotency_record_answers_the_existing_job(make_tenant, make_s
         late = c.post("/v1/depth-batches", json=t.depth_spec(2), headers=headers)
         assert late.status_code == 202 and late.json()["phase"] == "Cancelled"
         assert late.json()["id"] == first.json()["id"]
-    assert len(cluster.list("depthbatches", t.namespace)) == 0
+    # The cancel deletes the DepthBatch asynchronously (a finalizer runs first): wait for it.
+    wait_until("cancelled DepthBatch deleted", lambda: not cluster.list("depthbatches", t.namespace), MEDIUM)
 
 
 def test_expired_record_and_a_stale_cache_still_answer_the_job(make_tenant, make_settings, api):

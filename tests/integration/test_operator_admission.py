@@ -29,9 +29,14 @@ def set_namespace_limit(cluster: Cluster, namespace: str, gpus: int | None) -> N
 
 
 def set_quota(cluster: Cluster, **data: str) -> None:
-    cluster.kubectl("delete", "configmap", QUOTAS, "-n", SYSTEM_NAMESPACE, "--ignore-not-found")
-    cluster.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": QUOTAS, "namespace": SYSTEM_NAMESPACE},
-                   "data": data})
+    """Create the quota ConfigMap, or replace its data in one write: deleting it first would mean
+    "unlimited" for a moment, and the operator could admit work in that gap."""
+    if cluster.get("configmap", QUOTAS, SYSTEM_NAMESPACE) is None:
+        cluster.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                       "metadata": {"name": QUOTAS, "namespace": SYSTEM_NAMESPACE}, "data": data})
+        return
+    patch = [{"op": "add", "path": "/data", "value": data}]  # "add" replaces an existing member
+    cluster.kubectl("patch", "configmap", QUOTAS, "-n", SYSTEM_NAMESPACE, "--type=json", "-p", json.dumps(patch))
 
 
 @pytest.fixture
@@ -162,6 +167,7 @@ def test_quota_configmap_deleted_or_unparsable_means_unlimited(cluster: Cluster,
     set_quota(cluster, gpuBudget="1")
     cluster.apply(depth_batch("waiter-2"), namespace)
     queued_at(cluster, "waiter-2", namespace, 1)
+    assert status(cluster, "depthbatch", "waiter-2", namespace)["phase"] == "Queued"  # so "lots" admits it
     set_quota(cluster, gpuBudget="lots")
     wait_phase(cluster, "depthbatch", "waiter-2", namespace, "Succeeded")
     wait_for("the operator to log the unparsable value",
