@@ -104,3 +104,42 @@ def test_single_view_geometry_is_exact():
     assert result.n_points > 10_000 and result.n_triangles > 10_000
     world = result.points.astype(np.float64) @ T[:3, :3].T + T[:3, 3]
     assert float(ROOM.distance(world).max()) < 1e-4
+
+
+def test_high_preset_tracks_at_512_and_scales_the_working_depth_in_place():
+    """The high preset works at 768 px and tracks at POSE_MAX_SIDE: images resized on access
+    (`_Resized`), depth resized edge-aware (`_resize_depth`), the poses carried over to 768 px,
+    and the working-size maps scaled in place by the per-frame scales found (`_scale`)."""
+    from spatialforge.crds.v1alpha1.reconstructionjob import QualityPreset, ReconstructionJobSpec
+    from spatialforge.runner.geometry.keyframes import Keyframe
+    from spatialforge.runner.settings import RunnerSettings
+    from spatialforge.runner.stages.base import RunContext
+    from spatialforge.runner.stages.reconstruct import MAX_SIDE, POSE_MAX_SIDE, ReconstructStage
+
+    cam = PinholeCamera(width=640, height=480, fx=500, fy=500).scaled(768, 576)
+    assert max(cam.width, cam.height) == MAX_SIDE[QualityPreset.high] > POSE_MAX_SIDE
+    truth = walk(12, fraction=0.12)
+    frames = [render(ROOM, cam, T, supersample=1) for T in truth]
+    keyframes = [Keyframe(index=i, timestamp=i / 8, rgb=rgb, sharpness=1.0, motion=0.1)
+                 for i, (rgb, _) in enumerate(frames)]
+    # Per-frame scale errors as a monocular model makes them; the first frame sets the scale.
+    errors = np.concatenate([[1.0], np.random.default_rng(7).uniform(0.92, 1.08, len(frames) - 1)])
+    depths = [(d * np.float32(e)).astype(np.float32) for (_, d), e in zip(frames, errors, strict=True)]
+    given = list(depths)
+    camera = Camera(fx=cam.fx, fy=cam.fy, cx=cam.cx, cy=cam.cy, width=cam.width, height=cam.height)
+    spec = ReconstructionJobSpec.model_validate({"input": "s3://walks/room.mp4", "output": {"uri": "s3://walks/out"},
+                                                 "quality": "high", "depthMax": 8.0})
+    ctx = RunContext(namespace="team-a", name="room", settings=RunnerSettings.from_env({"SPATIALFORGE_DEVICE": "cpu"}))
+    warnings: list[str] = []
+
+    result, scaled = ReconstructStage()._poses(keyframes, depths, camera, spec, ctx, warnings)
+
+    assert warnings == [] and result.posed == list(range(len(frames)))
+    pos, rot = _errors(result.poses, truth)
+    assert float(np.sqrt(np.mean(pos**2))) <= 0.01 and float(pos.max()) <= 0.02, pos
+    assert float(rot.max()) <= 0.1, rot
+    assert all(s is d for s, d in zip(scaled, given, strict=True)), "the working-size maps were copied"
+    for k, (out, (_, true)) in enumerate(zip(scaled, frames, strict=True)):
+        valid = true > 0
+        ratio = float(np.median(out[valid] / true[valid]))
+        assert abs(ratio - 1.0) <= 0.01, f"frame {k}: scale error {errors[k]:.3f} left {ratio:.4f} after scaling"
