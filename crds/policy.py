@@ -5,10 +5,13 @@ from a runner service account must come with a token bound to a pod (the kubelet
 node agent's on the local plane) whose name is one of the pods of the resource's own Job
 (`status.jobName`), and it may change nothing but `status.progress.shards[<that pod's index>]`.
 
-An Indexed Job's pod is named `<jobName>-<index>-<5 random>`, with the Job name cut short so
-that the part before the random suffix stays within 58 characters; both forms are accepted.
-The field lists come from the status models, so a new status field is protected as soon as it
-exists.
+An Indexed Job's pod is named `<jobName>-<index>-<5 random>`, the Job name cut short so that
+`<jobName>-<index>-` stays within 58 characters. Job names are made short enough
+(`MAX_JOB_NAME`) that nothing is cut for any allowed shard count, so the pod's prefix must be
+the whole Job name, uid hash included. Only a Job name longer than that, made by an operator
+before names were shortened, is matched by prefix (it may have lost its uid hash): that
+allowance lasts only as long as such Jobs do. The field lists come from the status models, so
+a new status field is protected as soon as it exists.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from spatialforge.crds.constants import GROUP
-from spatialforge.crds.kinds import STATUS_RESOURCES
+from spatialforge.crds.kinds import KINDS, STATUS_RESOURCES
 from spatialforge.crds.rbac import RUNNER_SERVICE_ACCOUNT
 from spatialforge.crds.v1alpha1.common import Progress, ResourceStatus
 
@@ -29,6 +32,23 @@ POD_NAME_EXTRA: Final = "authentication.kubernetes.io/pod-name"
 _MAX_GENERATE_NAME: Final = 58
 _RANDOM_SUFFIX: Final = 5
 
+
+def max_shards() -> int:
+    """The most pods one resource's Indexed Job has: the largest `parallelism` any kind's spec
+    allows (a kind without it runs one pod)."""
+    most = 1
+    for kind in KINDS:
+        field = kind.spec_model.model_fields.get("parallelism")
+        if field is not None:
+            most = max(most, *(m.le for m in field.metadata if getattr(m, "le", None) is not None))
+    return most
+
+
+MAX_SHARDS: Final = max_shards()
+MAX_JOB_NAME: Final = _MAX_GENERATE_NAME - len(f"-{MAX_SHARDS - 1}-")
+"""The longest child Job name whose pods' names keep all of it: `<job>-<index>-` fits the
+generated-name prefix for every shard index."""
+
 _VARIABLES = [
     ("pod", f"'{POD_NAME_EXTRA}' in request.userInfo.extra && size(request.userInfo.extra['{POD_NAME_EXTRA}']) == 1"
             f" ? request.userInfo.extra['{POD_NAME_EXTRA}'][0] : ''"),
@@ -37,9 +57,11 @@ _VARIABLES = [
     ("tail", f"variables.pod.find('-[0-9]+-[a-z0-9]{{{_RANDOM_SUFFIX}}}$')"),
     ("index", "variables.tail == '' ? '' : variables.tail.split('-')[1]"),
     ("prefix", "variables.pod.substring(0, size(variables.pod) - size(variables.tail))"),
+    # Exact for every Job this operator names; a prefix only for a longer (pre-upgrade) name.
     ("ownPod", "variables.job != '' && variables.tail != '' && variables.prefix != '' && ("
                "variables.prefix == variables.job || ("
-               f"size(variables.pod) == {_MAX_GENERATE_NAME + _RANDOM_SUFFIX}"
+               f"size(variables.job) > {MAX_JOB_NAME}"
+               f" && size(variables.pod) == {_MAX_GENERATE_NAME + _RANDOM_SUFFIX}"
                " && variables.job.startsWith(variables.prefix)))"),
 ]
 

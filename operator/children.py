@@ -7,6 +7,7 @@ from typing import Any
 
 from spatialforge.crds import constants as c
 from spatialforge.crds.kinds import kind_of
+from spatialforge.crds.policy import MAX_JOB_NAME
 from spatialforge.crds.v1alpha1 import DepthBatch, ReconstructionJob
 from spatialforge.operator.settings import OperatorSettings
 
@@ -23,11 +24,13 @@ def parse(obj: dict[str, Any]) -> Resource:
 
 def job_name(kind: str, name: str, uid: str) -> str:
     """Deterministic child name: the same resource always maps to the same Job, and a
-    resource re-created under the same name (new uid) never adopts its predecessor's Job."""
+    resource re-created under the same name (new uid) never adopts its predecessor's Job.
+
+    At most `MAX_JOB_NAME` (54) characters, so every pod's name keeps the whole Job name, uid
+    hash included: the runner-status policy tells resources apart by it. Jobs made before
+    this limit (60 characters) are found by their owner labels, never by this name."""
     suffix = f"{kind_of(kind).code}{hashlib.sha256(uid.encode()).hexdigest()[:6]}"
-    # An Indexed Job's name plus "-<index>" must be a DNS label (its pods' hostnames), so
-    # with up to 64 shards (index 63) the Job name has 60 characters at most.
-    return f"{name[: 60 - len(suffix) - 1].rstrip('-.')}-{suffix}"
+    return f"{name[: MAX_JOB_NAME - len(suffix) - 1].rstrip('-.')}-{suffix}"
 
 
 def labels(res: Resource) -> dict[str, str]:

@@ -1,10 +1,19 @@
+import hashlib
+from pathlib import Path
+
+import pytest
+import yaml
+
 from spatialforge.crds import DepthBatch, ReconstructionJob
 from spatialforge.crds.constants import EXIT_INVALID_INPUT, KUEUE_QUEUE_LABEL
+from spatialforge.crds.kinds import kind_of
+from spatialforge.crds.policy import MAX_JOB_NAME, MAX_SHARDS
 from spatialforge.operator.children import build_job, job_name
 from spatialforge.operator.settings import OperatorSettings
 from tests.factories import depth_batch, reconstruction_job
 
 SETTINGS = OperatorSettings(runner_image="example/runner:1")
+REPO = Path(__file__).resolve().parents[3]
 
 
 def load(body: dict, model: type) -> object:
@@ -12,11 +21,53 @@ def load(body: dict, model: type) -> object:
     return model.model_validate(body)
 
 
+def pod_prefix(job: str, index: int) -> str:
+    """The generated-name prefix the Job controller gives an Indexed Job's pod (kubernetes
+    pkg/controller/job/indexed_job_utils.go, podGenerateNameWithIndex): `<job>-<index>-`, the
+    Job name cut so that the prefix keeps within 58 characters."""
+    tail = f"-{index}-"
+    return job + tail if len(job + tail) <= 58 else job[: 58 - len(tail)] + tail
+
+
 def test_job_name_is_deterministic_and_short() -> None:
     long = "x" * 250
     assert job_name("DepthBatch", long, "u1") == job_name("DepthBatch", long, "u1")
-    assert len(job_name("DepthBatch", long, "u1")) <= 63
+    assert len(job_name("DepthBatch", long, "u1")) == MAX_JOB_NAME == 54
     assert job_name("DepthBatch", "a", "u1") != job_name("DepthBatch", "a", "u2")
+
+
+def test_the_most_shards_is_the_schemas() -> None:
+    """MAX_JOB_NAME is derived from the largest parallelism the CRD itself allows."""
+    crd = yaml.safe_load((REPO / "crds" / "spatialforge.io_depthbatches.yaml").read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    assert spec["parallelism"]["maximum"] == MAX_SHARDS == 64
+    assert MAX_JOB_NAME == 58 - len(f"-{MAX_SHARDS - 1}-")
+
+
+@pytest.mark.parametrize("kind", ["DepthBatch", "ReconstructionJob"])
+@pytest.mark.parametrize("length", [1, 44, 45, 46, 51, 52, 55, 60, 61, 62, 63, 120, 253])
+def test_every_pod_name_keeps_the_whole_job_name(kind: str, length: int) -> None:
+    """For every allowed shard index the pod's prefix is exactly `<job>-<index>-`: the uid
+    hash is never cut off, whatever the resource's name."""
+    uid = "0b6e1c52-6f3a-4c55-9d1e-2a7c1f0e9b11"
+    job = job_name(kind, "n" * length, uid)
+    assert job.endswith("-" + kind_of(kind).code + hashlib.sha256(uid.encode()).hexdigest()[:6])
+    for index in range(MAX_SHARDS):
+        assert pod_prefix(job, index) == f"{job}-{index}-", (length, index)
+
+
+def test_names_sharing_sixty_characters_never_share_a_pod_prefix() -> None:
+    """The hole this naming closes: with 60-character Job names, two resources whose names
+    share their first 51 characters had pods (shard 10 and on) with the same prefix."""
+    a, b = "s" * 60 + "-a", "s" * 60 + "-b"
+    def kept(job: str) -> set[str]:  # the Job name as every pod's prefix keeps it
+        return {pod_prefix(job, i)[: -len(f"-{i}-")] for i in range(MAX_SHARDS)}
+
+    job_a, job_b = job_name("DepthBatch", a, "uid-a"), job_name("DepthBatch", b, "uid-b")
+    assert kept(job_a) == {job_a} and kept(job_b) == {job_b} and job_a != job_b
+    # Under the old 60-character names the prefixes of shard 12 were the same for both.
+    legacy = [f"{n[:51]}-db{hashlib.sha256(u.encode()).hexdigest()[:6]}" for n, u in ((a, "uid-a"), (b, "uid-b"))]
+    assert pod_prefix(legacy[0], 12) == pod_prefix(legacy[1], 12)
 
 
 def test_indexed_job_with_gpus_hardening_and_failure_policy() -> None:
