@@ -28,10 +28,9 @@ from spatialforge.apiserver.services.tenants import Principal
 # ARGV now (unix s), window (s), current hash, failed-auth limit, then plan name / default rate pairs.
 # Returns {status, hash, tenant, role, key_id, used, limit}
 # with status 0 unknown or revoked (counted against the address), 1 admitted, 2 over the rate
-# (nothing charged), 3 the address is over its failed-auth limit (nothing looked up).
+# (nothing charged), 3 unknown or revoked from an address over its failed-auth limit. The key
+# is looked up first: a key that verifies is never refused for its address's failures.
 _ADMIT = """
-local failed = tonumber(redis.call('GET', KEYS[3]) or '0')
-if failed >= tonumber(ARGV[4]) then return {3, '', '', '', '', failed, tonumber(ARGV[4])} end
 local fields = {'hash', 'tenant', 'role', 'key_id', 'revoked'}
 local rec = redis.call('HMGET', KEYS[1], unpack(fields))
 if not rec[1] and KEYS[2] ~= KEYS[1] then
@@ -45,6 +44,8 @@ if not rec[1] and KEYS[2] ~= KEYS[1] then
   end
 end
 if not rec[1] or (rec[5] and rec[5] ~= '') then
+  local failed = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if failed >= tonumber(ARGV[4]) then return {3, '', '', '', '', failed, tonumber(ARGV[4])} end
   if redis.call('INCR', KEYS[3]) == 1 then redis.call('EXPIRE', KEYS[3], tonumber(ARGV[2]) + 5) end
   return {0}
 end
@@ -84,7 +85,8 @@ class Admission:
     decision: Decision | None = None
     """The rate decision (None for admin keys, which have no rate limit)."""
     locked_for: int = 0
-    """Seconds until the caller's address may try keys again (its failed-auth limit is spent)."""
+    """The key failed and the caller's address has spent its failed-auth limit: seconds until
+    the window ends (a key that verifies is admitted meanwhile)."""
 
 
 def presented_key(headers: dict[str, str]) -> str | None:
@@ -102,8 +104,10 @@ class Gate:
     """Authenticates a request and charges its tenant's per-minute rate (one Redis round trip).
 
     Every key that fails (unknown, revoked or malformed) counts against the caller's address;
-    past `failed_auth_limit` in a minute the address gets 429 for any key until the window
-    ends, so guessing keys neither works nor tells a valid key from an invalid one.
+    past `failed_auth_limit` in a minute further failing keys from it get 429 instead of 401
+    until the window ends. A key that verifies is admitted whatever its address's failures:
+    behind a NAT one stale client must not lock out everyone else, the admin included. The
+    limit bounds the work junk costs; with 238-bit keys guessing is not the threat.
     """
 
     def __init__(self, redis: Redis, secret: bytes, previous_secret: bytes | None = None, *,

@@ -151,9 +151,9 @@ def test_failed_authentications_are_limited_per_address(proxied, make_tenant):
     refused = call(guesser, "sf_live_" + "W" * 40)
     err = _documented(refused, 429, "too_many_failed_auth")
     assert 0 < int(refused.headers["Retry-After"]) <= 60 and "failed authentications" in err["message"]
-    # No key gets through from that address while it is locked out, a valid one included
-    # (else a guesser would tell a valid key by its answer).
-    assert call(guesser, t.key).status_code == 429
+    # A valid key still gets through from that address: its clients may share a NAT
+    # (tests/apiserver/test_keys.py: test_other_clients_failures_never_lock_out_a_valid_key).
+    assert call(guesser, t.key).status_code == 200
     # Another address is unaffected, and a valid key is not counted as a failure.
     for _ in range(6):
         assert call(bystander, t.key).status_code == 200

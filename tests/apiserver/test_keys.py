@@ -3,11 +3,14 @@ admin-only endpoints, and the `spatialforge api` CLI."""
 
 from __future__ import annotations
 
+import uuid
+
 import httpx
 import redis
 
 from spatialforge.apiserver.core.security import hash_key
-from tests.apiserver.conftest import SECRET_KEY
+from tests.apiserver.conftest import SECRET_KEY, ServerThread
+from tests.apiserver.test_limits import fresh_window
 
 
 def test_key_lifecycle_and_only_hashes_stored(api, admin, make_settings):
@@ -63,6 +66,36 @@ def test_authentication_failures_are_401(api):
             r = httpx.request(method, f"{api.url}{path}", headers=headers, json={})
             assert r.status_code == 401, (headers, path, r.text)
             assert r.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_other_clients_failures_never_lock_out_a_valid_key(make_settings, make_tenant, admin_key):
+    """Behind a NAT many clients share one address: a stale client's made-up keys earn its
+    address 429s for failing keys only; a tenant's key and the admin key still get through."""
+    t = make_tenant("pro")
+    server = ServerThread(make_settings(trusted_proxies=["127.0.0.1"], failed_auth_per_ip_per_minute=30)).start()
+    address = f"2001:db8::{uuid.uuid4().hex[:4]}:{uuid.uuid4().hex[:4]}"  # RFC 3849, this test's own
+
+    def call(key: str, path: str = "/v1/usage") -> httpx.Response:
+        return httpx.get(f"{server.url}{path}", headers={"X-API-Key": key, "X-Forwarded-For": address})
+
+    try:
+        fresh_window(30)
+        codes = [call("sf_live_" + uuid.uuid4().hex + uuid.uuid4().hex[:8]).status_code for _ in range(100)]
+        assert codes == [401] * 30 + [429] * 70, codes
+        assert call(t.key).status_code == 200
+        assert call(admin_key, f"/v1/admin/keys?tenant={t.id}").status_code == 200
+        # Failing keys from that address are still refused, a revoked one included.
+        revoked = httpx.post(f"{server.url}/v1/admin/keys", json={"tenant": t.id},
+                             headers={"X-API-Key": admin_key}).json()
+        assert httpx.delete(f"{server.url}/v1/admin/keys/{revoked['key_id']}",
+                            headers={"X-API-Key": admin_key}).status_code == 200
+        for key in ("sf_live_" + "Z" * 40, "nope", revoked["key"]):
+            r = call(key)
+            assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_failed_auth", r.text
+            assert 0 < int(r.headers["Retry-After"]) <= 60
+        assert call(t.key).status_code == 200
+    finally:
+        server.stop()
 
 
 def test_admin_endpoints_need_an_admin_key(make_tenant):
