@@ -19,10 +19,18 @@ Anything else (a bug, CUDA OOM, a killed pod) also exits 1 and the Job retries i
 
 from __future__ import annotations
 
+import re
+
 from spatialforge.crds.constants import EXIT_INVALID_INPUT
 
 EXIT_OK = 0
 EXIT_RETRYABLE = 1
+# `<_io.BytesIO object at 0x7f..>` and the like: a reason must read the same on every run.
+_ADDRESS = re.compile(r"<[^<>]* at 0x[0-9A-Fa-f]+>")
+
+
+def _one_line(text: str) -> str:
+    return _ADDRESS.sub("the data", " ".join(text.split()))
 
 
 class RunnerError(Exception):
@@ -34,7 +42,7 @@ class RunnerError(Exception):
     @property
     def reason(self) -> str:
         """One line for the termination message and the operator's condition."""
-        text = " ".join(str(self).split()) or type(self).__name__
+        text = _one_line(str(self)) or type(self).__name__
         return f"{type(self).__name__}: {text}"[:1024]
 
 
@@ -105,5 +113,5 @@ def reason_for(exc: BaseException) -> str:
     """A one-line reason for any exception."""
     if isinstance(exc, RunnerError):
         return exc.reason
-    text = " ".join(str(exc).split())
+    text = _one_line(str(exc))
     return f"{type(exc).__name__}: {text}"[:1024] if text else type(exc).__name__

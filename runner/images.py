@@ -6,6 +6,12 @@ linearly over the type's full range (16-bit 0..65535, float 0.0..1.0, 32-bit int
 signed range), never stretched per image; transparency (RGBA, LA, PA, P with a transparent
 colour) is composited over white; CMYK, YCbCr, 1-bit, L and palettes convert as Pillow does.
 
+Colour: an embedded ICC profile is converted to sRGB (LittleCMS through Pillow's ImageCms)
+before anything else sees the pixels: phones write Display P3. What the decoder had to guess
+or leave out goes into `DecodedImage.warnings` (the manifest's per-image `warnings`): an
+animated image (only its first frame is used), an EXIF orientation outside 1-8 (taken as 1), an
+EXIF focal length that does not fit the image received (see `exif_focal`).
+
 Memory: the header's size is checked against the pixel limit before any pixel is decoded.
 With `target_pixels`, a larger image is decoded at reduced size where the format allows it
 (JPEG draft mode, a DCT scale of 1/2 to 1/8) and otherwise downscaled right after decoding,
@@ -15,10 +21,13 @@ OpenCV (one buffer) rather than Pillow (three).
 
 from __future__ import annotations
 
+import functools
 import io
 import math
+import re
+import struct
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,6 +43,16 @@ _FOCAL_35MM = 0xA405
 _FOCAL_LENGTH = 0x920A
 _FOCAL_PLANE_X_RES = 0xA20E
 _FOCAL_PLANE_UNIT = 0xA210
+_PIXEL_X, _PIXEL_Y = 0xA002, 0xA003  # the size the EXIF (and its focal-plane resolution) describes
+# An EXIF focal length giving a field of view (across the longer side) outside this range is
+# taken to describe another image (a crop, a wrong tag) and replaced by the fallback.
+FOV_RANGE_DEG = (20.0, 120.0)
+_SIZE_TOLERANCE = 0.02  # EXIF and decoded aspect ratios may differ by rounding, no more
+HEADER_BYTES = 256 * 1024  # enough for every format's size and type, EXIF included, in practice
+_ADDRESS = re.compile(r"<[^<>]* at 0x[0-9A-Fa-f]+>")
+_DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, SyntaxError, ValueError, EOFError, KeyError, RuntimeError, IndexError, struct.error, ZeroDivisionError,
+)  # what Pillow's plugins raise on damaged data (UnidentifiedImageError is an OSError)
 _UNIT_MM = {2: 25.4, 3: 10.0, 4: 1.0, 5: 0.001}
 _TIFF_BITS, _TIFF_SAMPLE_FORMAT = 258, 339
 _plugins = threading.Lock()
@@ -51,6 +70,8 @@ class DecodedImage:
     width: int
     height: int
     source_mode: str = "RGB"
+    color_profile: str | None = None  # the embedded ICC profile's description, converted to sRGB
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def scale(self) -> float:
@@ -96,60 +117,183 @@ def register_plugins() -> None:
         _plugins_ready = True
 
 
+def probe_image(name: str, head: bytes, *, max_pixels: int, complete: bool) -> None:
+    """Refuse what the header alone shows to be unusable: a format not accepted, too many pixels.
+
+    `head` is the file's first bytes (HEADER_BYTES), `complete` when that is the whole file.
+    Costs a header parse, not a decode: the DepthBatch stage calls it before the model loads.
+    A header that does not fit in `head` (a TIFF whose directory sits at the end) is left to
+    `decode_image`, which checks the same things.
+    """
+    from PIL import Image
+
+    register_plugins()
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        img = Image.open(io.BytesIO(head))
+    except _DECODE_ERRORS as exc:
+        if complete:
+            raise InvalidImageError(f"{name}: cannot decode image ({describe_error(exc)})") from exc
+        return
+    with img:
+        _check_header(name, img, max_pixels)
+
+
+def _check_header(name: str, img: Any, max_pixels: int) -> None:
+    width, height = img.size
+    if width * height > max_pixels:
+        raise InvalidImageError(
+            f"{name}: {width}x{height} = {width * height} pixels is more than maxImagePixels {max_pixels}"
+        )
+    if img.format not in FORMATS:
+        raise InvalidImageError(f"{name}: format {img.format} is not one of JPEG, PNG, WebP, TIFF, HEIC or AVIF")
+
+
+def describe_error(exc: BaseException) -> str:
+    """A decoder's exception as stable words: no object addresses (`<_io.BytesIO object at 0x..>`)."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
+        return "not a known image format, or its header is damaged"
+    text = _ADDRESS.sub("the data", " ".join(str(exc).split()))
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def decode_image(
     name: str, data: bytes, *, max_pixels: int, max_bytes: int, target_pixels: int | None = None
 ) -> DecodedImage:
-    """Decode an image, refuse what the spec forbids, apply EXIF orientation, convert to RGB.
+    """Decode an image, refuse what the spec forbids, apply EXIF orientation, convert to sRGB.
 
     `target_pixels`: the largest size the caller needs; a larger image is returned downscaled
     to it (aspect kept), and decoded reduced where the format can.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     check_size(name, len(data), max_bytes=max_bytes)
     register_plugins()
     # The spec's maxImagePixels replaces Pillow's process-wide decompression-bomb limit: the
     # header's size is checked below, before any pixel is decoded.
     Image.MAX_IMAGE_PIXELS = None
+    warnings: list[str] = []
     try:
         img = Image.open(io.BytesIO(data))
+        _check_header(name, img, max_pixels)
         width, height = img.size
-        if width * height > max_pixels:
-            raise InvalidImageError(
-                f"{name}: {width}x{height} = {width * height} pixels is more than maxImagePixels {max_pixels}"
-            )
-        if img.format not in FORMATS:
-            raise InvalidImageError(f"{name}: format {img.format} is not one of JPEG, PNG, WebP, TIFF, HEIC or AVIF")
         target = fit_pixels(width, height, target_pixels)
         if img.format in ("JPEG", "MPO") and target != (width, height):
             img.draft(img.mode, target)  # decode at 1/2, 1/4 or 1/8 scale, never below target
         exif = img.getexif()
         mode, source = img.mode, sample_info(img)
+        icc = img.info.get("icc_profile")
+        warnings += _frames_warning(img)
         if img.format == "WEBP":
             img = _decode_webp(name, data, target)
         else:
             img.load()
         if img.size != target:
             img = _downscale(img, target)
+        profile = None
+        if icc:
+            img, profile, why = to_srgb(img, icc)
+            warnings += [why] if why else []
         rgb_img = to_rgb(img, source=source)
     except InvalidImageError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, KeyError, RuntimeError) as exc:
-        raise InvalidImageError(f"{name}: cannot decode image ({type(exc).__name__}: {exc})") from exc
-    orientation = int(exif.get(_ORIENTATION, 1) or 1)
+    except _DECODE_ERRORS as exc:
+        raise InvalidImageError(f"{name}: cannot decode image ({describe_error(exc)})") from exc
+    orientation, why = exif_orientation(exif)
+    warnings += [why] if why else []
     rgb_img = _upright(rgb_img, orientation)
     rgb = np.asarray(rgb_img)
     if rgb.size == 0:
         raise InvalidImageError(f"{name}: image has no pixels")
     up_w, up_h = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    focal, why = exif_focal(exif, up_w, up_h)
+    warnings += [why] if why else []
     return DecodedImage(
         rgb=rgb,
-        exif_focal_px=exif_focal_px(exif, up_w, up_h),
+        exif_focal_px=focal,
         orientation=orientation,
         width=up_w,
         height=up_h,
         source_mode=mode,
+        color_profile=profile,
+        warnings=warnings,
     )
+
+
+def exif_orientation(exif: Any) -> tuple[int, str | None]:
+    """The EXIF orientation (1-8), and a warning when the tag held anything else (taken as 1)."""
+    raw = exif.get(_ORIENTATION)
+    if raw is None:
+        return 1, None
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        value = 0
+    if 1 <= value <= 8:
+        return value, None
+    return 1, f"EXIF orientation {raw!r} is not one of 1-8: taken as 1 (the image as stored)"
+
+
+def _frames_warning(img: Any) -> list[str]:
+    """An animation (WebP, APNG, AVIF) or a multi-page TIFF: only the first frame is decoded.
+    MPO's extra frames are a JPEG's secondary images, not frames: nothing to say."""
+    if img.format == "MPO" or not getattr(img, "is_animated", False):
+        return []
+    n = int(getattr(img, "n_frames", 0) or 0)
+    what = "multi-page image" if img.format == "TIFF" else "animated image"
+    return [f"{what} ({n} frames): only the first frame was used"]
+
+
+def to_srgb(img: Any, icc: bytes) -> tuple[Any, str | None, str | None]:
+    """(image in sRGB, the profile's description, a warning) for an image with an ICC profile.
+
+    RGB, greyscale and CMYK data are converted (relative colorimetric; alpha kept aside); a
+    profile that cannot be read or does not fit the mode leaves the pixels as they are, with
+    a warning. An sRGB profile converts to (almost) itself: not worth telling apart.
+    """
+    from PIL import ImageCms
+
+    try:
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        description = " ".join(ImageCms.getProfileDescription(src).split()) or "unnamed"
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as exc:
+        return img, None, f"embedded ICC profile unreadable ({describe_error(exc)}): colours used as stored"
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA" if _has_alpha(img) else "RGB")
+    alpha = None
+    if img.mode in ("RGBA", "LA"):
+        alpha = img.getchannel("A")
+        img = img.convert("RGB" if img.mode == "RGBA" else "L")
+    if img.mode not in ("RGB", "L", "CMYK"):
+        return img, None, f"embedded ICC profile {description!r} not applied to {img.mode} data: colours used as stored"
+    try:
+        out = ImageCms.applyTransform(img, _transform(icc, img.mode))
+    except (ImageCms.PyCMSError, OSError, ValueError) as exc:
+        return img, None, f"embedded ICC profile {description!r} not applied ({describe_error(exc)}): colours used as stored"
+    if alpha is not None:
+        out.putalpha(alpha)
+    return out, description, None
+
+
+@functools.lru_cache(maxsize=16)
+def _transform(icc: bytes, mode: str) -> Any:
+    """A profile -> sRGB transform, built once per profile (an image sequence shares one).
+    NOCACHE: LittleCMS's one-pixel cache is not thread-safe, and decoders run in threads."""
+    from PIL import ImageCms
+
+    return ImageCms.buildTransform(
+        ImageCms.ImageCmsProfile(io.BytesIO(icc)), _srgb(), mode, "RGB",
+        renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC, flags=ImageCms.Flags.NOCACHE,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _srgb() -> Any:
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
 def sample_info(img: Any) -> dict[str, int]:
@@ -250,23 +394,61 @@ def _upright(img: Any, orientation: int) -> Any:
 
 
 def exif_focal_px(exif: object, width: int, height: int) -> float | None:
-    """Focal length in pixels from EXIF: the 35 mm equivalent, else focal length x plane resolution."""
+    """Focal length in pixels of the width x height (upright) image from EXIF; see `exif_focal`."""
+    return exif_focal(exif, width, height)[0]
+
+
+def exif_focal(exif: object, width: int, height: int) -> tuple[float | None, str | None]:
+    """(focal length in pixels, None), or (None, why not) when EXIF gives one unfit for this image.
+
+    `width` x `height` is the image as received (upright). FocalLengthIn35mmFilm comes first:
+    it is relative to the frame, so it survives resizing. Else FocalLength x
+    FocalPlaneXResolution, which counts the pixels of the camera's own image: it is scaled by
+    the received size over PixelX/YDimension (the size the EXIF describes), and not used when
+    those disagree in aspect ratio (a crop). Either way, a field of view across the longer side
+    outside FOV_RANGE_DEG means the tags describe some other image: refused, with the reason.
+    (None, None): no usable focal tags at all.
+    """
     try:
         ifd = exif.get_ifd(_EXIF_IFD)  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001 - malformed EXIF is ignored, not fatal
-        return None
+        return None, None
     try:
-        f35 = float(ifd.get(_FOCAL_35MM) or 0)
+        f35 = _number(ifd.get(_FOCAL_35MM))
         if f35 > 0:
-            return f35 / 36.0 * max(width, height)
-        focal = float(ifd.get(_FOCAL_LENGTH) or 0)
-        xres = float(ifd.get(_FOCAL_PLANE_X_RES) or 0)
-        unit_mm = _UNIT_MM.get(int(ifd.get(_FOCAL_PLANE_UNIT) or 2))
-        if focal > 0 and xres > 0 and unit_mm:
-            return focal * xres / unit_mm
-    except (TypeError, ValueError, ZeroDivisionError):
-        return None
-    return None
+            focal, how = f35 / 36.0 * max(width, height), f"FocalLengthIn35mmFilm {f35:g} mm"
+        else:
+            focal_mm, xres = _number(ifd.get(_FOCAL_LENGTH)), _number(ifd.get(_FOCAL_PLANE_X_RES))
+            unit_mm = _UNIT_MM.get(int(_number(ifd.get(_FOCAL_PLANE_UNIT)) or 2))
+            if not (focal_mm > 0 and xres > 0 and unit_mm):
+                return None, None
+            focal, how = focal_mm * xres / unit_mm, f"FocalLength {focal_mm:g} mm x FocalPlaneXResolution"
+            px, py = int(_number(ifd.get(_PIXEL_X))), int(_number(ifd.get(_PIXEL_Y)))
+            if px > 0 and py > 0:  # sides compared sorted: PixelX/Y are the stored, not upright, size
+                s_long, s_short = max(width, height) / max(px, py), min(width, height) / min(px, py)
+                if abs(s_long - s_short) > _SIZE_TOLERANCE * max(s_long, s_short):
+                    return None, (
+                        f"EXIF focal length not used: the EXIF describes a {px}x{py} image and this one is "
+                        f"{width}x{height} (cropped?); the default focal length was used"
+                    )
+                focal *= s_long
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+        return None, None
+    fov = math.degrees(2.0 * math.atan(max(width, height) / (2.0 * focal)))
+    lo, hi = FOV_RANGE_DEG
+    if not lo <= fov <= hi:
+        return None, (
+            f"EXIF focal length not used: {how} gives {focal:.0f} px, a {fov:.1f} degree field of view for "
+            f"{width}x{height} (outside {lo:g}-{hi:g}); the default focal length was used"
+        )
+    return focal, None
+
+
+def _number(value: object) -> float:
+    """An EXIF number (int, IFDRational, or a 1-tuple some writers use) as a float; 0 when absent."""
+    if isinstance(value, tuple):
+        value = value[0] if value else 0
+    return float(value or 0)  # type: ignore[arg-type]
 
 
 def heuristic_focal_px(width: int, height: int) -> float:

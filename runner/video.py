@@ -1,4 +1,9 @@
-"""Frame sources for reconstruction: a video file (OpenCV) or a prefix of images."""
+"""Frame sources for reconstruction: a video file (OpenCV) or a prefix of images.
+
+Both count what they lose (`lost`: frames the container lists, or images, that could not be
+decoded) and collect what decoding had to guess (`warnings`, image sequences: an EXIF focal
+length unfit for the image, an animated frame, a bad EXIF orientation) for the manifest.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from spatialforge.runner.images import decode_image
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".m4v", ".mkv", ".avi")
 MAX_GAP = 300  # undecodable frames in a row after which a video is taken to have ended
+MAX_WARNINGS = 20  # per source: a long image sequence with one problem says it a few times, not 1,000
 
 
 @dataclass(kw_only=True)
@@ -56,13 +62,20 @@ class VideoSource:
         self.frame_count = max(0, int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
         self.full_size = (int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
         self.metadata_focal_px: float | None = None
+        self.lost = 0
+        self.warnings: list[str] = []
 
     def frames(self, wants: Callable[[int], bool]) -> Iterator[Frame]:
         """Wanted frames in order; a damaged stretch yields frames with `rgb` None and decoding
-        goes on after it (up to the container's frame count, or MAX_GAP failures in a row)."""
+        goes on after it (up to the container's frame count, or MAX_GAP failures in a row).
+
+        `lost` counts every frame the container lists that could not be decoded, wanted or not:
+        the failures inside the frame count, and the frames left when the stream ended early.
+        """
         import cv2
 
         index = decoded = failures = 0
+        self.lost = 0
         try:
             while True:
                 ok = self.cap.grab()
@@ -70,6 +83,7 @@ class VideoSource:
                     failures += 1
                     if index >= self.frame_count or failures > MAX_GAP:
                         break
+                    self.lost += 1
                     if wants(index):
                         yield Frame(index=index, timestamp=index / self.fps, rgb=None)
                     index += 1
@@ -82,12 +96,19 @@ class VideoSource:
                         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
                         yield Frame(index=index, timestamp=index / self.fps, rgb=_resize(rgb, self.max_side))
                     else:
+                        self.lost += 1
                         yield Frame(index=index, timestamp=index / self.fps, rgb=None)
                 else:
                     decoded += 1
                 index += 1
+            self.lost += max(0, self.frame_count - index)  # the stream ended before its frame count
         finally:
             self.cap.release()
+        if self.lost:
+            self.warnings.append(
+                f"{self.name}: {self.lost} of {max(self.frame_count, index)} frames could not be decoded "
+                "(damaged video); the others were used"
+            )
         if decoded == 0:
             raise InvalidVideoError(f"{self.name}: no frame of the video could be decoded")
 
@@ -104,6 +125,22 @@ class ImageSequenceSource:
         self.metadata_focal_px: float | None = None
         self.full_size: tuple[int, int] | None = None
         self.name = uris[0] if uris else ""
+        self.lost = 0
+        self._said: dict[str, list[str]] = {}  # message -> the images it was said of
+
+    def _warn(self, uri: str, message: str) -> None:
+        self._said.setdefault(message, []).append(uri)
+
+    @property
+    def warnings(self) -> list[str]:
+        """One line per distinct message, naming the first image and how many more it concerns."""
+        out = []
+        for message, uris in list(self._said.items())[:MAX_WARNINGS]:
+            more = f" (and {len(uris) - 1} more images)" if len(uris) > 1 else ""
+            out.append(f"{uris[0]}: {message}{more}")
+        if len(self._said) > MAX_WARNINGS:
+            out.append(f"{len(self._said) - MAX_WARNINGS} more kinds of warning left out")
+        return out
 
     def frames(self, wants: Callable[[int], bool]) -> Iterator[Frame]:
         for index, uri in enumerate(self.uris):
@@ -111,9 +148,13 @@ class ImageSequenceSource:
                 continue
             try:
                 img = decode_image(uri, self.fetch(uri), max_pixels=200_000_000, max_bytes=1 << 30)
-            except InvalidImageError:
+            except InvalidImageError as exc:
+                self.lost += 1
+                self._warn(uri, f"not decoded ({exc.reason})")
                 yield Frame(index=index, timestamp=index / self.fps, rgb=None)
                 continue
+            for message in img.warnings:
+                self._warn(uri, message)
             if self.full_size is None:
                 self.full_size = (img.width, img.height)
             if index == 0 or self.metadata_focal_px is None:

@@ -13,6 +13,10 @@
    wrong loop edges) spreads the accumulated drift over the whole path.
 
 Every step is guarded: a keyframe that cannot be posed is left None, nothing raises.
+A pose needs evidence: dense odometry started from a guess (the last motion, when the
+features gave no seed) converges on a flat or featureless frame as readily as on a real
+one, so such a pose is kept only when enough feature matches agree with it (`support`);
+otherwise the keyframe is "failed", never a guess with 0 inliers.
 """
 
 from __future__ import annotations
@@ -24,10 +28,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from spatialforge.runner.geometry import odometry
-from spatialforge.runner.geometry.poses import Features, PoseResult, _gray, detect, relative_pose
+from spatialforge.runner.geometry.poses import (
+    MIN_INLIERS,
+    Features,
+    PoseResult,
+    _gray,
+    detect,
+    lift,
+    match,
+    relative_pose,
+    spread_ok,
+)
 
 log = logging.getLogger(__name__)
 FRAME_CACHE = 8
+SUPPORT_PX = 3.0  # reprojection error within which a feature match supports a dense-only pose
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -151,6 +166,23 @@ class Tracker:
         self.result.scales[cur] *= s
         self._frames.pop(cur, None)
 
+    def support(self, ref: int, cur: int, T_cur_ref: np.ndarray) -> int:
+        """Feature matches ref -> cur that T_cur_ref explains: the reference's keypoints, lifted
+        with its depth, land within SUPPORT_PX of their match. 0 unless they also span an area."""
+        xy_r, des_r = self.features(ref)
+        xy_c, des_c = self.features(cur)
+        pairs = match(des_r, des_c)
+        if len(pairs) < MIN_INLIERS:
+            return 0
+        pts_r, pts_c = xy_r[[i for i, _ in pairs]], xy_c[[j for _, j in pairs]]
+        xyz, ok = lift(pts_r, self.depths[ref], self.K, self.opt.depth_max)
+        p = T_cur_ref[:3, :3] @ xyz[ok].T + T_cur_ref[:3, 3:4]
+        front = p[2] > 1e-6
+        uv = (self.K @ p[:, front]).T
+        uv = uv[:, :2] / uv[:, 2:3]
+        good = np.linalg.norm(uv - pts_c[ok][front], axis=1) < SUPPORT_PX
+        return int(good.sum()) if spread_ok(pts_c[ok][front][good]) else 0
+
     def dense(self, source: int, target: int, init: np.ndarray) -> odometry.Alignment | None:
         return odometry.align(self.frame(source), self.frame(target), self.K, init, depth_max=self.opt.depth_max)
 
@@ -173,6 +205,11 @@ class Tracker:
             a = self.dense(cur, ref, init)
             if a is None and T_cur_ref is None:
                 continue  # neither sparse nor dense could place it: unposed
+            if T_cur_ref is None and a is not None:  # dense from a guess: kept only if features agree
+                res.inliers[cur] = self.support(ref, cur, np.linalg.inv(a.transform))
+                if res.inliers[cur] < MIN_INLIERS:
+                    log.debug("keyframe %d: dense pose without feature support, unposed", cur)
+                    continue
             if a is not None and T_cur_ref is not None and _disagree(a.transform, init, self.opt.max_seed_disagreement):
                 log.debug("keyframe %d: dense odometry disagrees with PnP, keeping PnP", cur)
                 a = None

@@ -10,6 +10,9 @@ Depth maps are written at the input's size up to `spec.output.maxPixels`, downsc
 kept) above it; `width`/`height` and the intrinsics in the manifest are the depth map's.
 Outputs are staged and published at the end (storage/staging.py). With `onInvalidImage: Skip`
 an invalid image is listed under `skipped` with its reason instead of failing the shard.
+Sizes and headers are checked before the model loads (a wrong format or too many pixels is
+refused at once); each image's record lists what decoding had to guess or leave out under
+`warnings` and the ICC profile its colours were converted from under `colorProfile`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,16 @@ import numpy as np
 from spatialforge.crds.layout import shard_of
 from spatialforge.crds.v1alpha1.depthbatch import DepthBatchSpec, DepthFormat, OnInvalidImage
 from spatialforge.runner.errors import InvalidImageError
-from spatialforge.runner.images import DecodedImage, check_size, decode_image, fit_pixels, heuristic_focal_px, is_image_name
+from spatialforge.runner.images import (
+    HEADER_BYTES,
+    DecodedImage,
+    check_size,
+    decode_image,
+    fit_pixels,
+    heuristic_focal_px,
+    is_image_name,
+    probe_image,
+)
 from spatialforge.runner.inputs import expand
 from spatialforge.runner.preview import encode_preview
 from spatialforge.runner.stages.base import RunContext, StageResult, manifest_header
@@ -124,6 +136,10 @@ class DepthStage:
             item = _Item(info=by_uri[uri][0], stem=by_uri[uri][1])
             try:
                 check_size(uri, item.info.size, max_bytes=spec.max_image_bytes)
+                # The header alone refuses a wrong format or too many pixels in milliseconds;
+                # found after the model loaded, the same refusal cost seconds and a gigabyte.
+                head = ctx.store(uri).read_head(uri, HEADER_BYTES)
+                probe_image(uri, head, max_pixels=spec.max_image_pixels, complete=len(head) >= item.info.size)
             except InvalidImageError as exc:
                 if not skip:
                     raise
@@ -219,6 +235,8 @@ class DepthStage:
                 "inputHeight": item.image.height,
                 "inputMode": item.image.source_mode,
                 "exifOrientation": item.image.orientation,
+                "colorProfile": item.image.color_profile,
+                "warnings": item.image.warnings,
                 "outputs": outputs,
                 "png16Scale": png_scale,
                 "stats": {"min": float(depth.min()), "max": float(depth.max()), "mean": float(depth.mean())},

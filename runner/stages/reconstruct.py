@@ -148,6 +148,7 @@ class ReconstructStage:
             selector = KeyframeSelector(max_keyframes=preset.max_keyframes, total_frames=source.frame_count or 1)
             keyframes, t_decode, t_select = self._select(source, selector)
             timings["decode"], timings["keyframes"] = t_decode, t_select
+            warnings.extend(source.warnings)  # frames lost to damage; what image decoding guessed
             if not keyframes:
                 raise EmptyReconstructionError(f"{spec.input}: {no_usable_frame_reason(selector.drops, selector.candidates)}")
             h, w = keyframes[0].rgb.shape[:2]
@@ -206,7 +207,7 @@ class ReconstructStage:
                     "singleView": single, "warnings": warnings,
                     "model": {"size": spec.model.size.value, "variant": spec.model.variant.value,
                               "checkpoint": checkpoint, "metric": metric},
-                    "frames": {"total": source.frame_count, "sampled": selector.candidates,
+                    "frames": {"total": source.frame_count, "sampled": selector.candidates, "lost": source.lost,
                                "dropped": {r.value: n for r, n in selector.drops.counts.items()},
                                "droppedFrames": selector.drops.listed},
                 },

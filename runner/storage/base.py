@@ -75,6 +75,11 @@ class ArtifactStore(abc.ABC):
         """A readable binary file of the object (the default reads it whole)."""
         return io.BytesIO(self.get(uri))
 
+    def read_head(self, uri: str, size: int) -> bytes:
+        """The object's first `size` bytes (all of it when smaller): enough to read a header."""
+        with self.open(uri) as fh:
+            return fh.read(size)
+
     def put_file(self, uri: str, path: Path, *, content_type: str | None = None) -> str:
         """Upload a local file; returns its hex SHA-256."""
         return self.put(uri, Path(path).read_bytes(), content_type=content_type)
