@@ -134,6 +134,14 @@ class S3Store(ArtifactStore):
     def open(self, uri: str) -> BinaryIO:
         return io.BytesIO(self.get(uri))
 
+    def read_head(self, uri: str, size: int) -> bytes:
+        """A ranged GET: a header check must not download the whole object."""
+        bucket, key = split_s3(uri)
+        try:
+            return self.client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{max(size, 1) - 1}")["Body"].read()
+        except Exception as exc:  # botocore raises several unrelated classes
+            raise self._error(exc, uri, "get") from exc
+
     def download(self, uri: str, path: Path) -> Path:
         bucket, key = split_s3(uri)
         path = Path(path)
