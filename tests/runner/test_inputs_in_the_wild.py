@@ -315,3 +315,20 @@ def test_the_reconstruction_manifest_says_how_many_frames_were_lost(tmp_path, mo
     lost = manifest["frames"]["lost"]
     assert lost >= 1 and manifest["frames"]["total"] == 30
     assert any(f"{lost} of 30 frames could not be decoded" in w for w in manifest["warnings"])
+
+
+def test_header_refusal_on_s3_reads_only_the_head(s3, tmp_path, make_manifest, monkeypatch):
+    """On MinIO: the store's read_head is a ranged GET (the first bytes, not the object), and
+    a DepthBatch refuses a huge image from it before the model loads."""
+    from spatialforge.runner.settings import RunnerSettings
+    from spatialforge.runner.storage.s3 import S3Settings, S3Store
+
+    store = S3Store(S3Settings.from_runner(RunnerSettings.from_env()))
+    huge = _png_header_only(40_000, 40_000) + bytes(3 << 20)  # 3 MB behind the header
+    store.put(f"s3://{s3}/in/huge.png", huge)
+    assert store.read_head(f"s3://{s3}/in/huge.png", 1000) == huge[:1000]
+    monkeypatch.setenv("SPATIALFORGE_MODEL_DIR", str(tmp_path / "no-models"))
+    spec = {"inputs": [f"s3://{s3}/in/"], "output": {"uri": f"s3://{s3}/out"}}
+    outcome = run_local(make_manifest("DepthBatch", spec), show_progress=False)
+    assert outcome.exit_code == EXIT_INVALID_INPUT, outcome.reason
+    assert "maxImagePixels" in outcome.reason and "huge.png" in outcome.reason
