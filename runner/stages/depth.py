@@ -64,21 +64,25 @@ class _Item:
     error: InvalidImageError | None = None
 
 
-def encode_png16(depth: np.ndarray, *, scale: float | None) -> tuple[bytes, float]:
-    """uint16 PNG bytes and the scale that maps a stored value back to depth units.
+def quantize_png16(depth: np.ndarray, *, scale: float | None) -> tuple[np.ndarray, float]:
+    """The uint16 values of the depth PNG and the scale that maps a value back to depth units.
 
     `scale`: metres per step (metric); None scales per image so the maximum is 65535 (relative).
     """
-    import cv2
-
     if scale is None:
         peak = float(depth.max()) if depth.size else 0.0
         scale = peak / PNG16_MAX if peak > 0 else 1.0
     work = np.divide(depth, scale, dtype=np.float32)  # one temporary, rounded and clipped in place
     np.rint(work, out=work)
     np.clip(work, 0, PNG16_MAX, out=work)
-    values = work.astype(np.uint16)
-    del work
+    return work.astype(np.uint16), scale
+
+
+def encode_png16(depth: np.ndarray, *, scale: float | None) -> tuple[bytes, float]:
+    """uint16 PNG bytes and the scale that maps a stored value back to depth units (see quantize_png16)."""
+    import cv2
+
+    values, scale = quantize_png16(depth, scale=scale)
     # RLE strategy: same size as the default filter on depth maps, half the encode time
     ok, buf = cv2.imencode(".png", values, [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
     if not ok:
