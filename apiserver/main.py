@@ -274,7 +274,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             namespaces, quotas, webhooks, billing, jobs)
         state.uploads = uploads
         pools = DepthPools(api, [PoolRef.parse(p) for p in settings.depth_pools.split(",") if p.strip()],
-                           ttl=settings.pool_refresh_seconds, timeout=settings.sync_timeout_seconds)
+                           ttl=settings.pool_refresh_seconds, timeout=settings.sync_timeout_seconds, metrics=metrics)
         state.pools = pools
         state.sync = SyncService(settings=settings, redis=redis, pools=pools, quotas=quotas, tenants=tenants,
                                  billing=billing, storage=storage)

@@ -19,4 +19,7 @@ class Metrics:
         self.usage_reports = Counter("sf_api_usage_reports_total", "Usage reports of finished jobs", ["result"], registry=r)
         self.grace_downgrades = Counter("sf_api_grace_downgrades_total",
                                         "Tenants degraded to free after their payment grace period", ["via"], registry=r)
+        self.pool_refused = Counter("sf_api_pool_connect_refused_total",
+                                    "Pool servers that refused a connection (the request was tried on another)",
+                                    ["pool"], registry=r)
         self.grace_sweeps = Counter("sf_api_grace_sweeps_total", "Grace sweeps that ran to the end", registry=r)

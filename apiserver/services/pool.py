@@ -31,6 +31,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from spatialforge.apiserver import errors
+from spatialforge.apiserver.core.metrics import Metrics
 from spatialforge.crds.constants import GROUP, VERSION
 from spatialforge.crds.v1alpha1 import depthpool
 
@@ -97,8 +98,9 @@ class DepthPools:
     """The configured pools; `call` sends one request to one of a pool's servers."""
 
     def __init__(self, api: client.ApiClient, refs: list[PoolRef], *, ttl: float = 2.0, timeout: float = 30.0,
-                 connect_timeout: float = 2.0) -> None:
+                 connect_timeout: float = 2.0, metrics: Metrics | None = None) -> None:
         self.refs = refs
+        self.metrics = metrics
         self.ttl = ttl
         self.discovery = client.DiscoveryV1Api(api)
         self.custom = client.CustomObjectsApi(api)
@@ -195,6 +197,8 @@ class DepthPools:
                                              headers={"Accept": accept, "Content-Type": "application/octet-stream"})
                 except httpx.ConnectError:
                     log.warning("depth pool %s: %s refused the connection", view.ref, url)
+                    if self.metrics is not None:
+                        self.metrics.pool_refused.labels(str(view.ref)).inc()
                     self._views.pop(view.ref, None)  # list the slices again on the next request
                     continue
                 except httpx.TimeoutException:

@@ -189,6 +189,28 @@ def test_depth_inline_png_with_metadata_headers_costs_one_unit(stack: Stack, mak
         assert _units(c) == before + 1
 
 
+def test_a_refused_connection_is_retried_on_the_live_server(stack: Stack, make_tenant: Callable[..., Tenant]) -> None:
+    """The "fast" pool lists a ready endpoint where nothing listens: requests take the two ready
+    endpoints in turn, so some reach it first; each is refused, counted, and answered by the
+    live server; every request succeeds and is charged once."""
+    tenant = make_tenant("free")
+    app = stack.apps["fast"]
+    registry = app.app.state.metrics.registry
+    labels = {"pool": f"{stack.ns}/fast"}
+    refused = registry.get_sample_value("sf_api_pool_connect_refused_total", labels) or 0.0
+    images = stack.fast.metric("spatialforge_serve_images_total")
+    n = 4
+    with _client(stack, "fast", tenant) as c:
+        before = _units(c)
+        for i in range(n):
+            r = c.post("/v1/depth", files={"image": ("r.jpg", _photo(seed=10 + i))}, headers={"Accept": "image/png"})
+            assert r.status_code == 200, r.text
+        assert _units(c) == before + n
+    tried = (registry.get_sample_value("sf_api_pool_connect_refused_total", labels) or 0.0) - refused
+    assert 1 <= tried <= n, f"the dead endpoint was tried {tried} times in {n} requests"
+    assert stack.fast.metric("spatialforge_serve_images_total") == images + n  # all answered by the live one
+
+
 def test_depth_json_writes_png_and_preview_with_signed_urls(stack: Stack, make_tenant: Callable[..., Tenant]) -> None:
     tenant = make_tenant("free")
     with _client(stack, "fast", tenant) as c:
