@@ -7,7 +7,8 @@ What is checked, in every document given:
 - kinds: a phrase that counts the custom resources ("three custom resources", "both kinds",
   "two CRDs") counts the kinds this repository ships (the registry in crds/kinds.py and the
   generated CRDs in crds/), and the backticked kinds named right after it in the same sentence
-  are exactly those. ("work kinds" is a narrower set and is not counted.)
+  are exactly those ("work kinds" is a narrower set and is not counted); every CRD name
+  (`<plural>.spatialforge.io`) is one of theirs.
 - env names: every `SPATIALFORGE_*` name is read by a pydantic-settings class of the product,
   or named as a whole quoted string in product code (read or set there), set or read by a
   script in hack/, or set by a chart template. A name ending in `_*` must start some name.
@@ -40,6 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 VALUES = REPO / "charts" / "spatialforge" / "values.yaml"
 NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "both": 2}
 KIND_COUNT = re.compile(r"\b(?<!work )(one|two|three|four|five|six|both|\d+)\s+(custom\s+resources|kinds|CRDs)\b", re.I)
+CRD_NAME = re.compile(r"\b[a-z0-9-]+\.spatialforge\.io\b(?![/.\w-])")
 DOC_ENV = re.compile(r"SPATIALFORGE_[A-Z0-9_]*\*?")
 CODE_ENV = re.compile(r"""["'](SPATIALFORGE_[A-Z0-9_]+)["']""")
 FSTRING_ENV = re.compile(r"""f["'](SPATIALFORGE_[A-Z0-9_]*_)\{""")
@@ -84,16 +86,21 @@ def _line(text: str, offset: int) -> int:
 
 # -- the code's side ----------------------------------------------------------------------------
 
-def shipped_kinds() -> set[str]:
-    """The kinds of the registry and of every generated CRD in crds/."""
+def shipped_crds() -> dict[str, str]:
+    """Kind -> CRD name (`<plural>.<group>`), for the registry and every generated CRD in crds/."""
+    from spatialforge.crds.constants import GROUP
     from spatialforge.crds.kinds import KINDS
 
-    kinds = {k.kind for k in KINDS}
-    for crd in sorted((REPO / "crds").glob("*.yaml")):
-        doc = yaml.load(crd.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    crds = {k.kind: f"{k.plural}.{GROUP}" for k in KINDS}
+    for path in sorted((REPO / "crds").glob("*.yaml")):
+        doc = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
-            kinds.add(doc["spec"]["names"]["kind"])
-    return kinds
+            crds[doc["spec"]["names"]["kind"]] = doc["metadata"]["name"]
+    return crds
+
+
+def shipped_kinds() -> set[str]:
+    return set(shipped_crds())
 
 
 def product_sources() -> Iterator[Path]:
@@ -197,6 +204,13 @@ def check_kinds(doc: Path, text: str, kinds: set[str]) -> Iterator[Problem]:
                                      f"{', '.join(sorted(kinds))}")
 
 
+def check_crd_names(doc: Path, text: str, names: set[str]) -> Iterator[Problem]:
+    for m in CRD_NAME.finditer(text):
+        if m.group(0) not in names:
+            yield Problem(doc, _line(text, m.start()), f"{m.group(0)} is no CRD of this repository "
+                                                       f"({', '.join(sorted(names))})")
+
+
 def check_env(doc: Path, text: str, known: set[str]) -> Iterator[Problem]:
     for m in DOC_ENV.finditer(text):
         name = m.group(0)
@@ -257,7 +271,8 @@ def check_bench_list(doc: Path, text: str) -> Iterator[Problem]:
 def check(docs: Iterable[Path]) -> list[Problem]:
     """Every problem in `docs`."""
     problems: list[Problem] = []
-    kinds = shipped_kinds()
+    crds = shipped_crds()
+    kinds = set(crds)
     defaults: dict[str, set[str]] = {}  # one name may be a field of two classes (SPATIALFORGE_NAMESPACE)
     for cls in settings_classes():
         for name, value in env_names_of(cls).items():
@@ -268,6 +283,7 @@ def check(docs: Iterable[Path]) -> list[Problem]:
     for doc in docs:
         text = doc.read_text()
         problems += check_kinds(doc, text, kinds)
+        problems += check_crd_names(doc, text, set(crds.values()))
         problems += check_env(doc, text, known)
         problems += check_defaults(doc, text, defaults, values)
         problems += check_paths(doc, text, roots)

@@ -58,6 +58,8 @@ def test_a_right_kind_list_passes(tmp_path: Path, check_docs: ModuleType) -> Non
 
 @pytest.mark.parametrize("text,problem", [
     ("The operator's start-up checks both CRDs.", "'both CRDs': this repository ships"),
+    ("Remove `kubectl delete crd depthbatches.spatialforge.io depthjobs.spatialforge.io`.",
+     "depthjobs.spatialforge.io is no CRD of this repository"),
     ("Set `SPATIALFORGE_NO_SUCH_THING=1`.", "SPATIALFORGE_NO_SUCH_THING is read by no settings class"),
     ("Every `SPATIALFORGE_NOPE_*` variable.", "no setting or code name starts with SPATIALFORGE_NOPE_"),
     ("Hand-off: `SPATIALFORGE_POOL_HANDOFF_MAX_IMAGES` (default `4`).",
