@@ -1,77 +1,97 @@
-"""The DepthPool CRD: status and scale subresources, its own printer columns.
+"""DepthPool rules both sides use: the operator that makes a pool's Service and hands batches
+to it, the front end that balances over the Service's endpoints, and the server itself.
 
-Rendered by `spatialforge crds generate` next to the kinds of work (generate.py); the schema
-comes from the pydantic models in v1alpha1/depthpool.py, as for every other kind.
+    service_name          the Service (and Deployment) of a pool, cut to a DNS label (63)
+    ready_urls            the ready endpoints of the Service's EndpointSlices
+    SERVE_ENV_PREFIX      the depth server's settings (runner/serve/config.py reads them)
+    BatchHandOff / BatchRunResult / BatchRunError    POST /v1/batches, request and answers
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Final
 
-from spatialforge.crds.constants import CATEGORY, GROUP, VERSION
-from spatialforge.crds.schema import crd_schema
-from spatialforge.crds.v1alpha1 import depthpool as dp
+from pydantic import Field
 
-FILENAME = f"{GROUP}_{dp.PLURAL}.yaml"
-CRD_NAME = f"{dp.PLURAL}.{GROUP}"
+from spatialforge.crds.constants import GROUP
+from spatialforge.crds.v1alpha1.common import CRDModel
+from spatialforge.crds.v1alpha1.depthbatch import DepthBatchSpec
+
+SERVICE_PREFIX: Final = "spatialforge-pool-"
+SERVICE_LABEL: Final = "kubernetes.io/service-name"  # on every EndpointSlice of a Service
+PORT_NAME: Final = "http"
+PORT: Final = 8080
+LABEL_POOL: Final = f"{GROUP}/pool"
+SERVE_ENV_PREFIX: Final = "SPATIALFORGE_SERVE_"
+BATCHES_PATH: Final = "/v1/batches"
+ATTEMPT_PATTERN: Final = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
 
-def render_pool_crd() -> dict[str, Any]:
-    spec = crd_schema(dp.DepthPoolSpec)
-    spec["x-kubernetes-validations"] = [
-        {"rule": "self.minReplicas <= self.maxReplicas", "message": "minReplicas must not exceed maxReplicas"}]
-    schema = {
-        "type": "object",
-        "description": (dp.DepthPool.__doc__ or "").strip(),
-        "required": ["spec"],
-        "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
-            "spec": spec,
-            "status": crd_schema(dp.DepthPoolStatus),
-        },
-    }
-    columns = [
-        {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
-        {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
-        {"name": "GPUs", "type": "integer", "jsonPath": ".status.gpus"},
-        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-        {"name": "Wanted", "type": "integer", "jsonPath": ".status.wantedReplicas", "priority": 1},
-        {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
-        {"name": "Service", "type": "string", "jsonPath": ".status.service", "priority": 1},
-    ]
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": CRD_NAME},
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": dp.KIND,
-                "listKind": f"{dp.KIND}List",
-                "plural": dp.PLURAL,
-                "singular": dp.SINGULAR,
-                "shortNames": list(dp.SHORT_NAMES),
-                "categories": [CATEGORY],
-            },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {
-                        "status": {},
-                        "scale": {
-                            "specReplicasPath": ".spec.replicas",
-                            "statusReplicasPath": ".status.replicas",
-                            "labelSelectorPath": ".status.selector",
-                        },
-                    },
-                    "additionalPrinterColumns": columns,
-                    "schema": {"openAPIV3Schema": schema},
-                }
-            ],
-        },
-    }
+def service_name(pool: str) -> str:
+    """The Service's and the Deployment's name (a Service name is a DNS label: 63 at most)."""
+    return f"{SERVICE_PREFIX}{pool}"[:63].rstrip("-")
+
+
+def serve_env(setting: str) -> str:
+    """The env variable of one depth-server setting (`max_batch` -> SPATIALFORGE_SERVE_MAX_BATCH)."""
+    return SERVE_ENV_PREFIX + setting.upper()
+
+
+def _get(obj: Any, key: str) -> Any:
+    """`key` of an API object given as a dict (camelCase) or a kubernetes client model."""
+    if isinstance(obj, dict):
+        return obj.get(key)
+    return getattr(obj, key, None)
+
+
+def endpoint_ready(endpoint: Any) -> bool:
+    """The API's rule: ready unless `conditions.ready` is false (nil reads as ready), and not
+    terminating."""
+    conditions = _get(endpoint, "conditions")
+    if conditions is None:
+        return True
+    return _get(conditions, "ready") is not False and _get(conditions, "terminating") is not True
+
+
+def ready_urls(slices: Iterable[Any]) -> list[str]:
+    """http://address:port of every ready endpoint of a Service's EndpointSlices (dicts or
+    kubernetes models), the port being the slice's `http` port; sorted, no duplicates."""
+    out: set[str] = set()
+    for s in slices:
+        port = next((_get(p, "port") for p in _get(s, "ports") or [] if _get(p, "name") == PORT_NAME), None)
+        if not port:
+            continue
+        for ep in _get(s, "endpoints") or []:
+            if endpoint_ready(ep):
+                out.update(f"http://{f'[{a}]' if ':' in a else a}:{port}" for a in _get(ep, "addresses") or [])
+    return sorted(out)
+
+
+class BatchHandOff(CRDModel):
+    """POST /v1/batches: a one-shard DepthBatch the operator hands to a pool replica."""
+
+    namespace: str = Field(min_length=1, max_length=63)
+    name: str = Field(min_length=1, max_length=253)
+    attempt: str = Field(pattern=ATTEMPT_PATTERN)
+    """This hand-off's id, recorded on the resource before the POST: a second POST of the same
+    attempt (an operator restarted meanwhile) gets the first one's answer, never a second run,
+    and the outputs are staged under it."""
+    spec: DepthBatchSpec
+
+
+class BatchRunResult(CRDModel):
+    """200: the batch ran; its manifest and outputs are written."""
+
+    manifest_uri: str
+    items: int = Field(ge=0)
+    seconds: float = Field(ge=0)
+    summary: dict[str, Any] = Field(default_factory=dict)
+
+
+class BatchRunError(CRDModel):
+    """Every other answer: `error` a code, `exitCode` the runner's when the run failed."""
+
+    error: str
+    message: str = ""
+    exit_code: int | None = None

@@ -8,6 +8,7 @@ RUNNING: Final = "Running"  # True while a runner pod is active.
 SUSPENDED: Final = "Suspended"  # True while spec.suspend holds the work back.
 SUCCEEDED: Final = "Succeeded"  # Terminal: every output and the manifest are written.
 FAILED: Final = "Failed"  # Terminal: see the reason.
+POOL_HAND_OFF: Final = "PoolHandOff"  # False when a hand-off to a DepthPool failed (a Job runs it).
 
 # Reasons.
 REASON_QUOTA_EXCEEDED: Final = "QuotaExceeded"  # Queued behind the global or tenant GPU limit.
@@ -32,3 +33,5 @@ REASON_CANCELLED_BY_USER: Final = "CancelledByUser"  # Cancelled through the RES
 REASON_EXCEEDS_BUDGET: Final = "ExceedsClusterBudget"  # Needs more GPUs than the global budget.
 REASON_EXCEEDS_NAMESPACE_LIMIT: Final = "ExceedsNamespaceLimit"  # Needs more GPUs than its namespace may use.
 REASON_NO_FITTING_NODE: Final = "NoFittingNode"  # No current node offers the GPUs, labels or tolerations.
+REASON_RUN_BY_POOL: Final = "RunByPool"  # A warm DepthPool ran the batch (no Job).
+REASON_HAND_OFF_FAILED: Final = "HandOffFailed"  # The pool answered 5xx, timed out or was unreachable.

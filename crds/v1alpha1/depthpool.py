@@ -14,14 +14,13 @@ from pydantic import Field, model_validator
 
 from spatialforge.crds.v1alpha1.common import CRDModel, Condition, DepthModel, KubeResource, Toleration
 
-# Facts the CRD, the operator and the chart share (DepthPool is not in kinds.KINDS: that
-# registry is for kinds of work, each run by a Job).
+# The kind's names (read through spatialforge.crds.kinds.DEPTH_POOL, which the CRD generator,
+# the operator's start-up check and the chart's RBAC use; DepthPool is not in kinds.KINDS,
+# the kinds of work each run by a Job).
 KIND = "DepthPool"
 PLURAL = "depthpools"
 SINGULAR = "depthpool"
 SHORT_NAMES = ("dp", "pool")
-STATUS_RESOURCE = f"{PLURAL}/status"
-SCALE_RESOURCE = f"{PLURAL}/scale"
 
 # Condition types and reasons of a pool.
 READY = "Ready"  # True when every granted replica is ready.
@@ -34,6 +33,9 @@ REASON_CLUSTER_BUDGET = "ClusterBudget"  # gpuBudget in the quota ConfigMap leav
 REASON_NAMESPACE_LIMIT = "NamespaceLimit"  # the namespace's spatialforge.io/gpu-limit leaves fewer
 REASON_AWAITING_BUDGET = "AwaitingBudget"  # the operator has not read the budget yet
 REASON_FORBIDDEN = "Forbidden"  # the operator may not create the pool's children in its namespace
+HANDOFF_BACKOFF = "HandOffBackOff"  # True while the pool is skipped for hand-offs after failures
+REASON_HANDOFFS_FAILING = "HandOffsFailing"  # N hand-offs in a row failed; skipped until backOffUntil
+REASON_HANDOFFS_OK = "HandOffsAccepted"
 
 
 class PoolPlacement(CRDModel):
@@ -105,6 +107,10 @@ class DepthPoolStatus(CRDModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     observed_generation: int | None = None
+    failed_hand_offs: int = 0
+    """Hand-offs that failed in a row (reset by one that succeeds)."""
+    back_off_until: str | None = None
+    """While set and in the future, the operator hands no batch to this pool (RFC 3339)."""
     reason: str | None = None
     """Reason of the most telling condition (BudgetLimited's when limited, else Ready's)."""
     message: str | None = None

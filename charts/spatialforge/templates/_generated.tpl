@@ -13,3 +13,27 @@
   resources: [depthbatches/status, reconstructionjobs/status]
   verbs: [get, patch]
 {{- end -}}
+
+{{/* The operator's DepthPool rules (spatialforge.crds.rbac): cluster-wide, then in a pool's namespace. */}}
+{{- define "spatialforge.poolClusterRules" -}}
+- apiGroups: [spatialforge.io]
+  resources: [depthpools]
+  verbs: [list, watch]
+- apiGroups: [spatialforge.io]
+  resources: [depthpools/status]
+  verbs: [patch]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list, watch]
+{{- end -}}
+{{- define "spatialforge.poolNamespaceRules" -}}
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, create, patch]
+- apiGroups: ['']
+  resources: [services]
+  verbs: [create, patch]
+{{- end -}}

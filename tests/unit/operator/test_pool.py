@@ -6,7 +6,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from spatialforge.crds.pool import render_pool_crd
+from spatialforge.crds.generate import render_pool_crd
 from spatialforge.crds.v1alpha1 import depthpool as dp
 from spatialforge.crds.v1alpha1.depthpool import DepthPool, DepthPoolSpec
 from spatialforge.operator import pool
