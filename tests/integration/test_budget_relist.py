@@ -22,10 +22,10 @@ import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio import config as kube_config
 
+from spatialforge.devcluster.plane import Cluster
 from spatialforge.operator.budget import BudgetWatch, QueueingStrategy
 from spatialforge.operator.kube import Kube
 from tests import timeouts
-from spatialforge.devcluster.plane import Cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -73,7 +73,7 @@ def test_restarts_during_fifty_resources_lose_and_duplicate_nothing(
 
 
 def _time(value: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return dt.datetime.fromisoformat(value)
 
 
 def lease(cluster: Cluster) -> dict:

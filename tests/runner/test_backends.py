@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +143,33 @@ def test_ahead_of_time_export_fills_the_cache(model_dir, tmp_path, monkeypatch, 
     assert list(export.parent.glob("parity-openvino-cpu-fp32-*.json"))
 
 
+@contextlib.contextmanager
+def _read_only(folder: Path) -> Iterator[None]:
+    """Make `folder` unwritable even for root (the suites run as root, where mode 0555 is no
+    barrier): the immutable flag, else a read-only bind mount of the folder onto itself."""
+    folder.chmod(0o555)
+    try:
+        if not os.access(folder, os.W_OK):
+            yield
+            return
+        attempts = ((["chattr", "+i", str(folder)], ["chattr", "-i", str(folder)]),
+                    (["mount", "--bind", "-o", "ro", str(folder), str(folder)], ["umount", str(folder)]))
+        for make, undo in attempts:
+            if shutil.which(make[0]) is None:
+                continue
+            if subprocess.run(make, capture_output=True, check=False).returncode != 0:
+                continue
+            try:
+                if not os.access(folder, os.W_OK):
+                    yield
+                    return
+            finally:
+                subprocess.run(undo, capture_output=True, check=True)
+        pytest.skip("cannot make a folder unwritable for root here (no chattr +i, no read-only bind mount)")
+    finally:
+        folder.chmod(0o755)
+
+
 def test_the_default_cache_is_beside_a_local_model_dir(tmp_path):
     """So Job pods (each with its own model cache) share one export through the model volume."""
     from spatialforge.runner.models.backends import backend_cache
@@ -151,11 +181,9 @@ def test_the_default_cache_is_beside_a_local_model_dir(tmp_path):
     assert backend_cache(settings) == models / "_backends"
     s3 = RunnerSettings.from_env({"SPATIALFORGE_MODEL_DIR": "s3://bucket/models/", "SPATIALFORGE_MODEL_CACHE": str(cache)})
     assert backend_cache(s3) == cache / "_backends"
-    models.chmod(0o555)  # read-only and no export there: the model cache
-    try:
-        if not os.access(models, os.W_OK):  # root may write anyway
-            assert backend_cache(settings) == cache / "_backends"
-    finally:
-        models.chmod(0o755)
+    with _read_only(models):  # read-only and no export there: the model cache
+        with pytest.raises(OSError):
+            (models / "_backends").mkdir()
+        assert backend_cache(settings) == cache / "_backends"
     explicit = RunnerSettings.from_env({"SPATIALFORGE_MODEL_DIR": str(models), "SPATIALFORGE_BACKEND_CACHE": str(tmp_path / "x")})
     assert backend_cache(explicit) == tmp_path / "x"

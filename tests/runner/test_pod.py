@@ -7,6 +7,7 @@ tier (tests/integration); here only the runner's own logic is checked.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import subprocess
 import sys
 
@@ -66,7 +67,7 @@ async def test_progress_is_rate_limited_with_a_final_patch():
     # The first patch goes out after 0.05 s, then at most one per interval while it changes.
     assert 1 <= len(periodic) <= 1 + (elapsed - 0.05) / interval, (len(periodic), elapsed)
     times = [t for t, _, _ in periodic]
-    assert all(b - a >= interval - 0.01 for a, b in zip(times, times[1:])), times
+    assert all(b - a >= interval - 0.01 for a, b in itertools.pairwise(times)), times
     assert final[2]["done"] == 60 and {i for _, i, _ in rec.sent} == {4}
 
 
