@@ -64,13 +64,14 @@ def make_runner(root: Path, device: str, backend: str):
     """A RunContext with the model loaded on `backend` (exported, parity-checked, warmed), as in a pod."""
     from spatialforge.crds.v1alpha1.common import DepthModel
     from spatialforge.runner.devices import choose_device
+    from spatialforge.runner.settings import RunnerSettings
     from spatialforge.runner.stages.base import RunContext
 
     env = {
         **os.environ, "SPATIALFORGE_MODEL_DIR": str(root), "SPATIALFORGE_TERMINATION_LOG": str(root / "term.log"),
         "SPATIALFORGE_DEPTH_BACKEND": backend, "SPATIALFORGE_BACKEND_CACHE": str(root / "backend-cache"),
     }
-    ctx = RunContext(namespace="bench", name=f"depth-{backend}", env=env, device=choose_device(device))
+    ctx = RunContext(namespace="bench", name=f"depth-{backend}", settings=RunnerSettings.from_env(env), device=choose_device(device))
     est = ctx.estimator(DepthModel())
     est.predict_rgb([np.zeros((480, 640, 3), np.uint8)])  # warm-up
     return ctx, est

@@ -110,6 +110,7 @@ def child(args: argparse.Namespace) -> None:
     from spatialforge.runner.app import parse_resource
     from spatialforge.runner.devices import choose_device
     from spatialforge.runner.models.configs import save_random, v2_small_config
+    from spatialforge.runner.settings import RunnerSettings
     from spatialforge.runner.stages.base import RunContext
     from spatialforge.runner.stages.reconstruct import ReconstructStage
     from spatialforge.runner.synthetic import monocular_like, render
@@ -130,7 +131,7 @@ def child(args: argparse.Namespace) -> None:
         save_random(v2_small_config(ModelVariant.metric_indoor), str(root / "models" / "depth-anything-v2-small-metric-indoor"))
     stage = ReconstructStage(depth_provider=None if args.depth == "v2-small" else provider)
     env = {**os.environ, "SPATIALFORGE_MODEL_DIR": str(root / "models"), "SPATIALFORGE_TERMINATION_LOG": str(root / "term")}
-    ctx = RunContext(namespace="bench", name=f"recon-{args.child}", env=env, device=choose_device(args.device))
+    ctx = RunContext(namespace="bench", name=f"recon-{args.child}", settings=RunnerSettings.from_env(env), device=choose_device(args.device))
     resource_doc = parse_resource({
         "apiVersion": "spatialforge.io/v1alpha1", "kind": "ReconstructionJob",
         "metadata": {"name": ctx.name, "namespace": "bench"},

@@ -152,7 +152,7 @@ def run_local(
     started = time.monotonic()
     results: list[StageResult] = []
     try:
-        load_settings(env)  # a bad variable is invalid input before anything else
+        settings = load_settings(env)  # a bad variable is invalid input before anything else
         path = Path(manifest_path)
         try:
             docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
@@ -167,7 +167,7 @@ def run_local(
             raise InvalidSpecError(f"shard index {shard_index} out of range for parallelism {count}")
         stage = stage_for(resource.kind)
         meta = resource.metadata or {}
-        base_ctx = ctx or RunContext(namespace=str(meta.get("namespace") or "default"), name=str(meta.get("name") or path.stem), env=env)
+        base_ctx = ctx or RunContext(namespace=str(meta.get("namespace") or "default"), name=str(meta.get("name") or path.stem), settings=settings)
         base_ctx.namespace = str(meta.get("namespace") or base_ctx.namespace)
         base_ctx.name = str(meta.get("name") or base_ctx.name)
         base_ctx.shard_count = count
@@ -228,7 +228,7 @@ async def run_in_pod(env: Mapping[str, str] | None = None, *, ctx: RunContext | 
             count = shard_count(resource)
             if not 0 <= settings.shard_index < count:
                 raise InvalidSpecError(f"{ENV_SHARD_INDEX}={settings.shard_index} out of range for parallelism {count}")
-            run_ctx = ctx or RunContext(namespace=namespace, name=name, env=env)
+            run_ctx = ctx or RunContext(namespace=namespace, name=name, settings=settings)
             run_ctx.shard_index, run_ctx.shard_count = settings.shard_index, count
             patcher = ProgressPatcher(rc, run_ctx.progress, settings.shard_index, interval=settings.progress_interval)
             patcher.start()

@@ -1,9 +1,10 @@
-"""Everything the runner reads from its environment, in one pydantic-settings class.
+"""Everything the runner reads from its environment, and the one way it is read.
 
-`RunnerSettings.from_env(env)` reads a given mapping (or `os.environ`); the run context carries
-the result to the stores, the device choice, the model registry and the termination log, so a
-`run_local(env=...)` reaches all of them. The env names are `spatialforge.crds.constants`, which
-the operator uses too. runner/README.md's env table is `env_table()` (a test keeps them equal).
+`EnvSettings.from_env(env)` is the runner's only settings loader (RunnerSettings here, the
+depth server's ServeSettings in serve/config.py): an entry point (`run_local`, `run_in_pod`,
+`runner serve`, a bench) calls it once and passes the result down; nothing below an entry point
+reads the environment. The env names are `spatialforge.crds.constants`, which the operator uses
+too. runner/README.md's env table is `env_table()` (a test keeps them equal).
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from spatialforge.crds import constants as c
 
@@ -25,10 +26,59 @@ def _env(*names: str) -> Any:
     return AliasChoices(*names) if len(names) > 1 else names[0]
 
 
-class RunnerSettings(BaseSettings):
-    """The runner's configuration (pod and local runs alike)."""
+class EnvSettings(BaseSettings):
+    """Settings read from one environment mapping: that mapping and nothing else.
+
+    A field is read from its `validation_alias` (the first of several that is set), else from
+    `env_prefix` + its name, case-insensitively; empty values count as unset. pydantic-settings'
+    own sources are switched off (only keyword arguments remain), so a test's or a local run's
+    mapping is never mixed with `os.environ` or a `.env` file.
+    """
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, use_attribute_docstrings=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+    @classmethod
+    def env_names(cls, field: str) -> list[str]:
+        """The environment variables a field is read from, first match wins."""
+        alias = cls.model_fields[field].validation_alias
+        if isinstance(alias, AliasChoices):
+            return [str(a) for a in alias.choices]
+        if isinstance(alias, str):
+            return [alias]
+        return [f"{cls.model_config.get('env_prefix', '')}{field}".upper()]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Self:
+        """Settings from `env` (default `os.environ`), then `overrides` by field name (None: not given).
+
+        Raises pydantic's ValidationError for bad values and TypeError for an unknown override.
+        """
+        unknown = sorted(set(overrides) - set(cls.model_fields))
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no setting {', '.join(unknown)}")
+        environ = {k.upper(): v for k, v in (os.environ if env is None else env).items() if v != ""}
+        values: dict[str, Any] = {}
+        for field in cls.model_fields:
+            found = next((environ[n.upper()] for n in cls.env_names(field) if n.upper() in environ), None)
+            if found is not None:
+                values[field] = found
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+class RunnerSettings(EnvSettings):
+    """The runner's configuration (pod and local runs alike)."""
 
     kind: str | None = Field(default=None, validation_alias=c.ENV_RESOURCE_KIND)
     """In a pod: `DepthBatch` or `ReconstructionJob` (set by the operator)."""
@@ -80,24 +130,10 @@ class RunnerSettings(BaseSettings):
                                    validation_alias=c.ENV_S3_OBJECT_TAGGING)
     """Tags (URL-encoded `k=v&k2=v2`) on every object written: the results retention rule expires outputs by them."""
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> RunnerSettings:
-        """Settings from `env` (default `os.environ`) only: no .env file, no other source.
-
-        Empty values count as unset. Raises pydantic's ValidationError for bad values.
-        """
-        source = EnvSettingsSource(cls, env_ignore_empty=True)
-        environ = os.environ if env is None else env
-        source.env_vars = {k.lower(): v for k, v in environ.items() if v != ""}
-        return cls(_build_sources=((source,), {}))
-
 
 def env_names(field: str) -> list[str]:
-    """The environment variables a field is read from, first match wins."""
-    alias = RunnerSettings.model_fields[field].validation_alias
-    if isinstance(alias, AliasChoices):
-        return [str(a) for a in alias.choices]
-    return [str(alias)]
+    """The environment variables a RunnerSettings field is read from, first match wins."""
+    return RunnerSettings.env_names(field)
 
 
 def env_table() -> str:

@@ -7,8 +7,7 @@ Load once per process (`DepthEstimator.load`) and pass it in. `preprocess` is pl
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +16,9 @@ import numpy as np
 from spatialforge.crds.v1alpha1.common import DepthModel
 from spatialforge.runner.devices import DeviceChoice, choose_device
 from spatialforge.runner.errors import ModelLoadError
-from spatialforge.runner.models.backends import DepthBackend, TorchBackend, select_backend
+from spatialforge.runner.models.backends import DepthBackend, TorchBackend
 from spatialforge.runner.models.registry import Checkpoint, check_allowed, forget_download, resolve_weights
+from spatialforge.runner.models.selection import select_backend
 from spatialforge.runner.settings import RunnerSettings
 
 
@@ -106,16 +106,13 @@ class DepthEstimator:
         cls,
         spec_model: DepthModel,
         *,
+        settings: RunnerSettings,
         device: DeviceChoice | None = None,
-        env: Mapping[str, str] | None = None,
-        settings: RunnerSettings | None = None,
     ) -> DepthEstimator:
         """Check the licence, find the weights, load model and processor with transformers, then
-        pick the backend (SPATIALFORGE_DEPTH_BACKEND; see models/backends.py)."""
+        pick the backend (SPATIALFORGE_DEPTH_BACKEND; see models/selection.py)."""
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-        settings = settings or RunnerSettings.from_env(env)
-        env = os.environ if env is None else env
         ckpt = Checkpoint.of(spec_model)
         check_allowed(ckpt, settings)
         location = resolve_weights(ckpt, settings)

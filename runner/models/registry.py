@@ -12,7 +12,6 @@ Weights come from (RunnerSettings), first match wins:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,13 +107,11 @@ def _hub_weights(ckpt: Checkpoint, settings: RunnerSettings) -> str:
         ) from exc
 
 
-def model_cache(settings: RunnerSettings | Mapping[str, str]) -> Path:
+def model_cache(settings: RunnerSettings) -> Path:
     """SPATIALFORGE_MODEL_CACHE, else ~/.cache/spatialforge/models, else (read-only home, as in
-    a hardened pod) a folder under the temp dir. (A mapping is read as RunnerSettings.from_env.)"""
+    a hardened pod) a folder under the temp dir."""
     import tempfile
 
-    if not isinstance(settings, RunnerSettings):
-        settings = RunnerSettings.from_env(settings)
     if settings.model_cache:
         return Path(settings.model_cache)
     for candidate in (Path.home() / ".cache" / "spatialforge" / "models", Path(tempfile.gettempdir()) / "spatialforge-models"):

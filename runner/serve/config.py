@@ -1,28 +1,29 @@
 """The depth server's own knobs (env `SPATIALFORGE_SERVE_*`; `spatialforge runner serve --help`).
 
-Everything about the model, device, backend and weights is RunnerSettings, as for a batch run.
+Everything about the model, device, backend and weights is RunnerSettings, as for a batch run;
+both are read by the same loader (runner/settings.py `EnvSettings.from_env`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from spatialforge.crds.v1alpha1.common import ModelSize, ModelVariant
 from spatialforge.crds.v1alpha1.depthbatch import DepthBatchSpec, DepthOutput
+from spatialforge.runner.settings import EnvSettings
 
 
 def _default(model: Any, field: str) -> Any:
     return model.model_fields[field].default
 
 
-class ServeSettings(BaseSettings):
-    """How the server listens, batches and bounds its queue."""
+class ServeSettings(EnvSettings):
+    """How the server listens, batches and bounds its queue (`ServeSettings.from_env(env, **cli_options)`)."""
 
-    model_config = SettingsConfigDict(env_prefix="SPATIALFORGE_SERVE_", extra="ignore", use_attribute_docstrings=True)
+    model_config = SettingsConfigDict(env_prefix="SPATIALFORGE_SERVE_")
 
     host: str = "0.0.0.0"  # noqa: S104 - a pod serves on its own interface
     """Address to listen on."""
@@ -48,15 +49,3 @@ class ServeSettings(BaseSettings):
     """Largest image (a DepthBatch's default maxImagePixels)."""
     max_output_pixels: int = Field(default=_default(DepthOutput, "max_pixels"), ge=1)
     """Largest depth map returned (a DepthBatch's default output.maxPixels)."""
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> ServeSettings:
-        """From `env` (default os.environ), then `overrides` (CLI options that were given)."""
-        import os
-
-        source = EnvSettingsSource(cls, env_prefix="SPATIALFORGE_SERVE_", env_ignore_empty=True)
-        environ = os.environ if env is None else env
-        source.env_vars = {k.lower(): v for k, v in environ.items() if v != ""}
-        base = cls(_build_sources=((source,), {}))
-        given = {k: v for k, v in overrides.items() if v is not None}
-        return cls.model_validate({**base.model_dump(), **given}) if given else base

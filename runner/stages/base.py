@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,8 +31,8 @@ class StageResult:
 class RunContext:
     """Identity of the run, its shard, its settings, and the shared resources (stores, model, device).
 
-    `settings` reach everything the run opens (object stores, device, weights, termination log);
-    `env=` is a shorthand for `settings=RunnerSettings.from_env(env)` and then wins over it.
+    `settings` (read once by the entry point) reach everything the run opens: object stores,
+    device, weights, termination log.
     """
 
     namespace: str
@@ -40,18 +40,13 @@ class RunContext:
     shard_index: int = 0
     shard_count: int = 1
     progress: Progress = field(default_factory=Progress)
-    settings: RunnerSettings = field(default_factory=RunnerSettings.from_env)
-    env: Mapping[str, str] | None = field(default=None, repr=False)
+    settings: RunnerSettings
     device: DeviceChoice | None = None
     estimator_loader: Callable[..., Any] | None = None
     attempt: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     """This run's id: outputs are staged under it and published at the end (storage/staging.py)."""
     _stores: dict[str, ArtifactStore] = field(default_factory=dict, repr=False)
     _estimators: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.env is not None:
-            self.settings = RunnerSettings.from_env(self.env)
 
     def store(self, uri: str) -> ArtifactStore:
         """One store per scheme, created on first use."""
@@ -79,7 +74,7 @@ class RunContext:
                 from spatialforge.runner.models.estimator import DepthEstimator
 
                 loader = DepthEstimator.load
-            self._estimators[key] = loader(model, device=self.get_device(), settings=self.settings, env=self.env)
+            self._estimators[key] = loader(model, device=self.get_device(), settings=self.settings)
         return self._estimators[key]
 
     def shard_prefix(self, output_uri: str) -> str:

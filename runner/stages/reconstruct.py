@@ -379,8 +379,10 @@ class ReconstructStage:
                 raise RuntimeError("writing the mesh failed")
             outputs["mesh"] = self._put(store, join_uri(prefix, path.name), path, triangles=geometry.n_triangles)
         if plan is not None:
-            files = {"svg": (plan.svg().encode(), "image/svg+xml"), "dxf": (plan.dxf(), "application/dxf"),
-                     "geojson": (json.dumps(plan.geojson()).encode(), "application/geo+json")}
+            from spatialforge.runner.geometry.floorplan_writers import to_dxf, to_geojson, to_svg
+
+            files = {"svg": (to_svg(plan).encode(), "image/svg+xml"), "dxf": (to_dxf(plan), "application/dxf"),
+                     "geojson": (json.dumps(to_geojson(plan)).encode(), "application/geo+json")}
             entry: dict[str, Any] = {"areaM2": round(plan.area_m2, 3), "roomCount": plan.room_count, "files": {}}
             for ext, (data, content_type) in files.items():
                 uri = join_uri(prefix, f"floorplan.{ext}")

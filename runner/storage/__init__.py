@@ -1,4 +1,4 @@
-"""Object stores addressed by URI scheme: `open_store(uri)` picks the implementation."""
+"""Object stores addressed by URI scheme: `open_store(uri, settings)` picks the implementation."""
 
 from __future__ import annotations
 
@@ -14,14 +14,12 @@ if TYPE_CHECKING:
 __all__ = ["ArtifactStore", "LocalStore", "MemoryStore", "ObjectInfo", "join_uri", "open_store", "sha256_hex"]
 
 
-def open_store(uri: str, settings: RunnerSettings | None = None) -> ArtifactStore:
-    """The store for a URI's scheme (s3:// or file://); S3 is configured from `settings`
-    (default: the process environment)."""
+def open_store(uri: str, settings: RunnerSettings) -> ArtifactStore:
+    """The store for a URI's scheme (s3:// or file://); S3 is configured from `settings`."""
     if uri.startswith("s3://"):
-        from spatialforge.runner.settings import RunnerSettings
         from spatialforge.runner.storage.s3 import S3Settings, S3Store
 
-        return S3Store(S3Settings.from_runner(settings or RunnerSettings.from_env()))
+        return S3Store(S3Settings.from_runner(settings))
     if uri.startswith("file://"):
         return LocalStore()
     raise ValueError(f"unsupported URI scheme: {uri[:80]}")

@@ -8,7 +8,6 @@ instance profile).
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -73,23 +72,18 @@ class S3Settings:
             object_tagging=settings.s3_object_tagging,
         )
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> S3Settings:
-        """Shorthand for `from_runner(RunnerSettings.from_env(env))`."""
-        return cls.from_runner(RunnerSettings.from_env(env))
-
 
 class S3Store(ArtifactStore):
     """boto3 client with adaptive retries; uploads and downloads use TransferConfig multipart."""
 
     scheme = "s3"
 
-    def __init__(self, settings: S3Settings | None = None) -> None:
+    def __init__(self, settings: S3Settings) -> None:
         import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
-        self.settings = settings or S3Settings.from_env()  # os.environ, through RunnerSettings
+        self.settings = settings
         s = self.settings
         config = Config(
             region_name=s.region,

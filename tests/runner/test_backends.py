@@ -1,4 +1,4 @@
-"""Depth backends (runner/models/backends.py): parity with transformers, export cache, selection."""
+"""Depth backends (runner/models/backends.py, export.py, backend_cache.py, selection.py): parity with transformers, export cache, selection."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ import pytest
 from spatialforge.crds.v1alpha1.common import DepthModel
 from spatialforge.runner.devices import choose_device
 from spatialforge.runner.errors import ModelLoadError
-from spatialforge.runner.models import backends
-from spatialforge.runner.models.backends import AUTO_ORDER_CPU, BACKENDS, BackendError, relative_difference
+from spatialforge.runner.models import backend_cache, selection
+from spatialforge.runner.models.backends import AUTO_ORDER_CPU, BACKENDS, BackendError
 from spatialforge.runner.models.estimator import DepthEstimator
+from spatialforge.runner.models.selection import relative_difference
+from spatialforge.runner.settings import RunnerSettings
 
 CKPT = "depth-anything-v2-small-relative"
 
@@ -26,7 +28,7 @@ def _load(model_dir: Path, backend: str, cache: Path | None = None) -> DepthEsti
     env = {**os.environ, "SPATIALFORGE_MODEL_DIR": str(model_dir), "SPATIALFORGE_DEPTH_BACKEND": backend}
     if cache is not None:
         env["SPATIALFORGE_BACKEND_CACHE"] = str(cache)
-    return DepthEstimator.load(DepthModel(), device=choose_device("cpu"), env=env)
+    return DepthEstimator.load(DepthModel(), device=choose_device("cpu"), settings=RunnerSettings.from_env(env))
 
 
 def _transformers_depth(folder: Path, x: np.ndarray) -> np.ndarray:
@@ -48,7 +50,7 @@ def _inputs(shapes: list[tuple[int, int, int, int]]) -> list[np.ndarray]:
 def test_each_backend_matches_transformers_on_the_tiny_model(model_dir, rgb_image, name):
     est = _load(model_dir, name)
     assert est.backend.name == name
-    assert est.parity is None if name == "torch" else est.parity <= backends.PARITY_RTOL
+    assert est.parity is None if name == "torch" else est.parity <= selection.PARITY_RTOL
     # Batch sizes and aspect ratios the export never saw: the graph is dynamic in all three.
     for x in _inputs([(1, 3, 518, 686), (3, 3, 392, 518), (2, 3, 14, 28)]):
         got = est.backend.forward(x).cpu().numpy()
@@ -91,7 +93,7 @@ def test_the_export_is_cached_by_checkpoint_content(tmp_path, monkeypatch):
     def no_export(*args, **kwargs):
         raise AssertionError("exported again although the cache holds this checkpoint")
 
-    monkeypatch.setattr(backends, "export_onnx", no_export)
+    monkeypatch.setattr(backend_cache, "export_onnx", no_export)
     again = _load(tmp_path / "a", "openvino", cache)  # same ONNX file, another runtime
     x = _inputs([(2, 3, 56, 84)])[0]
     assert relative_difference(again.backend.forward(x).numpy(), first.backend.forward(x).numpy()) <= 1e-3
@@ -135,9 +137,9 @@ def test_an_unknown_backend_setting_is_refused(model_dir):
 
 
 def test_ahead_of_time_export_fills_the_cache(model_dir, tmp_path, monkeypatch, capsys):
-    """`python -m spatialforge.runner.models.backends` (image build or a pre-export job)."""
+    """`python -m spatialforge.runner.models.selection` (image build or a pre-export job)."""
     monkeypatch.setenv("SPATIALFORGE_BACKEND_CACHE", str(tmp_path / "cache"))
-    assert backends.main(["--backend", "openvino"]) == 0
+    assert selection.main(["--backend", "openvino"]) == 0
     assert f"{CKPT}: backend openvino" in capsys.readouterr().out
     (export,) = (tmp_path / "cache").glob(f"{CKPT}-*/model.onnx")
     assert list(export.parent.glob("parity-openvino-cpu-fp32-*.json"))
@@ -172,8 +174,7 @@ def _read_only(folder: Path) -> Iterator[None]:
 
 def test_the_default_cache_is_beside_a_local_model_dir(tmp_path):
     """So Job pods (each with its own model cache) share one export through the model volume."""
-    from spatialforge.runner.models.backends import backend_cache
-    from spatialforge.runner.settings import RunnerSettings
+    from spatialforge.runner.models.backend_cache import backend_cache
 
     models, cache = tmp_path / "models", tmp_path / "model-cache"
     models.mkdir()

@@ -62,6 +62,7 @@ def test_local_relative_end_to_end(tmp_path, model_dir, make_manifest, rgb_image
 
 def test_manifest_is_the_last_write(model_dir, rgb_image):
     from spatialforge.crds.v1alpha1.depthbatch import DepthBatchSpec
+    from spatialforge.runner.settings import RunnerSettings
     from spatialforge.runner.stages.base import RunContext
     from spatialforge.runner.stages.depth import DepthStage
     from spatialforge.runner.storage import MemoryStore
@@ -72,7 +73,7 @@ def test_manifest_is_the_last_write(model_dir, rgb_image):
         Image.fromarray(rgb_image(32, 32, i)).save(buf, format="PNG")
         store.put(f"s3://bucket/in/{i}.png", buf.getvalue())
     spec = DepthBatchSpec.model_validate({"inputs": ["s3://bucket/in/"], "output": {"uri": "s3://bucket/out"}, "batchSize": 2})
-    ctx = RunContext(namespace="ns", name="n")
+    ctx = RunContext(namespace="ns", name="n", settings=RunnerSettings.from_env())
     ctx.use_store("s3", store)
     result = DepthStage(io_workers=3).run(spec, ctx)
     writes = [u for u in store.put_order if u.startswith("s3://bucket/out/ns/n/shard-00000/")]
@@ -168,9 +169,10 @@ def test_research_mode_gates_non_commercial_models(tmp_path, model_dir, make_man
 
 
 def test_s3_end_to_end_on_minio(tmp_path, s3, model_dir, make_manifest, rgb_image):
-    from spatialforge.runner.storage.s3 import S3Store
+    from spatialforge.runner.settings import RunnerSettings
+    from spatialforge.runner.storage.s3 import S3Settings, S3Store
 
-    store = S3Store()
+    store = S3Store(S3Settings.from_runner(RunnerSettings.from_env()))
     for i in range(3):
         buf = io.BytesIO()
         Image.fromarray(rgb_image(32, 48, i)).save(buf, format="PNG")
@@ -212,11 +214,13 @@ def test_tiny_model_cli_builds_a_loadable_checkpoint(tmp_path):
     from spatialforge.crds.v1alpha1.common import DepthModel
     from spatialforge.runner.devices import choose_device
     from spatialforge.runner.models.estimator import DepthEstimator
+    from spatialforge.runner.settings import RunnerSettings
 
     out = tmp_path / "models"
     subprocess.run([sys.executable, "-m", "spatialforge.runner.models.tiny", str(out)], check=True, timeout=300)
     assert (out / "depth-anything-v2-small-metric-indoor" / "config.json").is_file()
-    est = DepthEstimator.load(DepthModel(variant="metric-indoor"), device=choose_device("cpu"), env={"SPATIALFORGE_MODEL_DIR": str(out)})
+    est = DepthEstimator.load(DepthModel(variant="metric-indoor"), device=choose_device("cpu"),
+                               settings=RunnerSettings.from_env({"SPATIALFORGE_MODEL_DIR": str(out)}))
     assert est.metric and est.model.config.max_depth == 20.0
     (depth,) = est.predict_rgb([np.zeros((30, 40, 3), np.uint8)])
     assert depth.shape == (30, 40)
@@ -273,6 +277,7 @@ def test_depth_maps_are_capped_at_max_pixels(tmp_path, model_dir, make_manifest,
 
 
 def test_skip_invalid_images(tmp_path, model_dir, make_manifest, rgb_image):
+    from spatialforge.runner.settings import RunnerSettings
     from spatialforge.runner.stages.base import RunContext
 
     (tmp_path / "in").mkdir()
@@ -283,7 +288,7 @@ def test_skip_invalid_images(tmp_path, model_dir, make_manifest, rgb_image):
     _save(rgb_image(64, 64, 3), tmp_path / "in" / "e.png", "PNG")
     spec = {"inputs": ["file://in/"], "output": {"uri": "file://out"}, "onInvalidImage": "Skip", "maxImagePixels": 3000,
             "batchSize": 2}
-    ctx = RunContext(namespace="team-a", name="job")
+    ctx = RunContext(namespace="team-a", name="job", settings=RunnerSettings.from_env())
     outcome = run_local(make_manifest("DepthBatch", spec), show_progress=False, ctx=ctx)
     assert outcome.exit_code == 0, outcome.reason
     shard = tmp_path / "out" / "team-a" / "job" / "shard-00000"

@@ -19,6 +19,7 @@ from shapely.ops import unary_union
 
 from spatialforge.runner.errors import FloorPlanError
 from spatialforge.runner.geometry.floorplan import FloorPlan, extract_floorplan
+from spatialforge.runner.geometry.floorplan_writers import to_dxf, to_geojson, to_svg
 
 
 @dataclass
@@ -245,14 +246,14 @@ def test_exports() -> None:
 
     points, normals, _ = scan(TWO_ROOMS, (1.5, 1.5, 1.5), seed=5)
     plan = extract_floorplan(points, normals)
-    svg = plan.svg()
+    svg = to_svg(plan)
     assert svg.startswith("<svg") and svg.count("<polygon") == 2 and "m²" in svg
-    doc = ezdxf.read(io.StringIO(plan.dxf().decode()))
+    doc = ezdxf.read(io.StringIO(to_dxf(plan).decode()))
     polys = [e for e in doc.modelspace() if e.dxftype() == "LWPOLYLINE"]
     assert len(polys) == 2 and all(p.closed for p in polys)
     areas = sorted(Polygon(list(p.vertices())).area for p in polys)
     assert areas == pytest.approx(sorted(r.area_m2 for r in plan.rooms), rel=1e-6)
-    gj = json.loads(plan.geojson_bytes())
+    gj = to_geojson(plan)
     assert gj["type"] == "FeatureCollection" and len(gj["features"]) == 2
     ring = gj["features"][0]["geometry"]["coordinates"][0]
     assert ring[0] == ring[-1]

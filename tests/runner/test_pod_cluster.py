@@ -17,7 +17,8 @@ from PIL import Image
 
 from spatialforge.crds import layout
 from spatialforge.runner.app import run_in_pod
-from spatialforge.runner.storage.s3 import S3Store
+from spatialforge.runner.settings import RunnerSettings
+from spatialforge.runner.storage.s3 import S3Settings, S3Store
 from tests.integration.runner_identity import bound_token, stand_in_pod
 
 pytestmark = pytest.mark.integration
@@ -49,7 +50,7 @@ def _runner_kubeconfig(cluster, namespace: str, tmp_path, name: str, index: int 
 
 
 async def test_pod_runs_its_shard_and_patches_progress(cluster, namespace, s3, model_dir, tmp_path, runner_env):
-    store = S3Store()
+    store = S3Store(S3Settings.from_runner(RunnerSettings.from_env()))
     for i in range(5):
         buf = io.BytesIO()
         Image.fromarray(np.full((24, 32, 3), 40 * i, np.uint8)).save(buf, format="PNG")
@@ -105,4 +106,4 @@ async def test_pod_failure_leaves_a_failed_stage_and_no_manifest(cluster, namesp
     assert outcome.exit_code == 42 and "does not exist" in runner_env.read_text()
     shard = cluster.get("depthbatch", "missing", namespace)["status"]["progress"]["shards"]["0"]
     assert shard["stage"] == "failed"
-    assert S3Store().list(f"s3://{s3}/out/") == []
+    assert S3Store(S3Settings.from_runner(RunnerSettings.from_env())).list(f"s3://{s3}/out/") == []

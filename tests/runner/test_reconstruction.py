@@ -162,9 +162,10 @@ def test_reconstruction_from_a_frame_prefix_on_minio(s3, model_dir, make_manifes
 
     from PIL import Image
 
-    from spatialforge.runner.storage.s3 import S3Store
+    from spatialforge.runner.settings import RunnerSettings
+    from spatialforge.runner.storage.s3 import S3Settings, S3Store
 
-    store = S3Store()
+    store = S3Store(S3Settings.from_runner(RunnerSettings.from_env()))
     cam = PinholeCamera(width=160, height=120, fx=125, fy=125)
     for i, T in enumerate(orbit(6, step=0.03)):
         buf = io.BytesIO()

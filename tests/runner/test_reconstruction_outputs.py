@@ -11,6 +11,7 @@ import pytest
 from spatialforge.crds.constants import EXIT_INVALID_INPUT
 from spatialforge.runner import run_local
 from spatialforge.runner.app import parse_resource
+from spatialforge.runner.settings import RunnerSettings
 from spatialforge.runner.stages.base import RunContext
 from spatialforge.runner.stages.reconstruct import ReconstructStage
 from spatialforge.runner.synthetic import PinholeCamera, Room, furnished_room, orbit, render, walk, write_video
@@ -36,7 +37,7 @@ def test_floorplan_from_estimated_poses(tmp_path):
     def depth(keyframes: list) -> tuple[list[np.ndarray], bool]:
         return [render(ROOM, FULL.scaled(*k.rgb.shape[1::-1]), truth[k.index], supersample=1)[1] for k in keyframes], True
 
-    ctx = RunContext(namespace="team-a", name="room")
+    ctx = RunContext(namespace="team-a", name="room", settings=RunnerSettings.from_env())
     result = ReconstructStage(depth_provider=depth).run(_spec(video, tmp_path / "out", ["floorplan", "trajectory"]), ctx)
     shard = tmp_path / "out" / "team-a" / "room" / "shard-00000"
     manifest = json.loads((shard / "manifest.json").read_text())

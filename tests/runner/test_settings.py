@@ -41,6 +41,20 @@ def test_settings_read_the_given_mapping_only(monkeypatch, tmp_path):
     assert RunnerSettings.from_env().device == "cuda:3"  # without a mapping: the process environment
 
 
+
+def test_serve_settings_share_the_loader(monkeypatch):
+    """ServeSettings reads through the same loader: the given mapping, then the CLI's options."""
+    from spatialforge.runner.serve.config import ServeSettings
+
+    monkeypatch.setenv("SPATIALFORGE_SERVE_PORT", "9999")
+    monkeypatch.setenv(c.ENV_DEVICE, "cuda:3")
+    s = ServeSettings.from_env({"spatialforge_serve_max_batch": "4", "SPATIALFORGE_SERVE_PORT": ""}, max_wait_ms=5, host=None)
+    assert (s.port, s.max_batch, s.max_wait_ms, s.host) == (8080, 4, 5.0, "0.0.0.0")
+    assert ServeSettings.from_env().port == 9999
+    with pytest.raises(TypeError, match="no setting max_batches"):
+        ServeSettings.from_env({}, max_batches=2)
+    assert RunnerSettings().device == "auto"  # nothing is read behind the loader's back
+
 def _png(rgb_image) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb_image(32, 48)).save(buf, format="PNG")

@@ -34,10 +34,11 @@ def _local_files(root: Path) -> list[str]:
 def test_failed_shard_leaves_nothing(where, request, tmp_path, model_dir, make_manifest, rgb_image):
     """Two good images are written before the third, corrupt one fails the shard."""
     if where == "minio":
-        from spatialforge.runner.storage.s3 import S3Store
+        from spatialforge.runner.settings import RunnerSettings
+        from spatialforge.runner.storage.s3 import S3Settings, S3Store
 
         bucket = request.getfixturevalue("s3")
-        store = S3Store()
+        store = S3Store(S3Settings.from_runner(RunnerSettings.from_env()))
         out_uri = f"s3://{bucket}/out"
     else:
         out_uri = "file://out"
@@ -93,9 +94,10 @@ def test_killed_attempt_is_cleared_by_the_next(tmp_path, model_dir, make_manifes
 
 def test_leftovers_on_minio_are_cleared(tmp_path, s3, model_dir, make_manifest, rgb_image):
     """A killed attempt's staging and a publish cut short (files, no manifest) are both removed."""
-    from spatialforge.runner.storage.s3 import S3Store
+    from spatialforge.runner.settings import RunnerSettings
+    from spatialforge.runner.storage.s3 import S3Settings, S3Store
 
-    store = S3Store()
+    store = S3Store(S3Settings.from_runner(RunnerSettings.from_env()))
     base = f"s3://{s3}/out/team-a/job"
     store.put(f"{base}/.staging/shard-00000/0123456789ab/old.depth.png", b"half of a png")
     store.put(f"{base}/shard-00000/stale.depth.npy", b"published before the kill")
@@ -110,6 +112,7 @@ def test_outputs_written_before_a_failure_are_removed(model_dir, rgb_image):
     """Depth maps of the good images are staged before the corrupt one fails the shard, and gone after."""
     from spatialforge.crds.v1alpha1.depthbatch import DepthBatchSpec
     from spatialforge.runner.errors import InvalidImageError
+    from spatialforge.runner.settings import RunnerSettings
     from spatialforge.runner.stages.base import RunContext
     from spatialforge.runner.stages.depth import DepthStage
     from spatialforge.runner.storage import MemoryStore
@@ -119,7 +122,7 @@ def test_outputs_written_before_a_failure_are_removed(model_dir, rgb_image):
         store.put(f"s3://bucket/in/{i}.png", _png(rgb_image(32, 32, i)))
     store.put("s3://bucket/in/9.png", _png(rgb_image(32, 32, 9))[:300])
     spec = DepthBatchSpec.model_validate({"inputs": ["s3://bucket/in/"], "output": {"uri": "s3://bucket/out"}, "batchSize": 1})
-    ctx = RunContext(namespace="ns", name="n")
+    ctx = RunContext(namespace="ns", name="n", settings=RunnerSettings.from_env())
     ctx.use_store("s3", store)
     with pytest.raises(InvalidImageError, match="9.png"):
         DepthStage(io_workers=2).run(spec, ctx)

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from spatialforge.runner.errors import InputNotFoundError
+from spatialforge.runner.settings import RunnerSettings
 from spatialforge.runner.storage import LocalStore, open_store
 from spatialforge.runner.storage.local import file_uri
 from spatialforge.runner.storage.s3 import S3Settings, S3Store
@@ -24,20 +25,20 @@ def test_local_store_roundtrip(tmp_path):
     assert store.list(base + "missing/") == []
     with pytest.raises(InputNotFoundError):
         store.get(base + "nope")
-    assert isinstance(open_store(base), LocalStore)
+    assert isinstance(open_store(base, RunnerSettings.from_env({})), LocalStore)
 
 
 def test_s3_settings_from_secret_dir(tmp_path):
     (tmp_path / "AWS_ACCESS_KEY_ID").write_text("AK\n")
     (tmp_path / "AWS_SECRET_ACCESS_KEY").write_text("SK\n")
-    s = S3Settings.from_env({"SPATIALFORGE_S3_SECRET_DIR": str(tmp_path), "AWS_ACCESS_KEY_ID": "env",
-                             "SPATIALFORGE_S3_ENDPOINT": "http://x:1", "AWS_REGION": "eu-west-1"})
+    s = S3Settings.from_runner(RunnerSettings.from_env({"SPATIALFORGE_S3_SECRET_DIR": str(tmp_path), "AWS_ACCESS_KEY_ID": "env",
+                                                        "SPATIALFORGE_S3_ENDPOINT": "http://x:1", "AWS_REGION": "eu-west-1"}))
     assert (s.access_key, s.secret_key, s.endpoint_url, s.region) == ("AK", "SK", "http://x:1", "eu-west-1")
     assert "SK" not in repr(s)
 
 
 def test_s3_store_on_minio(s3, tmp_path):
-    store = S3Store()
+    store = S3Store(S3Settings.from_runner(RunnerSettings.from_env()))
     uri = f"s3://{s3}/dir/obj.txt"
     assert store.put(uri, b"data", content_type="text/plain") == hashlib.sha256(b"data").hexdigest()
     assert store.get(uri) == b"data"
@@ -53,7 +54,7 @@ def test_s3_store_on_minio(s3, tmp_path):
 
 
 def test_s3_multipart_upload_and_download(s3, tmp_path):
-    settings = S3Settings.from_env()
+    settings = S3Settings.from_runner(RunnerSettings.from_env())
     settings.multipart_threshold = settings.multipart_chunksize = 5 * 1024 * 1024
     store = S3Store(settings)
     data = os.urandom(12 * 1024 * 1024 + 123)
@@ -75,13 +76,13 @@ def test_model_weights_from_s3_prefix(s3, model_dir, tmp_path, monkeypatch):
     from spatialforge.runner.devices import choose_device
     from spatialforge.runner.models.estimator import DepthEstimator
 
-    store = S3Store()
+    store = S3Store(S3Settings.from_runner(RunnerSettings.from_env()))
     folder = model_dir / "depth-anything-v2-small-relative"
     for path in folder.iterdir():
         store.put_file(f"s3://{s3}/weights/{folder.name}/{path.name}", path)
     # `env` is the whole environment the runner sees: the object store's settings come with it.
     env = {**os.environ, "SPATIALFORGE_MODEL_DIR": f"s3://{s3}/weights/", "SPATIALFORGE_MODEL_CACHE": str(tmp_path / "cache")}
-    est = DepthEstimator.load(DepthModel(), device=choose_device("cpu"), env=env)
+    est = DepthEstimator.load(DepthModel(), device=choose_device("cpu"), settings=RunnerSettings.from_env(env))
     assert (tmp_path / "cache" / folder.name / "config.json").is_file()
     (depth,) = est.predict_rgb([np.zeros((20, 30, 3), np.uint8)])
     assert depth.shape == (20, 30)
@@ -89,7 +90,7 @@ def test_model_weights_from_s3_prefix(s3, model_dir, tmp_path, monkeypatch):
 
 def test_staged_move_keeps_checksum_metadata_past_the_multipart_size(s3):
     """Publishing moves staged outputs server-side; a 4 MP float32 depth map (> 16 MiB) keeps its sha256."""
-    store = S3Store()
+    store = S3Store(S3Settings.from_runner(RunnerSettings.from_env()))
     data = os.urandom(17 * 1024 * 1024)
     src, dst = f"s3://{s3}/.staging/a.depth.npy", f"s3://{s3}/shard-00000/a.depth.npy"
     digest = store.put(src, data, content_type="application/x-npy")

@@ -1,0 +1,163 @@
+"""Which backend runs: parity against eager transformers, then the setting or the measured order.
+
+Before a cached export is used the first time, its output is compared with the eager model on a
+fixed input (batch 2, non-square); a backend that differs by more than PARITY_RTOL is refused,
+and a pass is remembered beside the export. `python -m spatialforge.runner.models.selection`
+exports and checks ahead of time (image build or a warm cache).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spatialforge.runner.devices import DeviceChoice
+from spatialforge.runner.models.backend_cache import atomic_write, cached_onnx
+from spatialforge.runner.models.backends import (
+    AUTO_ORDER_CPU,
+    AUTO_ORDER_CUDA,
+    BackendError,
+    DepthBackend,
+    OnnxRuntimeBackend,
+    OpenVinoBackend,
+    TorchBackend,
+    backend_choice,
+    ort_providers,
+)
+from spatialforge.runner.models.export import SAMPLE_SHAPE
+from spatialforge.runner.settings import RunnerSettings
+
+log = logging.getLogger(__name__)
+
+PARITY_RTOL = 1e-3  # max |backend - eager| / max |eager|, fp32
+PARITY_RTOL_FP16 = 1e-2  # fp16 against fp16 eager: fp16 rounding alone is ~1e-3
+
+
+def relative_difference(candidate: np.ndarray, reference: np.ndarray) -> float:
+    """max |candidate - reference| / max |reference| (0 when both are zero)."""
+    peak = float(np.abs(reference).max())
+    diff = float(np.abs(candidate.astype(np.float64) - reference.astype(np.float64)).max())
+    return diff / peak if peak > 0 else diff
+
+
+def parity_input() -> np.ndarray:
+    rng = np.random.default_rng(1234)
+    return rng.standard_normal(SAMPLE_SHAPE).astype(np.float32)
+
+
+def check_parity(backend: DepthBackend, reference: TorchBackend, marker: Path | None) -> float:
+    """Compare with eager on a fixed input; remember a pass in `marker` so it runs once per cache."""
+    if marker is not None and marker.is_file():
+        return float(json.loads(marker.read_text())["relativeDifference"])
+    x = parity_input()
+    got = backend.forward(x).float().cpu().numpy()
+    want = reference.forward(x).float().cpu().numpy()
+    rel = relative_difference(got, want)
+    limit = PARITY_RTOL_FP16 if reference.device.half else PARITY_RTOL
+    if not np.isfinite(rel) or rel > limit:
+        raise BackendError(f"backend {backend.name} differs from transformers by {rel:.2e} (limit {limit:.0e})")
+    if marker is not None:
+        atomic_write(marker, json.dumps({"relativeDifference": rel, "limit": limit}))
+    return rel
+
+
+@dataclass(frozen=True, kw_only=True)
+class Selected:
+    backend: DepthBackend
+    parity: float | None  # relative difference from eager; None for eager itself
+
+
+def build_backend(name: str, *, model: Any, location: str, ckpt_name: str, device: DeviceChoice,
+                  settings: RunnerSettings) -> Selected:
+    """One named backend, exported and parity-checked; BackendError when it cannot run here."""
+    eager = TorchBackend(model, device)
+    if name == "torch":
+        return Selected(backend=eager, parity=None)
+    if name == "onnxruntime":
+        _require("onnxruntime")
+        if device.is_cuda:
+            ort_providers(device, Path(os.devnull))  # fail before exporting when ORT has no CUDA provider
+    elif name == "openvino":
+        _require("openvino")
+        if device.is_cuda:
+            raise BackendError("openvino runs on CPU only; the device is " + device.torch_device)
+    else:
+        raise BackendError(f"unknown depth backend {name!r}")
+    onnx_path = cached_onnx(model, location, ckpt_name, settings)
+    folder = onnx_path.parent
+    try:
+        backend: DepthBackend
+        if name == "onnxruntime":
+            backend = OnnxRuntimeBackend(onnx_path, device, trt_cache=folder / "tensorrt")
+        else:
+            backend = OpenVinoBackend(onnx_path, device, cache_dir=folder / "openvino")
+    except BackendError:
+        raise
+    except Exception as exc:  # a runtime that cannot load the graph is a load error, not a crash
+        raise BackendError(f"{name} cannot load {onnx_path}: {exc}") from exc
+    dtype = "fp16" if device.half else "fp32"
+    marker = folder / f"parity-{name}-{device.torch_device.split(':')[0]}-{dtype}-{_runtime_version(name)}.json"
+    rel = check_parity(backend, eager, marker)
+    return Selected(backend=backend, parity=rel)
+
+
+def select_backend(*, model: Any, location: str, ckpt_name: str, device: DeviceChoice,
+                   settings: RunnerSettings) -> Selected:
+    """The backend the setting names, or with `auto` the first of the measured order that works here."""
+    choice = backend_choice(settings)
+    if choice != "auto":
+        return build_backend(choice, model=model, location=location, ckpt_name=ckpt_name, device=device, settings=settings)
+    for name in AUTO_ORDER_CUDA if device.is_cuda else AUTO_ORDER_CPU:
+        try:
+            return build_backend(name, model=model, location=location, ckpt_name=ckpt_name, device=device, settings=settings)
+        except BackendError as exc:
+            log.warning("depth backend %s not used: %s", name, exc)
+    raise AssertionError("unreachable: torch always builds")
+
+
+def _require(module: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise BackendError(f"{module} is not installed (pip install 'spatialforge[runner]')")
+
+
+def _runtime_version(name: str) -> str:
+    with contextlib.suppress(Exception):
+        import importlib.metadata
+
+        return importlib.metadata.version(name)
+    return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Export and check every backend for the checkpoints named (image build or a warm cache)."""
+    import argparse
+
+    from spatialforge.crds.v1alpha1.common import DepthModel, ModelSize, ModelVariant
+    from spatialforge.runner.models.estimator import DepthEstimator
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--size", action="append", choices=[s.value for s in ModelSize], default=None)
+    parser.add_argument("--variant", action="append", choices=[v.value for v in ModelVariant], default=None)
+    parser.add_argument("--backend", default=None, help="default: SPATIALFORGE_DEPTH_BACKEND or auto")
+    args = parser.parse_args(argv)
+    settings = RunnerSettings.from_env()
+    if args.backend:
+        settings = settings.model_copy(update={"depth_backend": args.backend})
+    for size in args.size or ["small"]:
+        for variant in args.variant or ["relative"]:
+            est = DepthEstimator.load(DepthModel(size=size, variant=variant), settings=settings)
+            print(f"{est.checkpoint.name}: backend {est.backend.name}, parity {est.parity}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
