@@ -30,7 +30,6 @@ import json
 import multiprocessing
 import os
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,22 +40,16 @@ from typing import Any
 
 import aiohttp
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from spatialforge.devcluster.plane import STATE, start_cluster
+from spatialforge.devcluster.ports import free_port
 
-from tests.cluster import STATE, start_cluster  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 BENCH_STATE = STATE / "bench-api"
 HACK = REPO / "hack"
 BUCKET = "sf-bench"
 TARGETS = {"reads_per_s": 1000, "read_p99_ms": 50, "creates_per_s": 200, "health_p99_ms": 50}
 BIG = 50 * 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -13,17 +13,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 from pathlib import Path
 
 from kubernetes_asyncio import client, config
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from spatialforge.kubeclient import tuned  # noqa: E402
-from tests.cluster import start_cluster  # noqa: E402
+from spatialforge.devcluster.plane import start_cluster
+from spatialforge.kubeclient import tuned
 
 
 async def measure(kubeconfig: Path, tune: bool, requests: int) -> tuple[float, float]:

@@ -20,20 +20,17 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import time
 import uuid
 from pathlib import Path
 
 from kubernetes_asyncio import client, config
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from spatialforge.devcluster.operator_process import OperatorProcess
+from spatialforge.devcluster.plane import STATE, start_cluster
+from spatialforge.kubeclient import tuned
+from spatialforge.operator.kube import Kube
 
-from spatialforge.kubeclient import tuned  # noqa: E402
-from spatialforge.operator.kube import Kube  # noqa: E402
-from tests.cluster import STATE, start_cluster  # noqa: E402
-from tests.operator_process import OperatorProcess  # noqa: E402
 
 CONCURRENCY = 16
 

@@ -1,7 +1,7 @@
 """Time to a first depth result on the local plane: a cold one-image DepthBatch (a Job, a runner
 process that loads the model) against a warm DepthPool (servers already loaded).
 
-On the session's own plane (tests/cluster.py), with the operator, MinIO and the tiny model
+On the session's own plane (spatialforge/devcluster/plane.py), with the operator, MinIO and the tiny model
 (CPU), nothing simulated but the GPU:
 
 - job_first_output_s: DepthBatch created -> its first output object exists in MinIO;
@@ -26,7 +26,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -37,12 +36,11 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from spatialforge.devcluster.operator_process import OperatorProcess
+from spatialforge.devcluster.plane import BEHAVIOUR_NAMESPACE, STATE, Cluster, start_cluster
+
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from tests.cluster import BEHAVIOUR_NAMESPACE, STATE, Cluster, start_cluster  # noqa: E402
-from tests.operator_process import OperatorProcess  # noqa: E402
-
 SECRET = "spatialforge-objectstore"
 
 

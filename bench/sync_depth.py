@@ -31,7 +31,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,11 +42,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from spatialforge.devcluster.ports import free_port
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -65,8 +60,9 @@ def build_model(root: Path, arch: str, processor_size: int) -> Path:
 def bare_pass(root: Path, rgb: np.ndarray, n: int, env: dict[str, str]) -> tuple[list[float], str]:
     from spatialforge.crds.v1alpha1.common import DepthModel
     from spatialforge.runner.models.estimator import DepthEstimator
+    from spatialforge.runner.settings import RunnerSettings
 
-    est = DepthEstimator.load(DepthModel(), env=env)
+    est = DepthEstimator.load(DepthModel(), settings=RunnerSettings.from_env(env))
     est.predict_rgb([rgb])
     times = []
     for _ in range(n):
@@ -176,7 +172,7 @@ def main() -> None:
             import sync_frontend
 
             host = sync_frontend.pod_address()
-        port = _free_port() if host == "127.0.0.1" else sync_frontend.free_port(host)
+        port = free_port() if host == "127.0.0.1" else sync_frontend.free_port(host)
         proc = start_server(env, port, args, Path(tmp) / "server.log", host=host)
         url = f"http://{host}:{port}"
         try:

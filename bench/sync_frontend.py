@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -25,20 +24,14 @@ from typing import Any
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from spatialforge.devcluster.plane import STATE, start_cluster
+from spatialforge.devcluster.ports import free_port
 
-from tests.cluster import STATE, start_cluster  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 BENCH_STATE = STATE / "bench-sync"
 HACK = REPO / "hack"
 BUCKET = "sf-bench-sync"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def pod_address() -> str:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import BEHAVIOUR_NAMESPACE as BEHAVIOUR_NS
-from tests.cluster import SYSTEM_NAMESPACE  # noqa: F401  (re-exported for the tests)
-from tests.cluster import STATE, Cluster, HowToGetIt, isolate_environment, start_cluster, stop_cluster
-from tests.operator_process import OperatorProcess
+from spatialforge.devcluster.plane import BEHAVIOUR_NAMESPACE as BEHAVIOUR_NS
+from spatialforge.devcluster.plane import SYSTEM_NAMESPACE  # noqa: F401  (re-exported for the tests)
+from spatialforge.devcluster.operator_process import OperatorProcess
+from spatialforge.devcluster.plane import STATE, Cluster, HowToGetIt, isolate_environment, start_cluster, stop_cluster
 
 RUNNER_SECRET = "spatialforge-objectstore"  # runner pods take their object-store env from it
 

@@ -5,4 +5,9 @@ nodes that advertise `nvidia.com/gpu`, keeps them Ready, and plays the kubelet f
 bound to them: it either simulates the container (sleep, then an exit code) or runs the
 pod's command as a real local process with the pod's env and service-account token.
 What each pod does is decided by `behaviour.py`.
+
+The package is also the dev and test tooling the tests and the benches share: `plane.py` (the
+local control plane), `operator_process.py` (the operator as a subprocess), `ports.py`
+(`free_port`). Product code (runner, operator, apiserver, crds, client) never imports it
+(.importlinter).
 """

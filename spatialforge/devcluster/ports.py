@@ -31,6 +31,8 @@ def binds_pod_ip(container: dict[str, Any]) -> bool:
     its own address: its ports are then its own and are not remapped."""
     return any(((item.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath") == "status.podIP"
                for item in container.get("env") or [])
+
+
 _held: set[int] = set()  # host ports handed out to live processes
 
 
@@ -44,21 +46,26 @@ def declared(container: dict[str, Any]) -> list[int]:
     return seen
 
 
-def _free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` now (the kernel's pick), for a server about to be started there.
+
+    The one helper for tests, benches and the node agent; a port this agent handed out
+    (`allocate`) is never returned again while it is held.
+    """
     for _ in range(64):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("0.0.0.0", 0))  # free on every interface, as a server binding 0.0.0.0 needs
+            s.bind((host, 0))
             port = int(s.getsockname()[1])
         if port not in _held:
             return port
-    raise RuntimeError("no free host port")
+    raise RuntimeError(f"no free port on {host}")
 
 
 def allocate(container: dict[str, Any]) -> dict[int, int]:
     """A free host port for each declared container port (held until `release`)."""
     mapping = {}
     for port in declared(container):
-        host = _free_port()
+        host = free_port("0.0.0.0")  # free on every interface, as a server binding 0.0.0.0 needs
         _held.add(host)
         mapping[port] = host
     return mapping

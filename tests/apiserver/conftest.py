@@ -13,7 +13,6 @@ import asyncio
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -27,7 +26,8 @@ import httpx
 import pytest
 import uvicorn
 
-from tests.cluster import REPO, STATE, Cluster
+from spatialforge.devcluster.plane import REPO, STATE, Cluster
+from spatialforge.devcluster.ports import free_port
 from tests.timeouts import MEDIUM, SHORT
 
 HACK = REPO / "hack"
@@ -37,12 +37,6 @@ SECRET_KEY = secrets.token_urlsafe(48)
 STRIPE_KEY = "sk_test_" + secrets.token_hex(24)
 STRIPE_WEBHOOK_SECRET = "whsec_" + secrets.token_hex(24)
 BUCKET = "sf-api-tests"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _script_env(**extra: str) -> dict[str, str]:
@@ -187,7 +181,7 @@ class ServerThread:
 
     @property
     def services(self) -> Any:
-        """The lifespan's services (`app.state.jobs`, `.billing`, `.tenants`, ...)."""
+        """The lifespan's services (`app.state.job_submission`, `.job_reads`, `.billing`, `.tenants`, ...)."""
         return self.app.state
 
 

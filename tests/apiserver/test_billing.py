@@ -429,7 +429,7 @@ def test_a_failed_gpu_limit_write_after_the_downgrade_is_retried_by_the_sweep(ma
     from spatialforge.apiserver.services.kube import Kube, make_api_client
     from spatialforge.apiserver.services.namespaces import Namespaces
     from spatialforge.apiserver.services.tenants import Tenants
-    from tests.apiserver.conftest import free_port
+    from spatialforge.devcluster.ports import free_port
 
     settings = make_settings(redis_url=make_settings().redis_url.rsplit("/", 1)[0] + "/3")
     tenant = f"t{uuid.uuid4().hex[:10]}"

@@ -20,8 +20,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.apiserver.conftest import free_port
-from tests.cluster import REPO, Cluster
+from spatialforge.devcluster.plane import REPO, Cluster
+from spatialforge.devcluster.ports import free_port
 from tests.timeouts import MEDIUM
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.apiserver.conftest import ServerThread, free_port
+from spatialforge.devcluster.ports import free_port
+from tests.apiserver.conftest import ServerThread
 from tests.timeouts import SHORT
 
 

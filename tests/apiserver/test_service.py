@@ -127,7 +127,8 @@ def test_json_log_lines_carry_the_request_id(api):
 def test_kubernetes_down_is_503_refunded_per_ip_webhook_limit_cors(make_settings, make_tenant, cluster, tmp_path):
     import yaml
 
-    from tests.apiserver.conftest import ServerThread, free_port
+    from spatialforge.devcluster.ports import free_port
+    from tests.apiserver.conftest import ServerThread
 
     t = make_tenant("pro")
     config = yaml.safe_load(cluster.kubeconfig.read_text())

@@ -13,7 +13,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,8 +28,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from spatialforge.devcluster.plane import Cluster
+from spatialforge.devcluster.ports import free_port
 from tests.apiserver.conftest import BUCKET, ServerThread, Tenant
-from tests.cluster import Cluster
 from tests.timeouts import LONG, MEDIUM, SHORT
 
 
@@ -46,12 +46,6 @@ class DepthServer:
             if line.startswith(name + " "):
                 return float(line.split()[1])
         raise AssertionError(f"{name} not in /metrics")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _pod_address() -> str:

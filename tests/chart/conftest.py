@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster import REPO, Cluster
+from spatialforge.devcluster.plane import REPO, Cluster
 
 CHART = REPO / "charts" / "spatialforge"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))

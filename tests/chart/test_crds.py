@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from spatialforge.devcluster.plane import REPO
 from tests.chart.conftest import CHART
-from tests.cluster import REPO
 
 
 def test_chart_crds_equal_repo_crds() -> None:

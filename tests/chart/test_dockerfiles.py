@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from spatialforge.devcluster.plane import REPO
 from spatialforge.operator.settings import OperatorSettings
 from tests.chart.conftest import CHART, Helm, find
-from tests.cluster import REPO
 
 DOCKERFILES = ["Dockerfile.operator", "Dockerfile.runner"]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
+from spatialforge.devcluster.plane import Cluster
 from tests.chart.conftest import CHART, Helm, ns, tenants_args
-from tests.cluster import Cluster
 
 pytestmark = pytest.mark.integration
 

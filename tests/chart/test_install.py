@@ -9,8 +9,8 @@ import json
 
 import pytest
 
+from spatialforge.devcluster.plane import Cluster, wait_for
 from tests.chart.conftest import CHART, Helm, ns
-from tests.cluster import Cluster, wait_for
 from tests.timeouts import MEDIUM
 
 pytestmark = pytest.mark.integration

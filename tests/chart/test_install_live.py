@@ -38,8 +38,9 @@ import pytest
 import yaml
 
 from spatialforge.devcluster import ports
+from spatialforge.devcluster.plane import REPO, STATE, Cluster, wait_for
+from spatialforge.devcluster.ports import free_port
 from tests.chart.conftest import CHART, Helm, ns, tenants_args
-from tests.cluster import REPO, STATE, Cluster, wait_for
 from tests.conftest import Behaviour
 from tests.timeouts import LONG, MEDIUM
 
@@ -58,13 +59,6 @@ NAMESPACED = "deployments,replicasets,pods,services,configmaps,serviceaccounts,r
 PODS_STATE = STATE / "devcluster" / "pods"
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def backing() -> Iterator[dict[str, str]]:
     """Redis, stripe-mock and MinIO for the front end, on free ports; stopped afterwards."""
@@ -77,7 +71,7 @@ def backing() -> Iterator[dict[str, str]]:
                                         ("minio.sh", "MINIO_PORT", {"MINIO_ROOT_PASSWORD": secrets.token_hex(16)})):
             proc = subprocess.run(["bash", str(HACK / script), "up"], capture_output=True, text=True, timeout=120,
                                   env={**os.environ, "SPATIALFORGE_STATE": str(BACKING_STATE),
-                                       port_var: str(_free_port()), **extra})
+                                       port_var: str(free_port()), **extra})
             if proc.returncode != 0:
                 pytest.fail(f"hack/{script} up failed (get it with: {how[script]}): {proc.stderr.strip()[-2000:]}",
                             pytrace=False)

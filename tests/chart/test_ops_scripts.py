@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import REPO, Cluster
+from spatialforge.devcluster.plane import REPO, Cluster
 
 HACK = REPO / "hack"
 

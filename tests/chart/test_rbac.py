@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 import pytest
 import yaml
 
+from spatialforge.devcluster.plane import Cluster
 from tests.chart.conftest import CHART, Helm, ns, tenants_args
-from tests.cluster import Cluster
 
 pytestmark = pytest.mark.integration
 

@@ -11,6 +11,7 @@ import pytest
 from spatialforge.apiserver.core.config import Settings
 from spatialforge.crds import DepthBatch
 from spatialforge.crds.constants import ENV_RESEARCH_MODE
+from spatialforge.devcluster.ports import free_port
 from spatialforge.operator.children import build_job
 from spatialforge.operator.settings import OperatorSettings
 from spatialforge.runner.settings import RunnerSettings
@@ -40,7 +41,7 @@ def test_one_value_reaches_front_end_operator_and_runner_pods(helm: Helm, on: bo
     runner_env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert runner_env[ENV_RESEARCH_MODE] == want
     monkeypatch.setenv(ENV_RESEARCH_MODE, runner_env[ENV_RESEARCH_MODE])
-    assert RunnerSettings().research_mode is on
+    assert RunnerSettings.from_env().research_mode is on
 
 
 def _redis_argv(container: dict[str, Any]) -> list[str]:
@@ -103,7 +104,6 @@ def test_trial_redis_command_runs_on_this_machine(helm: Helm, tmp_path) -> None:
     """The rendered arguments start a real redis-server (Debian's package, as `make install`
     puts it here), which then answers with the settings given."""
     import shutil
-    import socket
     import subprocess
     import time
 
@@ -112,9 +112,7 @@ def test_trial_redis_command_runs_on_this_machine(helm: Helm, tmp_path) -> None:
         pytest.fail("redis-server is missing: make install (hack/install.sh) installs Debian's redis-server")
     c = pod_spec(find(helm.render("--set", "redis.enabled=true", "--set", "redis.existingPasswordSecret=rp"),
                       "StatefulSet", "-redis"))["containers"][0]  # type: ignore[index]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     args = [str(a) for a in c["args"]]
     args[args.index("--port") + 1] = str(port)
     args[args.index("--dir") + 1] = str(tmp_path)

@@ -10,7 +10,7 @@ import subprocess
 from typing import Any
 
 from spatialforge.crds.rbac import RUNNER_SERVICE_ACCOUNT
-from tests.cluster import Cluster
+from spatialforge.devcluster.plane import Cluster
 
 
 def bound_token(cluster: Cluster, namespace: str, pod: dict[str, Any],

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from spatialforge.crds.policy import POLICY_NAME
-from tests.cluster import REPO, Cluster, kube_version
-from tests.operator_process import free_port
+from spatialforge.devcluster.ports import free_port
+from spatialforge.devcluster.plane import REPO, Cluster, kube_version
 
 pytestmark = pytest.mark.integration
 
@@ -90,7 +90,7 @@ TRANSPORT_ERROR = re.compile(r"(dial tcp|no such host|connection refused|i/o tim
 def test_a_version_the_proxy_lacks_fails_naming_the_version(tmp_path: Path) -> None:
     # Control: the same proxy, from an empty module cache, serves the pinned version, so the
     # failure below is about the version and not about reaching the proxy.
-    from tests.cluster import kube_version
+    from spatialforge.devcluster.plane import kube_version
 
     control = subprocess.run(["go", "list", "-m", "-json", f"k8s.io/kubernetes@{kube_version()}"], cwd=tmp_path,
                              capture_output=True, text=True, timeout=120,

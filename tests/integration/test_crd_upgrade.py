@@ -17,7 +17,7 @@ import yaml
 from spatialforge.crds.constants import GROUP
 from spatialforge.crds.generate import render_crd
 from spatialforge.crds.kinds import DEPTH_BATCH
-from tests.cluster import Cluster
+from spatialforge.devcluster.plane import Cluster
 
 pytestmark = pytest.mark.integration
 SCRATCH_GROUP = "upgrade-test.spatialforge.io"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cluster import REPO, Cluster
+from spatialforge.devcluster.plane import REPO, Cluster
 from tests.factories import depth_batch
 
 pytestmark = pytest.mark.integration

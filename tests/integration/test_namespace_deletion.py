@@ -8,11 +8,11 @@ import time
 
 import pytest
 
+from spatialforge.devcluster.operator_process import OperatorProcess
+from spatialforge.devcluster.plane import Cluster, wait_for
 from tests import timeouts
-from tests.cluster import Cluster, wait_for
 from tests.conftest import Behaviour
 from tests.factories import depth_batch
-from tests.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.integration
 RESOURCES = 20

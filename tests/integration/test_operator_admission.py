@@ -11,12 +11,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from spatialforge.devcluster.operator_process import OperatorProcess
+from spatialforge.devcluster.plane import Cluster, wait_for
 from tests import timeouts
-from tests.cluster import Cluster, wait_for
 from tests.conftest import SYSTEM_NAMESPACE, Behaviour
 from tests.factories import depth_batch
 from tests.integration.test_operator_lifecycle import status, wait_phase
-from tests.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.integration
 QUOTAS = "spatialforge-quotas"

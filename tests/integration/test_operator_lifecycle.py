@@ -13,11 +13,11 @@ import yaml
 
 from spatialforge.crds.constants import EXIT_INVALID_INPUT, GROUP, LABEL_NAME, VERSION
 from spatialforge.crds.kinds import KINDS
+from spatialforge.devcluster.operator_process import OperatorProcess
+from spatialforge.devcluster.plane import REPO, Cluster, wait_for
 from tests import timeouts
-from tests.cluster import REPO, Cluster, wait_for
 from tests.conftest import RUNNER_SECRET, Behaviour
 from tests.factories import depth_batch, reconstruction_job
-from tests.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.integration
 

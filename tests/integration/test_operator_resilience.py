@@ -12,12 +12,12 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from spatialforge.crds.constants import LABEL_NAME, LABEL_UID
+from spatialforge.devcluster.operator_process import OperatorProcess
+from spatialforge.devcluster.plane import STATE, Cluster, wait_for
 from tests import timeouts
-from tests.cluster import STATE, Cluster, wait_for
 from tests.conftest import SYSTEM_NAMESPACE, Behaviour
 from tests.factories import depth_batch, reconstruction_job
 from tests.integration.test_operator_lifecycle import wait_phase
-from tests.operator_process import OperatorProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import REPO
-from tests.operator_process import free_port
+from spatialforge.devcluster.ports import free_port
+from spatialforge.devcluster.plane import REPO
 from tests.timeouts import LONG
 
 pytestmark = pytest.mark.integration

@@ -14,14 +14,14 @@ import pytest
 from spatialforge.crds.constants import LABEL_NAME
 from spatialforge.crds.policy import MAX_JOB_NAME
 from spatialforge.crds.rbac import RUNNER_SERVICE_ACCOUNT
+from spatialforge.devcluster.operator_process import OperatorProcess
+from spatialforge.devcluster.plane import Cluster, wait_for
 from spatialforge.operator.children import build_job, parse
 from spatialforge.operator.settings import OperatorSettings
 from tests import timeouts
-from tests.cluster import Cluster, wait_for
 from tests.conftest import RUNNER_SECRET, Behaviour
 from tests.factories import depth_batch
 from tests.integration.runner_identity import bound_token, patch_status_as, unbound_token
-from tests.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.integration
 # Long enough that its Job's name is cut to MAX_JOB_NAME, which its pods' names keep whole.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -11,14 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from spatialforge.devcluster.ports import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 MINIO_SH = REPO / "hack" / "minio.sh"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _minio_binary() -> Path:
@@ -36,7 +31,7 @@ def minio_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     if not binary.is_file():
         pytest.fail(f"MinIO binary not found at {binary}. Build it once with: bash hack/build-tools.sh minio", pytrace=False)
     state = tmp_path_factory.mktemp("sf-state")
-    env = {**os.environ, "SPATIALFORGE_STATE": str(state), "MINIO_PORT": str(_free_port())}
+    env = {**os.environ, "SPATIALFORGE_STATE": str(state), "MINIO_PORT": str(free_port())}
     up = subprocess.run(["bash", str(MINIO_SH), "up"], env=env, capture_output=True, text=True, timeout=120)
     if up.returncode != 0:
         pytest.fail(f"hack/minio.sh up failed:\n{up.stderr}\n{up.stdout}", pytrace=False)

@@ -13,12 +13,12 @@ import boto3
 import numpy as np
 import pytest
 
+from spatialforge.devcluster.operator_process import OperatorProcess
+from spatialforge.devcluster.plane import Cluster, wait_for
 from tests import timeouts
-from tests.cluster import Cluster, wait_for
 from tests.conftest import RUNNER_SECRET, Behaviour
 from tests.factories import depth_batch, reconstruction_job
 from tests.integration.test_operator_lifecycle import status, wait_phase
-from tests.operator_process import OperatorProcess
 from tests.runner.test_invalid import _png_bytes, huge_png
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

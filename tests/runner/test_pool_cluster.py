@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from spatialforge.devcluster.operator_process import OperatorProcess
+from spatialforge.devcluster.plane import SYSTEM_NAMESPACE, Cluster, wait_for
 from tests import timeouts
-from tests.cluster import SYSTEM_NAMESPACE, Cluster, wait_for
 from tests.conftest import RUNNER_SECRET, Behaviour
 from tests.factories import depth_batch
 from tests.integration.test_operator_lifecycle import status
-from tests.operator_process import OperatorProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 QUOTAS = "spatialforge-quotas"

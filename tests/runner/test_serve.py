@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from spatialforge.devcluster.ports import free_port
 from spatialforge.runner import run_local
 from tests import timeouts
-from tests.runner.conftest import _free_port
 
 
 @dataclass
@@ -55,7 +55,7 @@ def _get(url: str) -> httpx.Response | None:
 
 @contextlib.contextmanager
 def serve(tmp_path: Path, model_dir: Path, *args: str, wait_ready: bool = True, env: dict[str, str] | None = None) -> Iterator[Server]:
-    port = _free_port()
+    port = free_port()
     log = tmp_path / f"server-{port}.log"
     full_env = {**os.environ, "SPATIALFORGE_MODEL_DIR": str(model_dir), "SPATIALFORGE_DEVICE": "cpu", **(env or {})}
     cmd = [sys.executable, "-m", "spatialforge.runner", "serve", "--host", "127.0.0.1", "--port", str(port), *args]

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.cluster import REPO
+from spatialforge.devcluster.plane import REPO
 
 SCRIPTS = sorted((REPO / "hack").glob("*.sh"))
 

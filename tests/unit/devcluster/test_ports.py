@@ -75,3 +75,10 @@ def test_a_container_told_its_pod_ip_keeps_its_ports() -> None:
     own = {"env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]}
     assert ports.binds_pod_ip(own)
     assert not ports.binds_pod_ip({"env": [{"name": "X", "value": "1"}]}) and not ports.binds_pod_ip({})
+
+
+def test_free_port_is_one_a_server_can_bind_on_that_host() -> None:
+    for host in ("127.0.0.1", "0.0.0.0"):
+        port = ports.free_port(host)
+        with socket.socket() as s:
+            s.bind((host, port))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.operator_process import OperatorProcess
+from spatialforge.devcluster.operator_process import OperatorProcess
 
 
 def test_start_refuses_while_the_process_lives(tmp_path: Path) -> None:

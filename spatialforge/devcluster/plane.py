@@ -1,4 +1,8 @@
-"""Test-side access to the local control plane started by hack/cluster.sh."""
+"""The local control plane (hack/cluster.sh) for tests and benches: start it, reach it with kubectl.
+
+Only from a source checkout (an editable install): the scripts and generated CRDs it applies
+live beside the package, in hack/ and crds/.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # spatialforge/devcluster/plane.py -> the checkout
 # The test session's own plane: its own state directory and ports (hack/cluster.sh with
 # SF_PORTS=free), so a developer's plane in .local/ (`make demo`, `make cluster-up`) and the
 # operator running against it never meet the tests. SPATIALFORGE_TEST_STATE moves it, e.g. to
@@ -26,6 +30,8 @@ def isolate_environment() -> None:
     os.environ["SPATIALFORGE_STATE"] = str(STATE)
     os.environ["SF_PORTS"] = "free"
     os.environ["KUBECONFIG"] = str(STATE / "kubeconfig")
+
+
 T = TypeVar("T")
 
 

@@ -1,19 +1,14 @@
-"""The operator as a real subprocess, so tests can kill and restart it."""
+"""The operator as a real subprocess, so tests and benches can kill and restart it."""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from spatialforge.devcluster.ports import free_port
 
 
 class OperatorProcess:
