@@ -68,6 +68,12 @@ class Gone(ServiceError):
     code = "gone"
 
 
+class NotAcceptable(ServiceError):
+    """406: no answer the endpoint gives is acceptable (`Accept`); `details={"supported": [...]}`."""
+
+    code = "not_acceptable"
+
+
 class PayloadTooLarge(ServiceError):
     """413: the body (or a spec) is over a documented limit."""
 

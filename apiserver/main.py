@@ -63,6 +63,7 @@ ERROR_STATUS: dict[type[errors.ServiceError], int] = {
     errors.PaymentRequired: 402,
     errors.Forbidden: 403,
     errors.NotFound: 404,
+    errors.NotAcceptable: 406,
     errors.Conflict: 409,
     errors.Gone: 410,
     errors.PayloadTooLarge: 413,

@@ -25,6 +25,7 @@ import httpx
 from redis.asyncio import Redis
 from starlette.concurrency import run_in_threadpool
 
+from spatialforge import depth_formats
 from spatialforge.apiserver import errors
 from spatialforge.apiserver.core.config import Settings
 from spatialforge.apiserver.services import plans as plans_mod
@@ -37,9 +38,6 @@ from spatialforge.crds.constants import RETENTION_RESULT, RETENTION_TAG
 
 log = logging.getLogger("spatialforge.apiserver.sync")
 COST = 1  # units per image
-# Response headers of the depth server passed on with an inline PNG or preview.
-PASSED_HEADERS = ("x-depth-model", "x-depth-backend", "x-depth-units", "x-depth-scale", "x-depth-width",
-                  "x-depth-height", "x-focal-length-px", "x-focal-source", "x-depth-metadata")
 
 
 @dataclass
@@ -133,13 +131,14 @@ class SyncService:
     # --- endpoints ----------------------------------------------------------------------------
     async def depth(self, tenant: str, name: str, data: bytes, *, model: str | None, fmt: str, preview: bool,
                     intrinsics: dict[str, float]) -> SyncAnswer:
-        """fmt: json (results written, signed URLs), png or preview (inline, metadata in headers)."""
+        """fmt (spatialforge/depth_formats.py): json (results written, signed URLs), else the depth
+        server's inline answer (png, preview, npy, float16) with its X-Depth-* headers."""
         params = {"name": name, "format": fmt, "preview": "1" if preview else "0",
                   **{k: repr(v) for k, v in intrinsics.items()}}
-        accept = {"json": "application/json", "png": "image/png", "preview": "image/jpeg"}[fmt]
+        accept = depth_formats.BY_NAME[fmt].media_type
         view, r, headers = await self._call(tenant, model, "/v1/depth", params, data, accept)
         if fmt != "json":
-            passed = {k: v for k, v in r.headers.items() if k.lower() in PASSED_HEADERS}
+            passed = {k: v for k, v in r.headers.items() if k.lower() in depth_formats.PASSED_HEADERS}
             return SyncAnswer(content=r.content, media_type=accept, headers={**headers, **passed})
         try:
             meta = r.json()
@@ -210,6 +209,8 @@ def _server_error(r: httpx.Response) -> errors.ServiceError:
         return errors.PayloadTooLarge(message or "the image is too large", code=code)
     if r.status_code in (400, 422):
         return errors.InvalidRequest(message or "the depth server refused the request", code=code)
+    if r.status_code == 406:  # e.g. float16 asked of a map past its range
+        return errors.NotAcceptable(message or "the depth server cannot give that answer", code=code)
     log.error("depth pool server answered %s: %s", r.status_code, message or r.text[:200])
     return errors.Unavailable("the depth pool failed on this request; nothing was charged", code="pool_error",
                               headers={"Retry-After": "1"})

@@ -12,6 +12,8 @@ from typing import Any
 
 import httpx
 
+from spatialforge import depth_formats
+
 TERMINAL = {"Succeeded", "Failed", "Cancelled"}
 
 
@@ -134,6 +136,28 @@ class Client:
         response = self._raw("POST", "/v1/depth", headers={"Accept": "image/png"},
                              **self._image_form(image, {"model": model, **intrinsics}))
         return response.content, json.loads(response.headers.get("X-Depth-Metadata") or "{}")
+
+    def depth_map(self, image: str | Path | bytes, *, dtype: str = "float32", model: str | None = None,
+                  **intrinsics: float) -> tuple[Any, dict[str, Any]]:
+        """Depth now, as a numpy array (needs numpy) in the metadata's `units`, and the metadata.
+
+        dtype "float32": the model's values (an NPY answer); "float16": half the bytes (raw float16).
+        """
+        import io
+
+        import numpy as np
+
+        formats = {"float32": "npy", "float16": "float16"}
+        if dtype not in formats:
+            raise ValueError(f"dtype={dtype!r}: expected one of {', '.join(formats)}")
+        fmt = depth_formats.BY_NAME[formats[dtype]]
+        response = self._raw("POST", "/v1/depth", headers={"Accept": fmt.media_type},
+                             **self._image_form(image, {"model": model, **intrinsics}))
+        meta = json.loads(response.headers.get("X-Depth-Metadata") or "{}")
+        if fmt.name == "npy":
+            return np.load(io.BytesIO(response.content), allow_pickle=False), meta
+        shape = tuple(int(n) for n in response.headers[depth_formats.SHAPE_HEADER].split(","))
+        return np.frombuffer(response.content, dtype=response.headers[depth_formats.DTYPE_HEADER]).reshape(shape), meta
 
     def measure(self, image: str | Path | bytes, start: tuple[float, float], end: tuple[float, float], *,
                 reference: str | None = None, box: tuple[float, float, float, float] | None = None,

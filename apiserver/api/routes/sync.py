@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 
+from spatialforge import depth_formats
 from spatialforge.apiserver import errors
 from spatialforge.apiserver.api.deps import ApiKeyDep, SettingsDep, SyncDep
 from spatialforge.apiserver.core.config import Settings
@@ -22,6 +23,7 @@ PATHS = ("/v1/depth", "/v1/measure")
 POINT = r"^\s*-?\d+(\.\d+)?\s*,\s*-?\d+(\.\d+)?\s*$"
 BOX = r"^\s*-?\d+(\.\d+)?(\s*,\s*-?\d+(\.\d+)?){3}\s*$"
 ERRORS = {401: {"model": ErrorPublic}, 403: {"model": ErrorPublic}, 404: {"model": ErrorPublic},
+          406: {"model": ErrorPublic, "description": "`Accept` allows none of the answers (listed in `supported`)"},
           413: {"model": ErrorPublic}, 422: {"model": ErrorPublic},
           429: {"model": ErrorPublic, "description": "per-minute rate or the month's units"},
           503: {"model": ErrorPublic, "description": "the pool is saturated or has no ready server (Retry-After); "
@@ -62,19 +64,25 @@ def _send(answer: SyncAnswer, response: Response) -> Response | dict:
     return answer.body or {}
 
 
-@router.post("/v1/depth", response_model=None, responses={**ERRORS, 200: {"content": {"image/png": {}, "image/jpeg": {}}, "description":
-             "JSON (metadata and signed URLs); with Accept: image/png the 16-bit PNG, with Accept: image/jpeg the "
-             "preview, the metadata in X-Depth-* headers"}})
+@router.post("/v1/depth", response_model=None, responses={**ERRORS, 200: {
+    "content": {f.media_type: {} for f in depth_formats.FORMATS if f.inline},
+    "description": "By Accept (or `format`): JSON (metadata and signed URLs); image/png the 16-bit PNG (value x "
+                   "X-Depth-Scale = depth); image/jpeg the preview; application/x-npy the float32 map as .npy; "
+                   "application/octet-stream the map as raw little-endian float16 (X-Depth-Shape `H,W`, "
+                   "X-Depth-Dtype `<f2`). Inline answers carry the metadata in X-Depth-* headers."}})
 async def depth(principal: ApiKeyDep, sync: SyncDep, settings: SettingsDep, response: Response,
                 image: ImagePart = None, uri: UriField = None, model: ModelField = None,
                 preview: Annotated[bool, Form(description="JSON: also write the colour preview")] = True,
                 fx: Focal = None, fy: Focal = None, cx: Centre = None, cy: Centre = None,
-                format: Annotated[Literal["json", "png", "preview"] | None, Query(
+                format: Annotated[Literal[depth_formats.NAMES] | None, Query(  # type: ignore[valid-type]
                     description="Overrides Accept")] = None,
                 accept: Annotated[str, Header()] = "") -> Response | dict:
     """Depth for one image, now: metadata (size, model, units, scale, focal length used), the
-    16-bit PNG and a colour preview JPEG. One unit."""
-    fmt = format or ("png" if "image/png" in accept else "preview" if "image/jpeg" in accept else "json")
+    16-bit PNG and a colour preview JPEG, or the map itself (NPY, float16). One unit."""
+    try:
+        fmt = depth_formats.choose(format, accept)
+    except depth_formats.NotAcceptable as exc:  # before the image is read or a unit charged
+        raise errors.NotAcceptable(str(exc), details={"supported": exc.supported}) from None
     name, data = await _image(sync, settings, principal.tenant, image, uri)
     intrinsics = {k: v for k, v in (("fx", fx), ("fy", fy), ("cx", cx), ("cy", cy)) if v is not None}
     if intrinsics and "fx" not in intrinsics:
