@@ -1,13 +1,116 @@
-"""The `spatialforge` command: one entry point, a subcommand per component."""
+"""The `spatialforge` command: one entry point, a subcommand per component.
+
+Subcommands whose dependencies come with an extra (`run`, `runner serve`, `api`) are always
+listed and imported only when used; without their extra they fail with the `pip install` that
+brings it, so a command never silently goes missing. The client's commands need only the base
+install (httpx is a base dependency).
+"""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 import click
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@dataclass(frozen=True)
+class _Lazy:
+    """A subcommand imported when used; `extra` installs its dependencies (None: the base install),
+    `needs` are the modules of that extra it cannot start without."""
+
+    module: str
+    attr: str
+    extra: str | None
+    help: str
+    needs: tuple[str, ...] = ()
+
+
+class _LazyGroup(click.Group):
+    """A group whose `lazy` subcommands are listed without importing them."""
+
+    def __init__(self, *args: Any, lazy: dict[str, _Lazy] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy or {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        spec = self.lazy.get(cmd_name)
+        if spec is None:
+            return super().get_command(ctx, cmd_name)
+        absent = [m for m in spec.needs if importlib.util.find_spec(m) is None]
+        if absent:
+            return _missing(cmd_name, spec, absent)
+        try:
+            command = getattr(importlib.import_module(spec.module), spec.attr)
+        except ImportError as exc:
+            if (exc.name or "spatialforge").split(".")[0] == "spatialforge":
+                raise  # our own module is broken: a bug, not a missing extra
+            return _missing(cmd_name, spec, [exc.name or "?"])
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{spec.module}.{spec.attr} is not a click command")
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The listing, with the lazy ones' help taken from their spec (nothing imported)."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names), default=0)
+        rows = []
+        for name in names:
+            spec = self.lazy.get(name)
+            if spec is not None:
+                rows.append((name, spec.help))
+                continue
+            command = super().get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _install_hint(spec: _Lazy) -> str:
+    return f"pip install 'spatialforge[{spec.extra}]'" if spec.extra else "pip install --force-reinstall spatialforge"
+
+
+def _missing(name: str, spec: _Lazy, absent: list[str]) -> click.Command:
+    """A stand-in for a command whose dependencies are not installed: it names what to install."""
+    what = f"the {spec.extra} extra" if spec.extra else "the base install"
+
+    @click.command(name, help=f"{spec.help} [needs: {_install_hint(spec)}]",
+                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    @click.pass_context
+    def command(ctx: click.Context) -> None:
+        raise click.ClickException(
+            f"`{ctx.command_path}` needs {what} ({', '.join(absent)} not installed): {_install_hint(spec)}")
+
+    return command
+
+
+# Subcommands from optional extras (and the client's, which only need httpx): listed always.
+_RUNNER_NEEDS = ("numpy", "torch", "transformers", "cv2", "boto3")
+_CLIENT_NEEDS = ("httpx",)
+_OPTIONAL = {
+    "run": _Lazy("spatialforge.runner.cli", "run_command", "runner",
+                 "Run a DepthBatch / ReconstructionJob manifest on this machine.", _RUNNER_NEEDS),
+    "api": _Lazy("spatialforge.apiserver.cli", "apiserver_cli", "apiserver",
+                 "The REST front end: serve it, manage keys, plans and usage.", ("fastapi", "redis", "stripe", "uvicorn")),
+    "client": _Lazy("spatialforge.client.cli", "client_cli", None, "Talk to a SpatialForge API server.", _CLIENT_NEEDS),
+    "depth": _Lazy("spatialforge.client.cli", "depth_command", None, "Depth of one image from the API, synchronously.",
+                   _CLIENT_NEEDS),
+    "measure": _Lazy("spatialforge.client.cli", "measure_command", None,
+                     "Measure in one image through the API, synchronously.", _CLIENT_NEEDS),
+}
+_RUNNER = {"serve": _Lazy("spatialforge.runner.serve.cli", "serve_command", "runner",
+                          "Serve depth over HTTP (the warm pool's server).", (*_RUNNER_NEEDS, "starlette", "uvicorn"))}
+
+
+@click.group(cls=_LazyGroup, lazy=_OPTIONAL, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="spatialforge")
 def main() -> None:
     """SpatialForge: monocular depth and video-to-3D as Kubernetes custom resources."""
@@ -52,41 +155,10 @@ def devcluster(ctx: click.Context) -> None:
     agent_main(list(ctx.args))
 
 
-def _register_optional() -> None:
-    """Commands whose dependencies live in optional extras register only when installed."""
-    try:
-        from spatialforge.runner.cli import run_command
+@main.group(cls=_LazyGroup, lazy=_RUNNER)
+def runner() -> None:
+    """The runner: `runner serve` is the depth server (a batch run is `spatialforge run`)."""
 
-        main.add_command(run_command, name="run")
-    except ImportError:
-        pass
-    try:
-        from spatialforge.runner.serve.cli import serve_command
-
-        @main.group(name="runner")
-        def runner_group() -> None:
-            """The runner: `runner serve` is the depth server (a batch run is `spatialforge run`)."""
-
-        runner_group.add_command(serve_command)
-    except ImportError:
-        pass
-    try:
-        from spatialforge.apiserver.cli import apiserver_cli
-
-        main.add_command(apiserver_cli, name="api")
-    except ImportError:
-        pass
-    try:
-        from spatialforge.client.cli import client_cli, depth_command, measure_command
-
-        main.add_command(client_cli, name="client")
-        main.add_command(depth_command, name="depth")  # synchronous: `spatialforge depth IMAGE -o depth.png`
-        main.add_command(measure_command, name="measure")
-    except ImportError:
-        pass
-
-
-_register_optional()
 
 if __name__ == "__main__":
     main()
