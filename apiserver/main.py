@@ -33,7 +33,10 @@ from spatialforge.apiserver.core.metrics import Metrics
 from spatialforge.apiserver.middleware import GuardMiddleware, ServiceMiddleware
 from spatialforge.apiserver.services.billing import Billing
 from spatialforge.apiserver.services.gate import Gate
-from spatialforge.apiserver.services.jobs import JobService
+from spatialforge.apiserver.services.job_reads import JobReads
+from spatialforge.apiserver.services.job_submission import JobSubmission
+from spatialforge.apiserver.services.job_terminal import JobTerminal
+from spatialforge.apiserver.services.jobs import JobLookup
 from spatialforge.apiserver.services.kube import JobCache, Kube, make_api_client
 from spatialforge.apiserver.services.namespaces import Namespaces
 from spatialforge.apiserver.services.quotas import Quotas
@@ -266,13 +269,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                  concurrency=settings.webhook_concurrency)
         billing = Billing(settings, redis=redis, tenants=tenants, namespaces=namespaces, metrics=metrics)
         uploads = Uploads(settings=settings, redis=redis, storage=storage)
-        jobs = JobService(settings=settings, redis=redis, kube=kube, cache=cache, tenants=tenants,
-                          namespaces=namespaces, quotas=quotas, storage=storage, uploads=uploads, billing=billing,
-                          webhooks=webhooks, metrics=metrics)
+        lookup = JobLookup(settings=settings, redis=redis, cache=cache, namespaces=namespaces)
         state = app.state
+        state.job_submission = JobSubmission(settings=settings, redis=redis, kube=kube, cache=cache,
+                                             namespaces=namespaces, quotas=quotas, storage=storage, uploads=uploads,
+                                             billing=billing, metrics=metrics)
+        state.job_reads = JobReads(settings=settings, redis=redis, storage=storage, lookup=lookup)
+        state.job_terminal = terminal = JobTerminal(redis=redis, kube=kube, cache=cache, lookup=lookup, quotas=quotas,
+                                                    billing=billing, webhooks=webhooks)
         state.redis, state.kube, state.cache, state.storage, state.tenants = redis, kube, cache, storage, tenants
-        state.namespaces, state.quotas, state.webhooks, state.billing, state.jobs = (
-            namespaces, quotas, webhooks, billing, jobs)
+        state.namespaces, state.quotas, state.webhooks, state.billing = namespaces, quotas, webhooks, billing
         state.uploads = uploads
         pools = DepthPools(api, [PoolRef.parse(p) for p in settings.depth_pools.split(",") if p.strip()],
                            ttl=settings.pool_refresh_seconds, timeout=settings.sync_timeout_seconds, metrics=metrics)
@@ -281,7 +287,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                  billing=billing, storage=storage)
         state.gate = Gate(redis, settings.hmac_key(), settings.previous_hmac_key(),
                           failed_auth_limit=settings.failed_auth_per_ip_per_minute, metrics=metrics)
-        cache.listeners.append(jobs.on_terminal)
+        cache.listeners.append(terminal.on_terminal)
         cache.start()
         webhooks.start()  # delivers due webhooks from Redis, including those a stopped replica left
         grace = billing.grace_sweeper(settings.grace_sweep_seconds)  # degrades expired grace periods

@@ -16,7 +16,9 @@ from spatialforge.apiserver.core.config import Settings, get_settings
 from spatialforge.apiserver.core.metrics import Metrics
 from spatialforge.apiserver.errors import Forbidden, Unauthorized
 from spatialforge.apiserver.services.billing import Billing
-from spatialforge.apiserver.services.jobs import JobService
+from spatialforge.apiserver.services.job_reads import JobReads
+from spatialforge.apiserver.services.job_submission import JobSubmission
+from spatialforge.apiserver.services.job_terminal import JobTerminal
 from spatialforge.apiserver.services.kube import JobCache, Kube
 from spatialforge.apiserver.services.namespaces import Namespaces
 from spatialforge.apiserver.services.quotas import Quotas
@@ -68,8 +70,16 @@ async def get_webhooks(request: Request) -> WebhookSender:
     return request.app.state.webhooks
 
 
-async def get_jobs(request: Request) -> JobService:
-    return request.app.state.jobs
+async def get_job_submission(request: Request) -> JobSubmission:
+    return request.app.state.job_submission
+
+
+async def get_job_reads(request: Request) -> JobReads:
+    return request.app.state.job_reads
+
+
+async def get_job_terminal(request: Request) -> JobTerminal:
+    return request.app.state.job_terminal
 
 
 async def get_uploads(request: Request) -> Uploads:
@@ -94,7 +104,9 @@ QuotasDep = Annotated[Quotas, Depends(get_quotas)]
 NamespacesDep = Annotated[Namespaces, Depends(get_namespaces)]
 BillingDep = Annotated[Billing, Depends(get_billing)]
 WebhooksDep = Annotated[WebhookSender, Depends(get_webhooks)]
-JobsDep = Annotated[JobService, Depends(get_jobs)]
+JobSubmissionDep = Annotated[JobSubmission, Depends(get_job_submission)]
+JobReadsDep = Annotated[JobReads, Depends(get_job_reads)]
+JobTerminalDep = Annotated[JobTerminal, Depends(get_job_terminal)]
 UploadsDep = Annotated[Uploads, Depends(get_uploads)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 SyncDep = Annotated[SyncService, Depends(get_sync)]

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Header, Query, Response
 
-from spatialforge.apiserver.api.deps import ApiKeyDep, JobsDep, SettingsDep
+from spatialforge.apiserver.api.deps import ApiKeyDep, JobReadsDep, JobSubmissionDep, JobTerminalDep, SettingsDep
 from spatialforge.apiserver import errors
 from spatialforge.apiserver.schemas import (
     ErrorPublic,
@@ -37,7 +37,7 @@ WebhookUrl = Annotated[str | None, Query(max_length=2048, description="POSTed a 
 
 
 @router.post("/v1/depth-batches", status_code=202, response_model=JobPublic, responses=ERRORS)
-async def create_depth_batch(principal: ApiKeyDep, jobs: JobsDep, response: Response,
+async def create_depth_batch(principal: ApiKeyDep, jobs: JobSubmissionDep, response: Response,
                              spec: Annotated[DepthBatchSpec, Body(openapi_examples={"depth": {"value": DEPTH_EXAMPLE}})],
                              idempotency_key: IdempotencyKey = None, webhook_url: WebhookUrl = None) -> dict:
     """Submit a DepthBatch; the body is its spec."""
@@ -48,7 +48,7 @@ async def create_depth_batch(principal: ApiKeyDep, jobs: JobsDep, response: Resp
 
 
 @router.post("/v1/reconstructions", status_code=202, response_model=JobPublic, responses=ERRORS)
-async def create_reconstruction(principal: ApiKeyDep, jobs: JobsDep, response: Response,
+async def create_reconstruction(principal: ApiKeyDep, jobs: JobSubmissionDep, response: Response,
                                 body: Annotated[ReconstructionCreate, Body(openapi_examples={"recon": {"value": RECON_EXAMPLE}})],
                                 idempotency_key: IdempotencyKey = None, webhook_url: WebhookUrl = None) -> dict:
     """Submit a ReconstructionJob; the body is its spec, with `outputs` (any of trajectory,
@@ -64,7 +64,7 @@ async def create_reconstruction(principal: ApiKeyDep, jobs: JobsDep, response: R
 
 
 @router.get("/v1/jobs", response_model=JobsPublic, responses=ERRORS)
-async def list_jobs(principal: ApiKeyDep, jobs: JobsDep,
+async def list_jobs(principal: ApiKeyDep, jobs: JobReadsDep,
                     kind: Literal["DepthBatch", "ReconstructionJob"] | None = None,
                     phase: Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Cancelled"] | None = None,
                     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -75,21 +75,21 @@ async def list_jobs(principal: ApiKeyDep, jobs: JobsDep,
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobPublic, responses={**ERRORS, 404: {"model": ErrorPublic}})
-async def read_job(principal: ApiKeyDep, jobs: JobsDep, job_id: str) -> dict:
+async def read_job(principal: ApiKeyDep, jobs: JobReadsDep, job_id: str) -> dict:
     """Phase, progress, queue position and ETA, conditions, timings, GPU-seconds."""
     return await jobs.get(principal.tenant, job_id)
 
 
 @router.delete("/v1/jobs/{job_id}", status_code=202, response_model=JobPublic,
                responses={**ERRORS, 404: {"model": ErrorPublic}, 409: {"model": ErrorPublic}})
-async def cancel_job(principal: ApiKeyDep, jobs: JobsDep, job_id: str) -> dict:
+async def cancel_job(principal: ApiKeyDep, jobs: JobTerminalDep, job_id: str) -> dict:
     """Cancel a job (its resource is deleted; the operator stops its pods)."""
     return await jobs.cancel(principal.tenant, job_id)
 
 
 @router.get("/v1/jobs/{job_id}/results", response_model=ResultsPublic,
             responses={**ERRORS, 404: {"model": ErrorPublic}, 409: {"model": ErrorPublic}, 410: {"model": ErrorPublic}})
-async def job_results(principal: ApiKeyDep, jobs: JobsDep, settings: SettingsDep, job_id: str,
+async def job_results(principal: ApiKeyDep, jobs: JobReadsDep, settings: SettingsDep, job_id: str,
                       expires_in: Annotated[int | None, Query(ge=1, le=7 * 24 * 3600)] = None) -> dict:
     """Signed GET URLs for every output file (24 h by default); 409 `not_ready` before the job
     Succeeded, 410 once its results expired (`expires_at`) or were deleted."""
@@ -99,6 +99,6 @@ async def job_results(principal: ApiKeyDep, jobs: JobsDep, settings: SettingsDep
 
 @router.delete("/v1/jobs/{job_id}/results", response_model=ResultsDeleted,
                responses={**ERRORS, 404: {"model": ErrorPublic}, 409: {"model": ErrorPublic}})
-async def delete_job_results(principal: ApiKeyDep, jobs: JobsDep, job_id: str) -> dict:
+async def delete_job_results(principal: ApiKeyDep, jobs: JobReadsDep, job_id: str) -> dict:
     """Delete a finished job's outputs now (before retention would); its results then answer 410."""
     return await jobs.delete_results(principal.tenant, job_id)

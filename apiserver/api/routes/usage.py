@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from spatialforge.apiserver.api.deps import ApiKeyDep, JobsDep, RedisDep, SettingsDep, TenantsDep, WebhooksDep
+from spatialforge.apiserver.api.deps import ApiKeyDep, BillingDep, RedisDep, SettingsDep, TenantsDep, WebhooksDep
 from spatialforge.apiserver.core import security
 from spatialforge.apiserver.schemas import PlanPublic, UsagePublic, WebhookFailuresPublic
 from spatialforge.apiserver.services import usage as usage_service
@@ -22,9 +22,9 @@ async def read_usage(principal: ApiKeyDep, tenants: TenantsDep, redis: RedisDep)
 
 
 @router.get("/v1/plan", response_model=PlanPublic)
-async def read_plan(principal: ApiKeyDep, tenants: TenantsDep, jobs: JobsDep) -> dict:
+async def read_plan(principal: ApiKeyDep, tenants: TenantsDep, billing: BillingDep) -> dict:
     """The caller's plan and limits."""
-    return await usage_service.plan_public(tenants, principal.tenant, await jobs.current_plan(principal.tenant))
+    return await usage_service.plan_public(tenants, principal.tenant, await billing.current_plan(principal.tenant))
 
 
 @router.get("/v1/webhooks/secret")
