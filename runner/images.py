@@ -48,7 +48,9 @@ _PIXEL_X, _PIXEL_Y = 0xA002, 0xA003  # the size the EXIF (and its focal-plane re
 # taken to describe another image (a crop, a wrong tag) and replaced by the fallback.
 FOV_RANGE_DEG = (20.0, 120.0)
 _SIZE_TOLERANCE = 0.02  # EXIF and decoded aspect ratios may differ by rounding, no more
-HEADER_BYTES = 256 * 1024  # enough for every format's size and type, EXIF included, in practice
+# What `probe_image` is given: most headers (EXIF thumbnail included) fit the first; a JPEG
+# with large APP segments (maker notes, MPF, depth data) the second; the rest the full decode.
+HEADER_BYTES, LONG_HEADER_BYTES = 64 * 1024, 1024 * 1024
 _ADDRESS = re.compile(r"<[^<>]* at 0x[0-9A-Fa-f]+>")
 _DECODE_ERRORS: tuple[type[BaseException], ...] = (
     OSError, SyntaxError, ValueError, EOFError, KeyError, RuntimeError, IndexError, struct.error, ZeroDivisionError,
@@ -117,13 +119,13 @@ def register_plugins() -> None:
         _plugins_ready = True
 
 
-def probe_image(name: str, head: bytes, *, max_pixels: int, complete: bool) -> None:
+def probe_image(name: str, head: bytes, *, max_pixels: int, complete: bool) -> bool:
     """Refuse what the header alone shows to be unusable: a format not accepted, too many pixels.
 
-    `head` is the file's first bytes (HEADER_BYTES), `complete` when that is the whole file.
-    Costs a header parse, not a decode: the DepthBatch stage calls it before the model loads.
-    A header that does not fit in `head` (a TIFF whose directory sits at the end) is left to
-    `decode_image`, which checks the same things.
+    `head` is the file's first bytes, `complete` when that is the whole file. Costs a header
+    parse, not a decode: the DepthBatch stage calls it before the model loads. True when the
+    header was read and passed; False when it does not fit in `head` (a TIFF whose directory
+    sits at the end): `decode_image` checks the same things later.
     """
     from PIL import Image
 
@@ -134,9 +136,10 @@ def probe_image(name: str, head: bytes, *, max_pixels: int, complete: bool) -> N
     except _DECODE_ERRORS as exc:
         if complete:
             raise InvalidImageError(f"{name}: cannot decode image ({describe_error(exc)})") from exc
-        return
+        return False
     with img:
         _check_header(name, img, max_pixels)
+    return True
 
 
 def _check_header(name: str, img: Any, max_pixels: int) -> None:

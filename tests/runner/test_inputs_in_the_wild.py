@@ -163,6 +163,17 @@ def test_a_header_refusal_comes_before_the_model_loads(name, data, words, tmp_pa
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
 
 
+def test_a_long_header_is_read_further_before_the_model_loads(tmp_path, make_manifest, monkeypatch):
+    """200 KB of APP2 segments (an ICC profile Pillow splits up) before the JPEG's frame header:
+    past the first read, refused from the second, still before the model loads."""
+    (tmp_path / "long.jpg").write_bytes(_jpeg(_gradient(64, 48), icc_profile=bytes(200_000)))
+    monkeypatch.setenv("SPATIALFORGE_MODEL_DIR", str(tmp_path / "no-models"))
+    spec = {"inputs": ["file://long.jpg"], "output": {"uri": "file://out"}, "maxImagePixels": 1000}
+    outcome = run_local(make_manifest("DepthBatch", spec), show_progress=False)
+    assert outcome.exit_code == EXIT_INVALID_INPUT, outcome.reason
+    assert "64x48 = 3072 pixels is more than maxImagePixels 1000" in outcome.reason
+
+
 def test_a_corrupt_file_gets_a_stable_reason(tmp_path, model_dir, make_manifest):
     garbage = b"\xff\xd8\xff\xe0 not really a JPEG " * 40
     with pytest.raises(InvalidImageError) as err:
