@@ -343,3 +343,18 @@ def test_header_refusal_on_s3_reads_only_the_head(s3, tmp_path, make_manifest, m
     outcome = run_local(make_manifest("DepthBatch", spec), show_progress=False)
     assert outcome.exit_code == EXIT_INVALID_INPUT, outcome.reason
     assert "maxImagePixels" in outcome.reason and "huge.png" in outcome.reason
+
+
+def test_an_image_sequence_says_each_kind_of_warning_once():
+    """A ReconstructionJob over a prefix of photos: one line per kind of problem, not one per frame."""
+    from spatialforge.runner.video import ImageSequenceSource
+
+    unfit = resized_keeping_exif(camera_photo(pixel_size=False), (160, 120))
+    objects = {f"f{i}.jpg": unfit for i in range(3)} | {"f3.jpg": b"\xff\xd8 broken " * 20}
+    source = ImageSequenceSource(sorted(objects), objects.__getitem__, max_side=160)
+    frames = list(source.frames(lambda i: True))
+    assert [f.rgb is None for f in frames] == [False, False, False, True]
+    assert source.lost == 1 and source.metadata_focal_px is None
+    first, broken = source.warnings
+    assert first.startswith("f0.jpg: EXIF focal length not used") and first.endswith("(and 2 more images)")
+    assert broken.startswith("f3.jpg: not decoded (InvalidImageError: f3.jpg: cannot decode image")
