@@ -280,7 +280,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.redis, state.kube, state.cache, state.storage, state.tenants = redis, kube, cache, storage, tenants
         state.namespaces, state.quotas, state.webhooks, state.billing = namespaces, quotas, webhooks, billing
         state.uploads = uploads
-        pools = DepthPools(api, [PoolRef.parse(p) for p in settings.depth_pools.split(",") if p.strip()],
+        pools = DepthPools(api, [PoolRef.parse(p) for p in settings.depth_pools.split(",") if p.strip()], redis=redis,
                            ttl=settings.pool_refresh_seconds, timeout=settings.sync_timeout_seconds, metrics=metrics)
         state.pools = pools
         state.sync = SyncService(settings=settings, redis=redis, pools=pools, quotas=quotas, tenants=tenants,

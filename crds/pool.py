@@ -5,6 +5,7 @@ to it, the front end that balances over the Service's endpoints, and the server 
     ready_urls            the ready endpoints of the Service's EndpointSlices
     SERVE_ENV_PREFIX      the depth server's settings (runner/serve/config.py reads them)
     BatchHandOff / BatchRunResult / BatchRunError    POST /v1/batches, request and answers
+    HandOffRecord         a DepthBatch's hand-off, kept in an annotation the operator writes
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ LABEL_POOL: Final = f"{GROUP}/pool"
 SERVE_ENV_PREFIX: Final = "SPATIALFORGE_SERVE_"
 BATCHES_PATH: Final = "/v1/batches"
 ATTEMPT_PATTERN: Final = r"^[a-z0-9][a-z0-9-]{0,62}$"
+ANNOTATION_HAND_OFF: Final = f"{GROUP}/pool-hand-off"
 
 
 def service_name(pool: str) -> str:
@@ -95,3 +97,33 @@ class BatchRunError(CRDModel):
     error: str
     message: str = ""
     exit_code: int | None = None
+
+
+class HandOffRecord(CRDModel):
+    """A DepthBatch's hand-off to a pool (annotation `spatialforge.io/pool-hand-off`), written
+    before the POST: an operator that finds one without an outcome and without `failed`
+    (it was restarted mid-hand-off) posts the same attempt again instead of starting another
+    run; one with `failed` runs as a Job and is never handed off again."""
+
+    attempt: str = Field(pattern=ATTEMPT_PATTERN)
+    pool: str
+    """<namespace>/<name> of the pool."""
+    url: str
+    """The replica the batch was posted to (the attempt is remembered there)."""
+    started: str
+    failed: str | None = None
+    """Why the hand-off failed (5xx, timeout, unreachable); the batch then runs as a Job."""
+
+    @classmethod
+    def of(cls, obj: dict[str, Any]) -> HandOffRecord | None:
+        """The record on a resource dict, or None (also when unreadable: never handed off again)."""
+        raw = ((obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_HAND_OFF)
+        if not raw:
+            return None
+        try:
+            return cls.model_validate_json(raw)
+        except ValueError:
+            return cls(attempt="unreadable", pool="?", url="?", started="", failed="unreadable hand-off record")
+
+    def dumps(self) -> str:
+        return self.model_dump_json(by_alias=True, exclude_none=True)

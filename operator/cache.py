@@ -31,7 +31,7 @@ def owner_key(obj: dict[str, Any]) -> Key | None:
     return (kind, obj["metadata"]["namespace"], name)
 
 
-def _newer(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
+def newer(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
     """Whether `new` is at least as recent as `old`. Watch events can arrive after the
     operator's own write returned a newer version; they must not roll the cache back."""
     if old is None or old["metadata"].get("uid") != new["metadata"].get("uid"):
@@ -113,7 +113,7 @@ class Cache:
             self.resources.pop(key, None)
             self._specs.pop(key, None)
             self.gone_pods.pop(key, None)
-        elif _newer(obj, self.resources.get(key)):
+        elif newer(obj, self.resources.get(key)):
             self.resources[key] = obj
         return key
 
@@ -142,7 +142,7 @@ class Cache:
         if deleted:
             if current is not None and current["metadata"]["uid"] == obj["metadata"]["uid"]:
                 del self.jobs[key]
-        elif _newer(obj, current):
+        elif newer(obj, current):
             self.jobs[key] = obj
         return key
 
@@ -156,8 +156,8 @@ class Cache:
             last = pods.pop(obj["metadata"]["uid"], None)
             if not pods:
                 del self.pods[key]
-            self.gone_pods.setdefault(key, {})[obj["metadata"]["uid"]] = obj if _newer(obj, last) else last
-        elif _newer(obj, pods.get(obj["metadata"]["uid"])):
+            self.gone_pods.setdefault(key, {})[obj["metadata"]["uid"]] = obj if newer(obj, last) else last
+        elif newer(obj, pods.get(obj["metadata"]["uid"])):
             pods[obj["metadata"]["uid"]] = obj
         return key
 

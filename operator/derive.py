@@ -18,6 +18,7 @@ from typing import Any
 
 from spatialforge.crds import constants as c
 from spatialforge.crds import layout
+from spatialforge.crds.pool import HandOffRecord
 from spatialforge.crds.v1alpha1 import ResourceStatus
 from spatialforge.crds.v1alpha1 import conditions as cond
 from spatialforge.crds.v1alpha1.common import Phase
@@ -282,6 +283,9 @@ def derive(o: Observed, settings: OperatorSettings, now: dt.datetime) -> Derived
         b.set(cond.SUSPENDED, True, cond.REASON_SUSPENDED, "spec.suspend is true")
     elif any(x.get("type") == cond.SUSPENDED for x in stored.get("conditions") or []):
         b.set(cond.SUSPENDED, False, cond.REASON_ADMITTED, "resumed")
+    hand_off = HandOffRecord.of(obj)
+    if hand_off is not None and hand_off.failed:  # a pool failed it: a Job runs it (operator/handoff.py)
+        b.set(cond.POOL_HAND_OFF, False, cond.REASON_HAND_OFF_FAILED, hand_off.failed)
 
     def done(out: Outcome, *, recheck: dt.datetime | None = None, stop_job: bool = False, new: bool) -> Derived:
         failed = out.phase == Phase.failed.value

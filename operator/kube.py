@@ -15,7 +15,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from spatialforge.crds.constants import GROUP, VERSION
-from spatialforge.crds.kinds import BY_KIND, KINDS
+from spatialforge.crds.kinds import ALL_KINDS, BY_KIND
 from spatialforge.crds.rbac import runner_rules
 from spatialforge.crds.v1alpha1 import depthpool
 
@@ -262,11 +262,11 @@ class Kube:
             raise
 
     async def missing_crds(self) -> list[str]:
-        """Names of our CustomResourceDefinitions the API server does not serve."""
+        """Names of our CustomResourceDefinitions the API server does not serve (DepthPool's too)."""
         ext = client.ApiextensionsV1Api(self.api)
         page = await _json(ext.list_custom_resource_definition(_preload_content=False))
         have = {item["metadata"]["name"] for item in page["items"]}
-        return [f"{k.plural}.{GROUP}" for k in KINDS if f"{k.plural}.{GROUP}" not in have]
+        return [k.crd_name for k in ALL_KINDS if k.crd_name not in have]
 
     # -- the leader Lease ------------------------------------------------------------------
     async def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:

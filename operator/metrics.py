@@ -17,3 +17,6 @@ STATUS_CORRECTIONS = Counter("spatialforge_operator_status_corrections_total",
                              "Status writes that put back a phase or GPU-seconds someone else wrote", ["kind"])
 LEASE_TAKEOVERS = Counter("spatialforge_operator_lease_takeovers_total",
                           "Times this replica took the leader lease over from another holder")
+POOL_HANDOFFS = Counter("spatialforge_operator_pool_handoffs_total",
+                        "DepthBatches handed to a DepthPool, by outcome (succeeded, failed_input, failed_pool, resumed)",
+                        ["outcome"])

@@ -18,25 +18,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from spatialforge.crds import constants as c
+from spatialforge.crds.pool import LABEL_POOL, PORT, PORT_NAME, ready_urls, serve_env, service_name
 from spatialforge.crds.v1alpha1 import depthpool as dp
 from spatialforge.crds.v1alpha1.depthpool import DepthPool, DepthPoolSpec
 from spatialforge.operator.cache import Key
 from spatialforge.operator.settings import OperatorSettings
 
 COMPONENT = "depth-pool"
-LABEL_POOL = f"{c.GROUP}/pool"
 ANNOTATION_SPEC_HASH = f"{c.GROUP}/pool-spec-hash"
-ANNOTATION_MAX_IN_FLIGHT = f"{c.GROUP}/max-in-flight-per-tenant"
 CONTAINER = "server"
-PORT_NAME = "http"
-PORT = 8080
 ENV_POD_IP = "POD_IP"
-ENV_MAX_IN_FLIGHT = "SPATIALFORGE_SERVE_MAX_IN_FLIGHT_PER_TENANT"
-
-
-def child_name(pool: str) -> str:
-    """The Deployment's and the Service's name (a Service name is a DNS label: 63 at most)."""
-    return f"spatialforge-pool-{pool}"[:63].rstrip("-")
+child_name = service_name  # the Deployment's and the Service's name (crds/pool.py)
 
 
 def selector_labels(pool: str) -> dict[str, str]:
@@ -114,11 +106,10 @@ def grant(asks: list[Ask], *, global_budget: int | None, namespace_limits: dict[
 def service(pool: DepthPool) -> dict[str, Any]:
     """A Service whose EndpointSlices list the ready replicas (the front end balances over them
     itself, so it works without kube-proxy, as on the local plane)."""
-    name, spec = pool.metadata["name"], pool.spec
+    name = pool.metadata["name"]
     return {
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": child_name(name), "namespace": pool.metadata["namespace"], "labels": labels(name),
-                     "annotations": {ANNOTATION_MAX_IN_FLIGHT: str(spec.max_in_flight_per_tenant)},
                      "ownerReferences": [owner_reference(pool)]},
         "spec": {"selector": selector_labels(name),
                  "ports": [{"name": PORT_NAME, "port": PORT, "targetPort": PORT_NAME, "protocol": "TCP"}]},
@@ -126,16 +117,14 @@ def service(pool: DepthPool) -> dict[str, Any]:
 
 
 def _env(spec: DepthPoolSpec, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """The server's settings (runner/serve/config.py reads SPATIALFORGE_SERVE_*). The per-tenant
+    in-flight limit is not among them: the front end enforces it across its replicas (Redis)."""
+    serve = {"host": f"$({ENV_POD_IP})", "port": str(PORT), "model_size": spec.model.size.value,
+             "model_variant": spec.model.variant.value, "max_batch": str(spec.max_batch),
+             "max_wait_ms": f"{spec.max_wait_ms:g}", "max_queue": str(spec.max_queue)}
     return [
         {"name": ENV_POD_IP, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        {"name": "SPATIALFORGE_SERVE_HOST", "value": f"$({ENV_POD_IP})"},
-        {"name": "SPATIALFORGE_SERVE_PORT", "value": str(PORT)},
-        {"name": "SPATIALFORGE_SERVE_MODEL_SIZE", "value": spec.model.size.value},
-        {"name": "SPATIALFORGE_SERVE_MODEL_VARIANT", "value": spec.model.variant.value},
-        {"name": "SPATIALFORGE_SERVE_MAX_BATCH", "value": str(spec.max_batch)},
-        {"name": "SPATIALFORGE_SERVE_MAX_WAIT_MS", "value": f"{spec.max_wait_ms:g}"},
-        {"name": "SPATIALFORGE_SERVE_MAX_QUEUE", "value": str(spec.max_queue)},
-        {"name": ENV_MAX_IN_FLIGHT, "value": str(spec.max_in_flight_per_tenant)},
+        *({"name": serve_env(k), "value": v} for k, v in serve.items()),
         {"name": c.ENV_DEPTH_BACKEND, "value": spec.backend},
         {"name": c.ENV_HF_HOME, "value": "/cache/hf"},
         {"name": c.ENV_MODEL_CACHE, "value": "/cache/models"},
@@ -215,24 +204,6 @@ def deployment(pool: DepthPool, settings: OperatorSettings, replicas: int) -> di
 
 
 # -- status -------------------------------------------------------------------------------------
-def ready_urls(slices: list[dict[str, Any]]) -> list[str]:
-    """http://address:port of every ready endpoint, the port being the slice's `http` port."""
-    out: set[str] = set()
-    for s in slices:
-        port = next((p.get("port") for p in s.get("ports") or [] if p.get("name") == PORT_NAME), None)
-        if port is None:
-            continue
-        for ep in s.get("endpoints") or []:
-            if (ep.get("conditions") or {}).get("ready"):
-                out.update(f"http://{a}:{port}" for a in ep.get("addresses") or [])
-    return sorted(out)
-
-
 def ready_endpoints(slices: list[dict[str, Any]]) -> int:
-    """Ready addresses over a Service's EndpointSlices (what a client can balance over)."""
-    seen: set[str] = set()
-    for s in slices:
-        for ep in s.get("endpoints") or []:
-            if (ep.get("conditions") or {}).get("ready"):
-                seen.update(ep.get("addresses") or [])
-    return len(seen)
+    """Ready endpoints over a Service's EndpointSlices (what a client can balance over)."""
+    return len(ready_urls(slices))

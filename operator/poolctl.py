@@ -4,12 +4,17 @@ grants) and the pool's status.
 
 The budget is shared with Jobs: the admission pass (admitter.py) calls `hold`, which grants
 the pools their replicas first (pool.grant) and hands the held GPUs back as admitted
-candidates, so Jobs are admitted only from what pools leave.
+candidates, so Jobs are admitted only from what pools leave. A pool the operator may not
+manage (403 on its Deployment or Service) holds none.
+
+Hand-offs (handoff.py) report each failure here: after `poolHandoffFailuresBeforeBackoff`
+in a row the pool takes no hand-off until `backOffUntil` (status, condition HandOffBackOff).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,24 +22,37 @@ from typing import Any
 from kubernetes_asyncio.client.rest import ApiException
 from pydantic import ValidationError
 
+from spatialforge.aio import cancel_and_wait
+from spatialforge.crds.kinds import DEPTH_POOL
+from spatialforge.crds.pool import SERVICE_LABEL
 from spatialforge.crds.v1alpha1 import depthpool as dp
-from spatialforge.crds.v1alpha1.depthpool import DepthPool
+from spatialforge.crds.v1alpha1.common import Condition
+from spatialforge.crds.v1alpha1.depthpool import DepthPool, DepthPoolStatus
 from spatialforge.operator import admission, pool
-from spatialforge.operator.cache import Key, _newer, slim
+from spatialforge.operator.cache import Key, newer, slim
 from spatialforge.operator.kube import AlreadyExists, ConflictError, Kube, NotFound
 from spatialforge.operator.settings import OperatorSettings
-from spatialforge.operator.status import diff, now_iso, set_condition
+from spatialforge.operator.status import model_patch, now_iso, set_condition
 from spatialforge.operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 RESYNC_SECONDS = 10.0
 
 
+Cond = tuple[str, str, str]  # (status, reason, message)
+
+
 def pool_key(obj: dict[str, Any]) -> Key:
-    return (dp.KIND, obj["metadata"]["namespace"], obj["metadata"]["name"])
+    return (DEPTH_POOL.kind, obj["metadata"]["namespace"], obj["metadata"]["name"])
+
+
+def _iso(ts: dt.datetime) -> str:
+    return ts.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class PoolController:
+    kind = DEPTH_POOL.kind
+
     def __init__(self, kube: Kube, settings: OperatorSettings, poke_admission: Callable[[], None],
                  ensure_identity: Callable[[str], Awaitable[None]]) -> None:
         self.kube, self.settings, self.poke_admission = kube, settings, poke_admission
@@ -43,6 +61,9 @@ class PoolController:
         self.deployments: dict[Key, dict[str, Any]] = {}  # by the owning pool's key
         self.grants: dict[Key, pool.Grant] = {}
         self.urls: dict[Key, list[str]] = {}  # ready endpoints (http://ip:port), for hand-offs
+        self.forbidden: set[Key] = set()  # pools the operator may not manage (403): no GPUs, no hand-offs
+        self.failed_hand_offs: dict[Key, int] = {}  # in a row
+        self.back_off_until: dict[Key, dt.datetime] = {}
         self.queue = WorkQueue()
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -53,9 +74,10 @@ class PoolController:
         old = self.pools.get(key)
         if deleted:
             self.pools.pop(key, None)
-            self.grants.pop(key, None)
-            self.urls.pop(key, None)
-        elif _newer(obj, old):
+            for table in (self.grants, self.urls, self.failed_hand_offs, self.back_off_until):
+                table.pop(key, None)
+            self.forbidden.discard(key)
+        elif newer(obj, old):
             self.pools[key] = obj
         if deleted or old is None or old["metadata"].get("generation") != obj["metadata"].get("generation"):
             self.poke_admission()  # what it asks for may have changed
@@ -66,19 +88,19 @@ class PoolController:
         name = (obj["metadata"].get("labels") or {}).get(pool.LABEL_POOL)
         if not name:
             return None
-        key = (dp.KIND, obj["metadata"]["namespace"], name)
+        key = (self.kind, obj["metadata"]["namespace"], name)
         obj = slim(obj, drop_spec_keys=("template",))
         if deleted:
             if (self.deployments.get(key) or {}).get("metadata", {}).get("uid") == obj["metadata"].get("uid"):
                 self.deployments.pop(key, None)
-        elif _newer(obj, self.deployments.get(key)):
+        elif newer(obj, self.deployments.get(key)):
             self.deployments[key] = obj
         self.queue.add(key)
         return key
 
     def endpoints_changed(self, obj: dict[str, Any]) -> None:
         """An EndpointSlice of some Service changed: re-count the pool's, if it is one."""
-        service = (obj["metadata"].get("labels") or {}).get("kubernetes.io/service-name", "")
+        service = (obj["metadata"].get("labels") or {}).get(SERVICE_LABEL, "")
         for key in self.pools:
             if key[1] == obj["metadata"]["namespace"] and pool.child_name(key[2]) == service:
                 self.queue.add(key)
@@ -88,7 +110,7 @@ class PoolController:
         if obj is None:
             return None
         try:
-            return DepthPool.model_validate({**obj, "kind": dp.KIND})
+            return DepthPool.model_validate({**obj, "kind": self.kind})
         except ValidationError:
             return None
 
@@ -104,8 +126,8 @@ class PoolController:
         asks = []
         for key, obj in self.pools.items():
             res = self.spec_of(key)
-            if res is None or obj["metadata"].get("deletionTimestamp"):
-                continue
+            if res is None or obj["metadata"].get("deletionTimestamp") or key in self.forbidden:
+                continue  # (a pool the operator may not manage runs nothing: it holds no GPUs)
             asks.append(pool.Ask(key, key[1], obj["metadata"].get("creationTimestamp", ""),
                                  res.spec.wanted_replicas, res.spec.gpus_per_replica))
         grants = pool.grant(asks, global_budget=limits.global_budget, namespace_limits=limits.namespace_limits,
@@ -128,9 +150,31 @@ class PoolController:
         self.tasks.append(asyncio.create_task(self._resync()))
 
     async def stop(self) -> None:
-        for t in self.tasks:
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await cancel_and_wait(self.tasks)
+
+    # -- hand-offs (called by handoff.py) -------------------------------------------------------
+    def takes_hand_offs(self, key: Key) -> bool:
+        """Whether a batch may be handed to this pool now (managed, not backing off)."""
+        until = self.back_off_until.get(key)
+        return key not in self.forbidden and (until is None or dt.datetime.now(dt.UTC) >= until)
+
+    def hand_off_succeeded(self, key: Key) -> None:
+        if self.failed_hand_offs.pop(key, 0) or self.back_off_until.pop(key, None):
+            self.queue.add(key)
+
+    async def hand_off_failed(self, key: Key, why: str) -> None:
+        """Count a failure; at the limit the pool backs off (its status says until when)."""
+        n = self.failed_hand_offs[key] = self.failed_hand_offs.get(key, 0) + 1
+        if n >= self.settings.pool_handoff_failures_before_backoff:
+            seconds = self.settings.pool_handoff_backoff_seconds
+            self.back_off_until[key] = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)
+            obj = self.pools.get(key)
+            if obj is not None:
+                await self.kube.event({**obj, "kind": self.kind}, "Warning", dp.REASON_HANDOFFS_FAILING,
+                                      f"{n} hand-offs in a row failed (last: {why}); no hand-off for {seconds:g} s",
+                                      now_iso())
+            self.queue.add_after(key, seconds)  # the back-off ends in the status too
+        self.queue.add(key)
 
     async def _resync(self) -> None:
         """Endpoint counts and a deleted Service are caught up with this often."""
@@ -159,8 +203,9 @@ class PoolController:
             return  # the Deployment and Service go with it (owner references)
         res = self.spec_of(key)
         if res is None:
-            await self._write_status(key, obj, {"reason": "InvalidSpec", "message": "the spec does not validate"},
-                                     ready=("False", "InvalidSpec", "the spec does not validate"), limited=None)
+            invalid = ("False", "InvalidSpec", "the spec does not validate")
+            await self._write_status(key, obj, DepthPoolStatus(reason=invalid[1], message=invalid[2]),
+                                     ready=invalid, limited=None)
             return
         g = self.grants.get(key)
         current = self.deployments.get(key)
@@ -176,20 +221,17 @@ class PoolController:
         except ApiException as exc:
             if exc.status != 403:
                 raise
-            message = (f"the operator may not create the pool's Deployment or Service in namespace {key[1]} "
-                       f"(the chart grants that in the operator's own namespace): {exc.reason}")
-            await self._write_status(key, obj, {"reason": dp.REASON_FORBIDDEN, "message": message},
-                                     ready=("False", dp.REASON_FORBIDDEN, message), limited=None)
-            self.queue.add_after(key, 60.0)
+            await self._forbidden(key, obj, exc)
             return
+        if key in self.forbidden:  # allowed again: it may ask for GPUs again
+            self.forbidden.discard(key)
+            self.poke_admission()
         name = pool.child_name(key[2])
-        slices = await self.kube.list_endpoint_slices(key[1], f"kubernetes.io/service-name={name}")
-        endpoints = pool.ready_endpoints(slices)
+        slices = await self.kube.list_endpoint_slices(key[1], f"{SERVICE_LABEL}={name}")
         self.urls[key] = pool.ready_urls(slices)
         dstat = (current or {}).get("status") or {}
         ready = int(dstat.get("readyReplicas") or 0)
         running = int(dstat.get("replicas") or 0)
-        wanted = res.spec.wanted_replicas
         if replicas == 0:
             ready_c = ("False", dp.REASON_NO_REPLICAS, "the pool runs no replicas")
         elif ready >= replicas and running <= replicas:
@@ -203,10 +245,24 @@ class PoolController:
         else:
             limited = ("False", dp.REASON_WITHIN_BUDGET, g.message)
         head = limited if limited[0] == "True" else ready_c
-        fields = {"replicas": replicas, "readyReplicas": ready, "wantedReplicas": wanted,
-                  "selector": pool.selector(key[2]), "gpus": replicas * res.spec.gpus_per_replica,
-                  "endpoints": endpoints, "service": name, "reason": head[1], "message": head[2]}
-        await self._write_status(key, obj, fields, ready=ready_c, limited=limited)
+        status = DepthPoolStatus(replicas=replicas, ready_replicas=ready, wanted_replicas=res.spec.wanted_replicas,
+                                 selector=pool.selector(key[2]), gpus=replicas * res.spec.gpus_per_replica,
+                                 endpoints=len(self.urls[key]), service=name, reason=head[1], message=head[2])
+        await self._write_status(key, obj, status, ready=ready_c, limited=limited)
+
+    async def _forbidden(self, key: Key, obj: dict[str, Any], exc: ApiException) -> None:
+        """The operator may not manage this pool: it runs nothing and holds no GPUs; tried again later."""
+        message = (f"the operator may not create the pool's Deployment or Service in namespace {key[1]} "
+                   f"(the chart grants that in the operator's own namespace): {exc.reason}")
+        if key not in self.forbidden:
+            self.forbidden.add(key)
+            self.urls.pop(key, None)
+            self.poke_admission()  # its grant goes back to the budget
+        forbidden = ("False", dp.REASON_FORBIDDEN, message)
+        await self._write_status(key, obj, DepthPoolStatus(service=pool.child_name(key[2]), selector=pool.selector(key[2]),
+                                                           reason=dp.REASON_FORBIDDEN, message=message),
+                                 ready=forbidden, limited=forbidden)
+        self.queue.add_after(key, 60.0)
 
     async def _ensure_service(self, res: DepthPool) -> None:
         body = pool.service(res)
@@ -214,8 +270,7 @@ class PoolController:
             await self.kube.create_service(body)
         except AlreadyExists:
             meta = body["metadata"]
-            await self.kube.patch_service(meta["namespace"], meta["name"], {
-                "metadata": {"labels": meta["labels"], "annotations": meta["annotations"]}})
+            await self.kube.patch_service(meta["namespace"], meta["name"], {"metadata": {"labels": meta["labels"]}})
 
     async def _ensure_deployment(self, key: Key, res: DepthPool, current: dict[str, Any] | None,
                                  replicas: int) -> dict[str, Any] | None:
@@ -242,21 +297,32 @@ class PoolController:
             self.put_deployment(patched)
         return self.deployments.get(key, current)
 
-    async def _write_status(self, key: Key, obj: dict[str, Any], fields: dict[str, Any], *,
-                            ready: tuple[str, str, str], limited: tuple[str, str, str] | None) -> None:
+    async def _write_status(self, key: Key, obj: dict[str, Any], status: DepthPoolStatus, *,
+                            ready: Cond, limited: Cond | None) -> None:
+        """Conditions, the hand-off back-off and observedGeneration onto `status`; written
+        (through status.model_patch) only when something changed."""
         gen = obj["metadata"].get("generation")
         have = obj.get("status") or {}
-        conditions = have.get("conditions") or []
         now = now_iso()
-        conditions = set_condition(conditions, dp.READY, *ready, gen, now=now)
+        conditions = set_condition(have.get("conditions") or [], dp.READY, *ready, gen, now=now)
         if limited is not None:
             conditions = set_condition(conditions, dp.BUDGET_LIMITED, *limited, gen, now=now)
-        want = {**fields, "conditions": conditions, "observedGeneration": gen}
-        patch = diff(have, want)
+        until = self.back_off_until.get(key)
+        backing_off = until is not None and dt.datetime.now(dt.UTC) < until
+        failed = self.failed_hand_offs.get(key, 0)
+        if backing_off or any(x.get("type") == dp.HANDOFF_BACKOFF for x in conditions):
+            conditions = set_condition(conditions, dp.HANDOFF_BACKOFF, *(
+                ("True", dp.REASON_HANDOFFS_FAILING, f"{failed} hand-offs in a row failed; none until {_iso(until)}")
+                if backing_off and until is not None else
+                ("False", dp.REASON_HANDOFFS_OK, "the pool takes hand-offs")), gen, now=now)
+        status = status.model_copy(update={
+            "conditions": [Condition.model_validate(x) for x in conditions], "observed_generation": gen,
+            "failed_hand_offs": failed, "back_off_until": _iso(until) if backing_off and until is not None else None})
+        patch = model_patch(have, status)
         if not patch:
             return
         if limited is not None and limited[0] == "True" and (have.get("reason") != limited[1]
-                                                             or have.get("replicas") != fields.get("replicas")):
-            await self.kube.event({**obj, "kind": dp.KIND}, "Warning", dp.BUDGET_LIMITED, limited[2], now)
+                                                             or have.get("replicas") != status.replicas):
+            await self.kube.event({**obj, "kind": self.kind}, "Warning", dp.BUDGET_LIMITED, limited[2], now)
         patched = await self.kube.patch_pool_status(key[1], key[2], patch)
         self.put_pool(patched)

@@ -59,6 +59,12 @@ class OperatorSettings(BaseSettings):
     pool_handoff_max_images: int = Field(default=0, ge=0, le=10_000)
     """DepthBatches of at most this many images (listed one by one, one shard) are run by a
     ready DepthPool of the same model instead of a Job (operator/handoff.py); 0: never."""
+    pool_handoff_timeout_seconds: float = Field(default=300.0, gt=0, le=86_400)
+    """How long a hand-off waits for the pool's answer before the batch runs as a Job."""
+    pool_handoff_failures_before_backoff: int = Field(default=3, ge=1, le=1000)
+    """Hand-offs a pool may fail in a row before it is skipped for `poolHandoffBackoffSeconds`."""
+    pool_handoff_backoff_seconds: float = Field(default=120.0, ge=0, le=86_400)
+    """How long a pool that keeps failing hand-offs is skipped (shown in its status)."""
     workers: int = 8
     """Concurrent reconciles."""
     admission_interval_seconds: float = 2.0

@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Any
 
 from spatialforge.crds.v1alpha1 import ResourceStatus
+from spatialforge.crds.v1alpha1.common import CRDModel
 
 # Status keys the operator owns (all but the runners' `progress.shards`): a key the derived
 # status leaves out is removed, so a field written by anyone else does not survive a reconcile.
@@ -52,4 +53,13 @@ def patch_for(current: dict[str, Any], desired: ResourceStatus) -> dict[str, Any
     """Merge patch from the stored status to the derived one; owned keys it lacks are removed."""
     want: dict[str, Any] = dict.fromkeys((k for k in current if k in OWNED and k != "progress"), None)
     want.update(dump(desired))
+    return diff(current, want)
+
+
+def model_patch(current: dict[str, Any], desired: CRDModel) -> dict[str, Any]:
+    """Merge patch from a stored status to a typed one (by alias, every field it has: a field
+    set to None is removed)."""
+    want = desired.model_dump(mode="json", by_alias=True, exclude_none=True)
+    for name, f in type(desired).model_fields.items():
+        want.setdefault(f.alias or name, None)
     return diff(current, want)

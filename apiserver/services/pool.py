@@ -7,6 +7,12 @@ named `http`. This needs no kube-proxy, so it works on the local plane (pods are
 with their own loopback address) as in a real cluster. The slices and the DepthPool object
 (its model and `maxInFlightPerTenant`) are listed again when older than `ttl` seconds.
 
+The Service name, the "ready endpoint" rule and the port name are the operator's
+(spatialforge.crds.pool). The tenant's in-flight limit (`maxInFlightPerTenant`) holds across
+front-end replicas: each request takes a slot in a Redis sorted set per pool and tenant
+(member: the request's id, score: when the slot lapses, so a crashed replica's slots expire
+after the request timeout), taken and checked in one Lua script.
+
 A request goes to the endpoint with the fewest requests in flight from this process (ties
 in turn). Past the tenant's in-flight limit, with no ready endpoint, when the chosen server
 answers 503 (its queue is full) or cannot be reached, the caller gets `Unavailable` (503 with
@@ -20,6 +26,7 @@ import asyncio
 import itertools
 import logging
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,21 +36,31 @@ from typing import Any
 import httpx
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
+from redis.asyncio import Redis
 
 from spatialforge.apiserver import errors
 from spatialforge.apiserver.core.metrics import Metrics
 from spatialforge.crds.constants import GROUP, VERSION
+from spatialforge.crds.kinds import DEPTH_POOL
+from spatialforge.crds.pool import SERVICE_LABEL, ready_urls, service_name
 from spatialforge.crds.v1alpha1 import depthpool
 
 log = logging.getLogger("spatialforge.apiserver.pool")
-SERVICE_LABEL = "kubernetes.io/service-name"
-PORT_NAME = "http"
 RETRY_AFTER = "1"
+SLOT_MARGIN = 10.0  # seconds a slot outlives the request timeout (a crashed replica's slots lapse)
+
+# KEYS[1] the pool's and tenant's slots (sorted set); ARGV limit, member, now, lapses at (seconds)
+_TAKE_SLOT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[2])
+redis.call('EXPIREAT', KEYS[1], math.ceil(tonumber(ARGV[4])))
+return 1
+"""
 
 
-def service_name(pool: str) -> str:
-    """The Service (and Deployment) the operator makes for a pool."""
-    return f"spatialforge-pool-{pool}"
+def slots_key(ref: PoolRef, tenant: str) -> str:
+    return f"pool-inflight:{ref}:{tenant}"
 
 
 @dataclass(frozen=True)
@@ -75,31 +92,19 @@ class PoolView:
 
 
 def ready_endpoints(slices: list[Any]) -> list[str]:
-    """Base URLs of the ready, not terminating addresses of EndpointSlices (kubernetes models)."""
-    out: list[str] = []
-    for s in slices:
-        port = next((p.port for p in s.ports or [] if p.name == PORT_NAME and p.port), None)
-        if port is None:
-            continue
-        for ep in s.endpoints or []:
-            cond = ep.conditions
-            # The API says an unknown `ready` (nil) is to be read as ready.
-            if cond is not None and (cond.ready is False or cond.terminating is True):
-                continue
-            for address in ep.addresses or []:
-                host = f"[{address}]" if ":" in address else address
-                url = f"http://{host}:{port}"
-                if url not in out:
-                    out.append(url)
-    return out
+    """Base URLs of the ready endpoints of EndpointSlices (the operator's rule, crds/pool.py)."""
+    return ready_urls(slices)
 
 
 class DepthPools:
     """The configured pools; `call` sends one request to one of a pool's servers."""
 
-    def __init__(self, api: client.ApiClient, refs: list[PoolRef], *, ttl: float = 2.0, timeout: float = 30.0,
-                 connect_timeout: float = 2.0, metrics: Metrics | None = None) -> None:
+    def __init__(self, api: client.ApiClient, refs: list[PoolRef], *, redis: Redis, ttl: float = 2.0,
+                 timeout: float = 30.0, connect_timeout: float = 2.0, metrics: Metrics | None = None) -> None:
         self.refs = refs
+        self.redis = redis
+        self._take_slot = redis.register_script(_TAKE_SLOT)
+        self.slot_seconds = timeout + connect_timeout + SLOT_MARGIN
         self.metrics = metrics
         self.ttl = ttl
         self.discovery = client.DiscoveryV1Api(api)
@@ -109,7 +114,6 @@ class DepthPools:
         self._views: dict[PoolRef, PoolView] = {}
         self._locks: dict[PoolRef, asyncio.Lock] = {r: asyncio.Lock() for r in refs}
         self._in_flight: Counter[str] = Counter()  # per endpoint URL, this process
-        self._tenant: Counter[tuple[PoolRef, str]] = Counter()
         self._turn = itertools.count()
 
     async def close(self) -> None:
@@ -125,8 +129,8 @@ class DepthPools:
             if current is not None and time.monotonic() - current.fetched < self.ttl:
                 return current
             try:
-                obj = await self.custom.get_namespaced_custom_object(GROUP, VERSION, ref.namespace, depthpool.PLURAL,
-                                                                     ref.name)
+                obj = await self.custom.get_namespaced_custom_object(GROUP, VERSION, ref.namespace,
+                                                                     DEPTH_POOL.plural, ref.name)
             except ApiException as exc:
                 if exc.status == 404:
                     raise errors.Unavailable(f"depth pool {ref} does not exist; synchronous depth is not available",
@@ -159,20 +163,19 @@ class DepthPools:
 
     @asynccontextmanager
     async def slot(self, view: PoolView, tenant: str) -> AsyncIterator[None]:
-        """One of the tenant's in-flight requests to the pool, or 503 past its limit."""
-        key = (view.ref, tenant)
-        if self._tenant[key] >= view.max_in_flight_per_tenant:
+        """One of the tenant's in-flight requests to the pool (counted over every front-end
+        replica, in Redis), or 503 past its limit."""
+        key, member, now = slots_key(view.ref, tenant), uuid.uuid4().hex, time.time()
+        if not await self._take_slot(keys=[key], args=[view.max_in_flight_per_tenant, member, now,
+                                                       now + self.slot_seconds]):
             raise errors.Unavailable(
                 f"you have {view.max_in_flight_per_tenant} requests in flight on the depth pool (its per-tenant "
                 "limit); retry when one has finished", code="pool_tenant_limit", headers={"Retry-After": RETRY_AFTER},
                 details={"limit": view.max_in_flight_per_tenant})
-        self._tenant[key] += 1
         try:
             yield
         finally:
-            self._tenant[key] -= 1
-            if self._tenant[key] <= 0:
-                del self._tenant[key]
+            await asyncio.shield(self.redis.zrem(key, member))  # released even when the request is cancelled
 
     def _order(self, endpoints: list[str]) -> list[str]:
         """Fewest in flight first; among equals, the next in turn."""

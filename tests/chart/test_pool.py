@@ -142,7 +142,7 @@ def test_front_end_pool_rbac_is_exactly_what_its_pool_client_calls(helm: Helm) -
     refs = [PoolRef(NS, "default"), PoolRef("other-ns", "big")]
     pools.refs, pools.ttl, pools._views = refs, 2.0, {}
     pools._locks = {r: asyncio.Lock() for r in refs}
-    pools._in_flight, pools._tenant, pools._turn = Counter(), Counter(), itertools.count()
+    pools._in_flight, pools._turn = Counter(), itertools.count()
     pools.custom = _Recorder(calls, {"get_namespaced_custom_object": {"spec": spec}})
     pools.discovery = _Recorder(calls, {"list_namespaced_endpoint_slice": SimpleNamespace(items=[])})
 

@@ -71,7 +71,7 @@ def test_deployment_serves_on_the_pod_ip_with_gpus_and_readiness() -> None:
     assert env["SPATIALFORGE_SERVE_MAX_BATCH"] == "16" and env["SPATIALFORGE_SERVE_MAX_WAIT_MS"] == "5"
     assert env["SPATIALFORGE_SERVE_MODEL_VARIANT"] == "metric-indoor"
     assert env["SPATIALFORGE_DEPTH_BACKEND"] == "onnxruntime"
-    assert env[pool.ENV_MAX_IN_FLIGHT] == "3"
+    assert not [k for k in env if "IN_FLIGHT" in k]  # the front end enforces it, across its replicas
     assert ctr["resources"]["limits"] == {"nvidia.com/gpu": "2"}
     assert ctr["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
     assert ctr["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
@@ -86,15 +86,31 @@ def test_service_and_selector() -> None:
     svc = pool.service(_pool(maxInFlightPerTenant=7))
     assert svc["metadata"]["name"] == "spatialforge-pool-fast"
     assert svc["spec"]["ports"][0]["name"] == "http" and svc["spec"]["selector"] == pool.selector_labels("fast")
-    assert svc["metadata"]["annotations"][pool.ANNOTATION_MAX_IN_FLIGHT] == "7"
     assert pool.selector("fast") == "app.kubernetes.io/component=depth-pool,spatialforge.io/pool=fast"
 
 
 def test_ready_endpoints_counts_ready_addresses_once() -> None:
-    slices = [{"endpoints": [{"addresses": ["127.1.0.1"], "conditions": {"ready": True}},
-                             {"addresses": ["127.1.0.2"], "conditions": {"ready": False}}]},
-              {"endpoints": [{"addresses": ["127.1.0.1"], "conditions": {"ready": True}}]}, {}]
-    assert pool.ready_endpoints(slices) == 1
+    from kubernetes_asyncio import client as k
+
+    from spatialforge.crds.pool import ready_urls
+
+    def model(s: dict) -> k.V1EndpointSlice:
+        return k.V1EndpointSlice(address_type="IPv4", ports=[k.DiscoveryV1EndpointPort(**p) for p in s.get("ports", [])],
+                                 endpoints=[k.V1Endpoint(addresses=e["addresses"], conditions=None if "conditions" not in e
+                                                         else k.V1EndpointConditions(**e["conditions"]))
+                                            for e in s.get("endpoints", [])])
+
+    port = [{"name": "http", "port": 8080}]
+    slices = [{"ports": port, "endpoints": [{"addresses": ["127.1.0.1"], "conditions": {"ready": True}},
+                                            {"addresses": ["127.1.0.2"], "conditions": {"ready": False}},
+                                            {"addresses": ["127.1.0.3"], "conditions": {"terminating": True}},
+                                            {"addresses": ["127.1.0.4"]}]},  # ready unknown (nil): ready
+              {"ports": port, "endpoints": [{"addresses": ["127.1.0.1"], "conditions": {"ready": True}}]},
+              {"endpoints": [{"addresses": ["127.1.0.5"]}]}, {}]  # no http port: not reachable
+    assert pool.ready_endpoints(slices) == 2
+    # The front end reads the same slices as kubernetes client models and finds the same endpoints.
+    models = [model(s) for s in slices]
+    assert ready_urls(models) == ready_urls(slices) == ["http://127.1.0.1:8080", "http://127.1.0.4:8080"]
 
 
 def test_crd_has_scale_and_status_subresources_and_columns() -> None:
