@@ -5,8 +5,7 @@
 What is checked, in every document given:
 
 - kinds: a phrase that counts the custom resources ("three custom resources", "both kinds",
-  "two CRDs") counts the kinds this repository ships (the registry in crds/kinds.py and the
-  generated CRDs in crds/), and the backticked kinds named right after it in the same sentence
+  "two CRDs") counts the kinds of the registry (crds/kinds.py `ALL_KINDS`), and the backticked kinds named right after it in the same sentence
   are exactly those ("work kinds" is a narrower set and is not counted); every CRD name
   (`<plural>.spatialforge.io`) is one of theirs.
 - env names: every `SPATIALFORGE_*` name is read by a pydantic-settings class of the product,
@@ -87,16 +86,11 @@ def _line(text: str, offset: int) -> int:
 # -- the code's side ----------------------------------------------------------------------------
 
 def shipped_crds() -> dict[str, str]:
-    """Kind -> CRD name (`<plural>.<group>`), for the registry and every generated CRD in crds/."""
-    from spatialforge.crds.constants import GROUP
-    from spatialforge.crds.kinds import KINDS
+    """Kind -> CRD name (`<plural>.<group>`) of every kind in the registry (crds/kinds.py
+    ALL_KINDS: the kinds of work and DepthPool); `make crds` renders one CRD for each."""
+    from spatialforge.crds.kinds import ALL_KINDS
 
-    crds = {k.kind: f"{k.plural}.{GROUP}" for k in KINDS}
-    for path in sorted((REPO / "crds").glob("*.yaml")):
-        doc = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-        if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
-            crds[doc["spec"]["names"]["kind"]] = doc["metadata"]["name"]
-    return crds
+    return {k.kind: k.crd_name for k in ALL_KINDS}
 
 
 def shipped_kinds() -> set[str]:
