@@ -139,25 +139,28 @@ def front_end(host: str, port: int, *, size: str = "small", variant: str = "rela
             _script(name, "down")
 
 
-def _post_through(client: httpx.Client | httpx.AsyncClient, fe: FrontEnd, body: bytes):  # type: ignore[no-untyped-def]
+def _post_through(client: httpx.Client | httpx.AsyncClient, fe: FrontEnd, body: bytes,  # type: ignore[no-untyped-def]
+                  accept: str = "image/png"):
     return client.post(fe.url + "/v1/depth", files={"image": ("bench.jpg", body)},
-                       headers={"X-API-Key": fe.key, "Accept": "image/png"})
+                       headers={"X-API-Key": fe.key, "Accept": accept})
 
 
 def measure(fe: FrontEnd, body: bytes, *, latency_requests: int, requests: int, clients: int,
             batches: Callable[[], dict[str, float]]) -> dict[str, Any]:
-    """Through the front end: single-request latency (s), then 1 sequential client against
-    `clients` concurrent ones (images/s), and the batch-size buckets the server reached."""
+    """Through the front end: single-request latency (s) of the PNG and of the raw float16 answer
+    (taking turns), then 1 sequential client against `clients` concurrent ones (PNG, images/s),
+    and the batch-size buckets the server reached."""
     import asyncio
 
     with httpx.Client(timeout=120) as c:
         for _ in range(3):  # connections, the pool listing, first shapes
             _post_through(c, fe, body).raise_for_status()
-        lat = []
+        lat, lat_raw = [], []
         for _ in range(latency_requests):
-            t0 = time.perf_counter()
-            _post_through(c, fe, body).raise_for_status()
-            lat.append(time.perf_counter() - t0)
+            for accept, times in (("image/png", lat), ("application/octet-stream", lat_raw)):
+                t0 = time.perf_counter()
+                _post_through(c, fe, body, accept).raise_for_status()
+                times.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         for _ in range(requests):
             _post_through(c, fe, body).raise_for_status()
@@ -178,5 +181,5 @@ def measure(fe: FrontEnd, body: bytes, *, latency_requests: int, requests: int, 
 
     before = batches()
     t_conc = asyncio.run(concurrent())
-    return {"latency": lat, "sequential_rate": requests / t_seq, "concurrent_rate": requests / t_conc,
+    return {"latency": lat, "latency_float16": lat_raw, "sequential_rate": requests / t_seq, "concurrent_rate": requests / t_conc,
             "before": before, "after": batches()}

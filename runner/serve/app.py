@@ -1,7 +1,8 @@
 """The depth server: one model, loaded once, behind a dynamic batcher (Starlette app).
 
     POST /v1/depth   body: the image bytes. Query: name (used in error messages), format
-                     (json | png | preview; else from Accept), preview=0 (JSON without the
+                     (json | png | preview | npy | float16; else from Accept, see
+                     spatialforge/depth_formats.py; 406 when none fits), preview=0 (JSON without the
                      preview), fx, fy, cx, cy (intrinsics in input pixels, else EXIF, else
                      0.9 x the longer side).
     POST /v1/measure body: the image bytes; depth, then runner/measure.py (serve/measure.py)
@@ -30,21 +31,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from spatialforge import depth_formats
 from spatialforge.crds.pool import BATCHES_PATH
 from spatialforge.crds.v1alpha1.common import Intrinsics
 from spatialforge.crds.v1alpha1.depthbatch import DepthBatchSpec
 from spatialforge.runner.images import DecodedImage
 from spatialforge.runner.preview import encode_preview
-from spatialforge.runner.serve import lifecycle, probes
+from spatialforge.runner.serve import encoding, lifecycle, probes
 from spatialforge.runner.serve.batches import batches
 from spatialforge.runner.serve.config import ServeSettings
 from spatialforge.runner.serve.handler import handle
 from spatialforge.runner.serve.measure import measure_params, respond_measure
 from spatialforge.runner.serve.state import BadRequest, ServerState
 from spatialforge.runner.settings import RunnerSettings
-from spatialforge.runner.stages.depth import encode_png16, focal_for
-
-_FORMATS = {"json": "application/json", "png": "image/png", "preview": "image/jpeg"}
+from spatialforge.runner.stages.depth import focal_for
 
 
 def create_app(
@@ -84,12 +84,12 @@ async def measure(request: Request) -> Response:
 
 def _params(request: Request) -> dict[str, Any]:
     q = request.query_params
-    fmt = (q.get("format") or "").lower()
-    if not fmt:
-        accept = request.headers.get("accept", "")
-        fmt = "png" if "image/png" in accept else "preview" if "image/jpeg" in accept else "json"
-    if fmt not in _FORMATS:
-        raise BadRequest(400, "bad_format", f"format={fmt!r}: expected one of {', '.join(_FORMATS)}")
+    try:
+        fmt = depth_formats.choose(q.get("format"), request.headers.get("accept"))
+    except depth_formats.NotAcceptable as exc:
+        raise BadRequest(406, "not_acceptable", str(exc)) from None
+    except ValueError as exc:
+        raise BadRequest(400, "bad_format", str(exc)) from None
     intrinsics = None
     if q.get("fx") is not None:
         try:
@@ -111,7 +111,11 @@ def _respond(state: ServerState, image: DecodedImage, depth: np.ndarray, params:
     est = state.estimator
     assert est is not None  # handle() answers only once the model is loaded
     ckpt = est.checkpoint
-    png, scale = encode_png16(depth, scale=ckpt.png16_scale)
+    fmt = params["format"]
+    try:
+        encoded, scale, raw_headers = encoding.encode(fmt, depth, png16_scale=ckpt.png16_scale, metric=ckpt.metric)
+    except encoding.NotRepresentable as exc:
+        raise BadRequest(406, "not_representable", str(exc)) from None
     h, w = depth.shape
     spec = DepthBatchSpec.model_construct(intrinsics=params["intrinsics"])  # focal_for reads only `intrinsics`
     k = focal_for(spec, image, w, h)
@@ -131,8 +135,8 @@ def _respond(state: ServerState, image: DecodedImage, depth: np.ndarray, params:
         "intrinsics": {"fx": k["fx"], "fy": k["fy"], "cx": k["cx"], "cy": k["cy"]},
         "stats": {"min": float(depth.min()), "max": float(depth.max()), "mean": float(depth.mean())},
     }
-    if params["format"] == "json":
-        body: dict[str, Any] = {**meta, "png16": base64.b64encode(png).decode()}
+    if fmt == "json":
+        body: dict[str, Any] = {**meta, "png16": base64.b64encode(encoded).decode()}
         if params["preview"]:
             body["preview"] = base64.b64encode(encode_preview(depth, metric=ckpt.metric)).decode()
         return JSONResponse(body)
@@ -146,7 +150,6 @@ def _respond(state: ServerState, image: DecodedImage, depth: np.ndarray, params:
         "X-Focal-Length-Px": repr(k["fx"]),
         "X-Focal-Source": source,
         "X-Depth-Metadata": json.dumps(meta, separators=(",", ":")),
+        **raw_headers,
     }
-    if params["format"] == "png":
-        return Response(png, media_type="image/png", headers=headers)
-    return Response(encode_preview(depth, metric=ckpt.metric), media_type="image/jpeg", headers=headers)
+    return Response(encoded, media_type=depth_formats.BY_NAME[fmt].media_type, headers=headers)
