@@ -14,6 +14,9 @@ What is checked, in every document given:
 - defaults: "`SPATIALFORGE_X` (default `V`" equals that settings field's default, and
   "`a.b` (values default `V`" equals charts/spatialforge/values.yaml.
 - paths: every backticked repository path with a file extension exists.
+- commands: every `python -m spatialforge.<module>` names a module that runs as a command
+  (a package's `__main__.py`, or a module with an `if __name__ == "__main__":` block), and
+  every `python <folder>/<script>.py` names a script that exists.
 - benches: the README's bullet "- `bench/` (each prints a final JSON line...)" names exactly
   the bench/*.py scripts that run as a command (an `if __name__ == "__main__":` block).
 
@@ -51,6 +54,8 @@ VALUES_DEFAULT = re.compile(r"`([a-z][A-Za-z0-9]*(?:\.[A-Za-z0-9]+)+)`\s+\(value
 BACKTICKED = re.compile(r"`([^`\s]+)`")
 FILE_EXT = re.compile(r"\.(py|md|ya?ml|sh|json|tpl|txt|toml|cfg|lua|ini)$")
 BENCH_BULLET = re.compile(r"^- `bench/` \(each prints a final JSON line[^\n]*\n(?:  [^\n]*\n)*", re.M)
+PYTHON_M = re.compile(r"python3?\s+-m\s+(spatialforge(?:\.\w+)*)")
+PYTHON_SCRIPT = re.compile(r"python3?\s+((?:bench|hack|tests)/[\w/.-]+\.py)\b")
 MAIN_BLOCK = re.compile(r"^if __name__ == [\"']__main__[\"']:", re.M)
 
 
@@ -245,6 +250,31 @@ def check_paths(doc: Path, text: str, roots: tuple[str, ...]) -> Iterator[Proble
             yield Problem(doc, _line(text, m.start()), f"{path} does not exist")
 
 
+def module_file(module: str, packages: dict[str, str]) -> Path | None:
+    """The file `python -m module` runs, or None when no installed folder holds it."""
+    for folder, package in sorted(packages.items(), key=lambda fp: -len(fp[1])):
+        if module == package or module.startswith(package + "."):
+            rest = module[len(package):].lstrip(".").split(".") if module != package else []
+            base = REPO.joinpath(folder, *rest)
+            if (base / "__main__.py").is_file():
+                return base / "__main__.py"
+            return base.with_suffix(".py") if rest and base.with_suffix(".py").is_file() else None
+    return None
+
+
+def check_commands(doc: Path, text: str, packages: dict[str, str]) -> Iterator[Problem]:
+    for m in PYTHON_M.finditer(text):
+        path = module_file(m.group(1), packages)
+        if path is None:
+            yield Problem(doc, _line(text, m.start()), f"`python -m {m.group(1)}`: no such module")
+        elif path.name != "__main__.py" and not MAIN_BLOCK.search(path.read_text()):
+            yield Problem(doc, _line(text, m.start()), f"`python -m {m.group(1)}`: "
+                                                       f"{path.relative_to(REPO)} does not run as a command")
+    for m in PYTHON_SCRIPT.finditer(text):
+        if not (REPO / m.group(1)).is_file():
+            yield Problem(doc, _line(text, m.start()), f"`python {m.group(1)}`: no such script")
+
+
 def runnable_benches() -> set[str]:
     return {p.name for p in (REPO / "bench").glob("*.py") if MAIN_BLOCK.search(p.read_text())}
 
@@ -273,7 +303,8 @@ def check(docs: Iterable[Path]) -> list[Problem]:
             defaults.setdefault(name, set()).add(shown(value))
     known = set(defaults) | code_env_names()
     values = yaml.safe_load(VALUES.read_text()) or {}
-    roots = tuple(f"{f}/" for f in [*folders(), "charts", "tests", "hack", "bench", "docs"])
+    packages = folders()
+    roots = tuple(f"{f}/" for f in [*packages, "charts", "tests", "hack", "bench", "docs"])
     for doc in docs:
         text = doc.read_text()
         problems += check_kinds(doc, text, kinds)
@@ -281,6 +312,7 @@ def check(docs: Iterable[Path]) -> list[Problem]:
         problems += check_env(doc, text, known)
         problems += check_defaults(doc, text, defaults, values)
         problems += check_paths(doc, text, roots)
+        problems += check_commands(doc, text, packages)
         problems += check_bench_list(doc, text)
     return sorted(problems, key=lambda p: (str(p.doc), p.line))
 
