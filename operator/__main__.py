@@ -1,7 +1,9 @@
 """Run the operator: `python -m spatialforge.operator` or `spatialforge operator`.
 
 With leader election on (the default), replicas compete for a Lease and only the holder
-runs Kopf. Health (`/healthz`) answers on every replica; `/metrics` serves Prometheus.
+builds the operator (`app.build`: the cache filled, the parts wired) and runs Kopf. Health
+(`/healthz`) answers on every replica; `/metrics` serves Prometheus. Everything it is told
+comes from `OperatorSettings` (SPATIALFORGE_* variables), read once in `main`.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import kopf
 from aiohttp import web
 from prometheus_client import start_http_server
 
+from spatialforge.operator import app, metrics
 from spatialforge.operator import handlers  # noqa: F401  (registers the Kopf handlers)
-from spatialforge.operator import metrics
 from spatialforge.operator.kube import Kube
 from spatialforge.operator.leader import LeaderElector
 from spatialforge.operator.settings import OperatorSettings
@@ -44,7 +46,7 @@ CRDS_HOW = "install them with `kubectl apply -f crds/` and start the operator ag
 async def preflight(settings: OperatorSettings) -> str | None:
     """One line saying why the operator cannot start (missing CRDs), or None."""
     try:
-        api = await handlers.api_client(settings)
+        api = await app.api_client(settings)
     except Exception as exc:  # no kubeconfig and not in a pod
         return f"spatialforge operator: no Kubernetes credentials ({exc}); set KUBECONFIG or run in a pod"
     try:
@@ -76,7 +78,7 @@ async def run(settings: OperatorSettings) -> int:
     lost = asyncio.Event()
     tasks: list[asyncio.Task[object]] = []
     if settings.leader_election:
-        api = elector_api = await handlers.api_client(settings)
+        api = elector_api = await app.api_client(settings)
         identity = settings.identity or f"{socket.gethostname()}-{os.getpid()}"
         elector = LeaderElector(Kube(api), settings.namespace, settings.lease_name, identity, settings.lease_duration_seconds)
         state["role"] = "standby"
@@ -99,10 +101,14 @@ async def run(settings: OperatorSettings) -> int:
             kopf_stop.set_result(None)
 
     tasks.append(asyncio.create_task(relay()))
-    memo = kopf.Memo(settings=settings)
+    api = None
     try:
-        await kopf.operator(standalone=True, clusterwide=True, stop_flag=kopf_stop, memo=memo)
+        api = await app.api_client(settings)
+        operator = await app.build(api, settings)  # the composition root, once this replica leads
+        await kopf.operator(standalone=True, clusterwide=True, stop_flag=kopf_stop, memo=kopf.Memo(operator=operator))
     finally:
+        if api is not None:
+            await api.close()
         metrics.IS_LEADER.set(0)
         for t in tasks:
             t.cancel()
@@ -119,10 +125,10 @@ async def run(settings: OperatorSettings) -> int:
 
 
 def main() -> int:
-    logging.basicConfig(level=os.environ.get("SPATIALFORGE_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = OperatorSettings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    return asyncio.run(run(OperatorSettings()))
+    return asyncio.run(run(settings))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from spatialforge.aio import within
 from spatialforge.operator import admission, children, metrics, nodefit
 from spatialforge.operator.budget import BudgetWatch
 from spatialforge.operator.cache import Cache, Key
-from spatialforge.operator.derive import Outcome, Verdict, job_finished, parse_time
+from spatialforge.operator.derive import Outcome, Verdict
+from spatialforge.operator.jobs import job_finished, parse_time
 from spatialforge.operator.kube import AlreadyExists, Kube, NotFound
 from spatialforge.operator.settings import OperatorSettings
 from spatialforge.operator.workqueue import WorkQueue
@@ -33,22 +34,26 @@ log = logging.getLogger(__name__)
 
 class Admitter:
     def __init__(self, kube: Kube, cache: Cache, settings: OperatorSettings, queue: WorkQueue, budget: BudgetWatch,
-                 ensure_identity: Callable[[str], Awaitable[None]], forget_if_gone: Callable[[Key], Awaitable[bool]]) -> None:
+                 wakeup: asyncio.Event, ensure_identity: Callable[[str], Awaitable[None]],
+                 forget_if_gone: Callable[[Key], Awaitable[bool]], *, pools: PoolController | None,
+                 handoff: HandOff | None, node_fit_enabled: bool) -> None:
+        """`wakeup` is shared with whoever may change a verdict (budget, pools, hand-offs): set,
+        it starts a pass. `node_fit_enabled` is False when the operator may not list nodes."""
         self.kube, self.cache, self.settings, self.queue, self.budget = kube, cache, settings, queue, budget
         self.ensure_identity, self.forget_if_gone = ensure_identity, forget_if_gone
-        self.wakeup = asyncio.Event()
+        self.wakeup = wakeup
         self.idle = asyncio.Event()
         self.idle.set()
         self.verdicts: dict[Key, Verdict] = {}
         self.admitting: set[Key] = set()
         self.avg_run_seconds = settings.avg_run_seconds
-        self.node_fit_enabled = True  # off when the operator may not list nodes
+        self.node_fit_enabled = node_fit_enabled
         self._fit_memo: dict[Key, tuple[str, Any, int, str | None]] = {}
         self._nodes_seen = 0
         self._standing_memo: dict[Key, tuple[dict[str, Any], dict[str, Any] | None, Any]] = {}
         self._new: list[Key] = []  # resources the latest pass saw first
-        self.pools: PoolController | None = None  # DepthPools: their replicas hold GPUs too
-        self.handoff: HandOff | None = None  # small DepthBatches run by a warm pool
+        self.pools = pools  # DepthPools: their replicas hold GPUs from the same budget
+        self.handoff = handoff  # small DepthBatches run by a warm pool
 
     def poke(self) -> None:
         self.wakeup.set()

@@ -22,6 +22,14 @@ from spatialforge.crds.pool import HandOffRecord
 from spatialforge.crds.v1alpha1 import ResourceStatus
 from spatialforge.crds.v1alpha1 import conditions as cond
 from spatialforge.crds.v1alpha1.common import Phase
+from spatialforge.operator.jobs import (
+    failure_reason,
+    gpu_seconds,
+    job_condition,
+    job_finished,
+    pod_trouble,
+    pods_missing_since,
+)
 from spatialforge.operator.settings import OperatorSettings
 from spatialforge.operator.status import set_condition
 
@@ -29,29 +37,10 @@ TERMINAL = frozenset(p.value for p in Phase if p.terminal)
 # The runner reports images it skipped per shard once ShardProgress has `skipped`; the sum is
 # status.skippedImages once ResourceStatus has that field.
 _HAS_SKIPPED = "skipped_images" in ResourceStatus.model_fields
-FAIL_FAST_WAITING = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
-                               "CreateContainerError", "ErrImageNeverPull"})
-
-
-def parse_time(value: str | None) -> dt.datetime | None:
-    if not value:
-        return None
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def iso(ts: dt.datetime) -> str:
     return ts.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def job_condition(job: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
-    for item in ((job or {}).get("status") or {}).get("conditions") or []:
-        if item.get("type") == type_ and item.get("status") == "True":
-            return item
-    return None
-
-
-def job_finished(job: dict[str, Any] | None) -> bool:
-    return bool(job_condition(job, "Complete") or job_condition(job, "Failed"))
 
 
 @dataclass(frozen=True)
@@ -124,28 +113,7 @@ class Derived:
     status: ResourceStatus
     recheck_at: dt.datetime | None = None  # time-based rules need another look then
     outcome: Outcome | None = None  # set when terminal: persist it before the status
-    stop_job: bool = False  # fail fast: the Job must be deleted
-
-
-def pod_seconds(pod: dict[str, Any], now: dt.datetime) -> float:
-    total = 0.0
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        state = cs.get("state") or {}
-        if "terminated" in state:
-            start, end = parse_time(state["terminated"].get("startedAt")), parse_time(state["terminated"].get("finishedAt"))
-        elif "running" in state:
-            start, end = parse_time(state["running"].get("startedAt")), now
-        else:
-            continue
-        if start and end:
-            total += max(0.0, (end - start).total_seconds())
-    return total
-
-
-def gpu_seconds(gpus: int, pods: list[dict[str, Any]], ledger: dict[str, float], now: dt.datetime) -> float:
-    """GPUs per pod x seconds each pod ran: pods still present, plus the ledger of gone ones."""
-    live = sum(pod_seconds(p, now) * gpus for p in pods if p["metadata"].get("uid") not in ledger)
-    return round(live + sum(ledger.values()), 3)
+    stop_job: bool = False  # Failed while its Job still runs: delete the Job (after the outcome is kept)
 
 
 def progress_of(status: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None, int | None]:
@@ -172,79 +140,6 @@ def floorplan_of(status: dict[str, Any]) -> dict[str, Any]:
     if rooms:
         out["roomCount"] = sum(rooms)
     return out
-
-
-def failure_reason(failed: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[str, str]:
-    """Reason and message of a Job that failed."""
-    job_reason = failed.get("reason") or ""
-    for pod in pods:
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            term = (cs.get("state") or {}).get("terminated") or {}
-            if term.get("exitCode") == c.EXIT_INVALID_INPUT:
-                return cond.REASON_INVALID_INPUT, term.get("message") or "the runner rejected its input"
-    if job_reason == "PodFailurePolicy":
-        return cond.REASON_INVALID_INPUT, failed.get("message") or "the runner rejected its input"
-    if job_reason == "DeadlineExceeded":
-        return cond.REASON_DEADLINE, failed.get("message") or "activeDeadlineSeconds exceeded"
-    last = ""
-    for pod in pods:
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            term = (cs.get("state") or {}).get("terminated") or {}
-            if term.get("exitCode"):
-                last = f"last exit code {term['exitCode']} ({term.get('reason', 'Error')}): {term.get('message', '')}".strip()
-    return cond.REASON_BACKOFF_LIMIT, (failed.get("message") or "retries exhausted") + (f"; {last}" if last else "")
-
-
-@dataclass(frozen=True)
-class PodTrouble:
-    """A runner pod that cannot start: fail now (`fail`) or wait until `until`."""
-
-    reason: str
-    message: str
-    fail: bool
-    until: dt.datetime | None = None
-
-
-def pod_trouble(pods: list[dict[str, Any]], settings: OperatorSettings, now: dt.datetime) -> PodTrouble | None:
-    """The first pod the scheduler cannot place, or whose container cannot start."""
-    waiting: PodTrouble | None = None
-    for pod in pods:
-        pstatus = pod.get("status") or {}
-        if pstatus.get("phase") not in (None, "Pending"):
-            continue
-        name = pod["metadata"]["name"]
-        for pc in pstatus.get("conditions") or []:
-            if pc.get("type") == "PodScheduled" and pc.get("status") == "False" and pc.get("reason") == "Unschedulable":
-                since = parse_time(pc.get("lastTransitionTime")) or now
-                until = since + dt.timedelta(seconds=settings.unschedulable_timeout_seconds)
-                msg = f"runner pod {name} unschedulable: {pc.get('message', '')}".rstrip(": ")
-                if now >= until:
-                    return PodTrouble(cond.REASON_UNSCHEDULABLE, msg, fail=True)
-                waiting = waiting or PodTrouble(cond.REASON_UNSCHEDULABLE, msg, fail=False, until=until)
-        for cs in pstatus.get("containerStatuses") or []:
-            w = (cs.get("state") or {}).get("waiting") or {}
-            if w.get("reason") in FAIL_FAST_WAITING:
-                created = parse_time(pod["metadata"].get("creationTimestamp")) or now
-                until = created + dt.timedelta(seconds=settings.image_pull_grace_seconds)
-                reason = cond.REASON_IMAGE_PULL if "Image" in w["reason"] else cond.REASON_CONTAINER_CONFIG
-                msg = f"runner pod {name}: {w['reason']}: {w.get('message', '')}"
-                if now >= until:
-                    return PodTrouble(reason, msg, fail=True)
-                waiting = waiting or PodTrouble(reason, msg, fail=False, until=until)
-    return waiting
-
-
-def pods_missing_since(job: dict[str, Any], pods: list[dict[str, Any]], settings: OperatorSettings) -> dt.datetime | None:
-    """When a running Job that still has no pod at all is worth asking for FailedCreate events
-    (quota, admission policy); None when it has pods or counts any."""
-    jstatus = job.get("status") or {}
-    if pods or (job.get("spec") or {}).get("suspend") or any(
-            int(jstatus.get(k) or 0) for k in ("active", "failed", "succeeded", "terminating", "ready")):
-        return None
-    created = parse_time(job["metadata"].get("creationTimestamp"))
-    if created is None:
-        return None
-    return created + dt.timedelta(seconds=settings.unschedulable_timeout_seconds)
 
 
 def manifest_uri(obj: dict[str, Any], spec: Any) -> str:
@@ -287,7 +182,7 @@ def derive(o: Observed, settings: OperatorSettings, now: dt.datetime) -> Derived
     if hand_off is not None and hand_off.failed:  # a pool failed it: a Job runs it (operator/handoff.py)
         b.set(cond.POOL_HAND_OFF, False, cond.REASON_HAND_OFF_FAILED, hand_off.failed)
 
-    def done(out: Outcome, *, recheck: dt.datetime | None = None, stop_job: bool = False, new: bool) -> Derived:
+    def done(out: Outcome, *, new: bool) -> Derived:
         failed = out.phase == Phase.failed.value
         b.set(cond.ADMITTED, bool(out.job_name), cond.REASON_JOB_CREATED if out.job_name else out.reason,
               f"Job {out.job_name} created" if out.job_name else out.message)
@@ -298,7 +193,11 @@ def derive(o: Observed, settings: OperatorSettings, now: dt.datetime) -> Derived
                       "startTime": out.start_time, "completionTime": out.completion_time,
                       "gpuSeconds": out.gpu_seconds, "attempts": out.attempts, "jobName": out.job_name,
                       "manifestUri": out.manifest_uri, "conditions": b.out})
-        return Derived(st, recheck_at=recheck, outcome=out if new else None, stop_job=stop_job)
+        # The one rule for deleting the Job: Failed (fail fast, invalid spec, a final verdict)
+        # while it has not finished by itself. A recorded outcome keeps asking until it is gone,
+        # so a crash between recording the outcome and the delete is put right.
+        return Derived(st, outcome=out if new else None,
+                       stop_job=failed and o.job is not None and not job_finished(o.job))
 
     recorded = Outcome.of(obj)
     if recorded is not None:
@@ -313,14 +212,13 @@ def derive(o: Observed, settings: OperatorSettings, now: dt.datetime) -> Derived
     job_name = job["metadata"]["name"] if job is not None else None
     start = jstatus.get("startTime")
 
-    def fail(reason: str, message: str, *, stop_job: bool = False, name: str | None = job_name,
-             completed: str | None = None) -> Derived:
+    def fail(reason: str, message: str, *, name: str | None = job_name, completed: str | None = None) -> Derived:
         out = Outcome(phase=Phase.failed.value, reason=reason, message=message, completion_time=completed or iso(now),
                       start_time=start, gpu_seconds=secs, attempts=attempts, job_name=name)
-        return done(out, stop_job=stop_job, new=True)
+        return done(out, new=True)
 
     if o.spec is None:
-        return fail(cond.REASON_INVALID_SPEC, o.invalid or "the spec does not validate", stop_job=job is not None)
+        return fail(cond.REASON_INVALID_SPEC, o.invalid or "the spec does not validate")
 
     if job is None:
         if stored.get("jobName"):
@@ -343,10 +241,9 @@ def derive(o: Observed, settings: OperatorSettings, now: dt.datetime) -> Derived
         return fail(*failure_reason(failed, pods), completed=failed.get("lastTransitionTime"))
     trouble = pod_trouble(pods, settings, now)
     if trouble is not None and trouble.fail:
-        return fail(trouble.reason, trouble.message, stop_job=True)
+        return fail(trouble.reason, trouble.message)
     if o.creation_failures:
-        return fail(cond.REASON_POD_CREATION, f"the Job's pods could not be created: {o.creation_failures[-1]}",
-                    stop_job=True)
+        return fail(cond.REASON_POD_CREATION, f"the Job's pods could not be created: {o.creation_failures[-1]}")
 
     common.update(jobName=job_name, attempts=attempts, startTime=start, gpuSeconds=secs)
     if (job.get("spec") or {}).get("suspend"):
@@ -403,7 +300,7 @@ def _waiting(o: Observed, b: _Builder, common: dict[str, Any], now: dt.datetime,
         b.set(cond.FAILED, True, v.reason, v.message)
         st = _status({**common, "phase": out.phase, "reason": out.reason, "message": out.message,
                       "completionTime": out.completion_time, "gpuSeconds": secs, "conditions": b.out})
-        return Derived(st, outcome=out)
+        return Derived(st, outcome=out, stop_job=o.job is not None and not job_finished(o.job))
     if v is not None:
         b.set(cond.ADMITTED, False, v.reason, v.message)
         if not keep_running_condition:

@@ -1,7 +1,8 @@
 """Kopf wiring: start-up, and event handlers that feed the cache and enqueue work.
 
 The handlers hold no logic: every decision is in `reconciler.py` (and the rooms it names),
-computed from the cache.
+computed from the cache. The parts they feed are built by `app.build` before Kopf starts and
+reach them as `memo.operator`.
 """
 
 from __future__ import annotations
@@ -10,18 +11,11 @@ import logging
 from typing import Any
 
 import kopf
-from kubernetes_asyncio import config as kube_config
-
 from spatialforge.crds import constants as c
 from spatialforge.crds.kinds import BY_PLURAL, KINDS
 from spatialforge.crds.v1alpha1 import depthpool
-from spatialforge.gctune import tune_gc
-from spatialforge.kubeclient import tuned
-from spatialforge.operator.cache import Cache
 from spatialforge.operator import pool
-from spatialforge.operator.kube import Kube
-from spatialforge.operator.reconciler import Reconciler
-from spatialforge.operator.settings import OperatorSettings
+from spatialforge.operator.app import Operator
 
 log = logging.getLogger(__name__)
 MANAGED = {c.LABEL_MANAGED_BY: c.MANAGED_BY}
@@ -62,66 +56,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.batching.idle_timeout = 0.5
     settings.networking.request_timeout = 60
 
-    op_settings: OperatorSettings = memo.get("settings") or OperatorSettings()
-    api = await api_client(op_settings)
-    api.configuration.connection_pool_maxsize = 32  # type: ignore[attr-defined]
-    kube, cache = Kube(api), Cache()
-    # Fill the cache before the first reconcile, so nothing is decided on half a picture.
-    for kind in KINDS:
-        async for obj in kube.list_resources(kind.kind):
-            cache.put_resource(obj)
-    async for job in kube.list_jobs(f"{c.LABEL_MANAGED_BY}={c.MANAGED_BY}"):
-        cache.put_job(job)
-    async for pod in kube.list_pods(f"{c.LABEL_MANAGED_BY}={c.MANAGED_BY}"):
-        cache.put_pod(pod)
-    for ns in await kube.list_namespaces():
-        cache.put_namespace(ns)
-    try:  # pools are optional; their watch events fill the controller anyway
-        pool_objs = await kube.list_pools()
-        pool_deployments = await kube.list_deployments(f"{c.LABEL_COMPONENT}={pool.COMPONENT}") if pool_objs else []
-    except Exception as exc:  # e.g. 429 "storage is (re)initializing" right after the CRD was installed
-        log.warning("listing DepthPools at start-up failed (%s); their watch events will bring them", exc)
-        pool_objs, pool_deployments = [], []
-    nodes = await kube.list_nodes()
-    for node in nodes or []:
-        cache.put_node(node)
-    tune_gc()
-    reconciler = Reconciler(kube, cache, op_settings)
-    for obj in pool_objs:
-        reconciler.pools.put_pool(obj)
-    for obj in pool_deployments:
-        reconciler.pools.put_deployment(obj)
-    if nodes is None:
-        log.warning("may not list nodes: work that no node fits is admitted and left to the scheduler")
-        reconciler.admitter.node_fit_enabled = False
-    memo.api, memo.kube, memo.cache, memo.reconciler = api, kube, cache, reconciler
-    reconciler.start()
-    for key in list(cache.resources):
-        reconciler.enqueue(key)
-    reconciler.poke_admission()
-    log.info("operator started: %d resources, %d jobs in cache", len(cache.resources), len(cache.jobs))
-
-
-async def api_client(settings: OperatorSettings) -> Any:
-    """A kubernetes_asyncio client from KUBECONFIG or the pod's service account, tuned."""
-    if settings.kubeconfig:
-        return tuned(await kube_config.new_client_from_config(config_file=settings.kubeconfig))
-    from kubernetes_asyncio import client
-
-    kube_config.load_incluster_config()
-    return tuned(client.ApiClient())
+    operator: Operator = memo.operator
+    operator.start()
+    log.info("operator started: %d resources, %d jobs in cache", len(operator.cache.resources), len(operator.cache.jobs))
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    reconciler = memo.get("reconciler")
-    if reconciler is not None:
-        await reconciler.stop()
-        await memo.api.close()
-
-
-def _ready(memo: kopf.Memo) -> bool:
-    return memo.get("reconciler") is not None
+    await memo.operator.stop()
 
 
 # The event handlers are coroutines on purpose: Kopf runs plain functions in a thread pool,
@@ -129,14 +71,15 @@ def _ready(memo: kopf.Memo) -> bool:
 # size during iteration"), and asyncio.Event.set / Queue.put_nowait from a thread do not wake
 # the loop, so an admission pass started only at the next unrelated wake-up (stalls of ~1 s).
 async def resource_event(event: dict[str, Any], resource: kopf.Resource, memo: kopf.Memo, **_: Any) -> None:
-    if not _ready(memo) or event.get("type") is None and not event.get("object"):
+    if event.get("type") is None and not event.get("object"):
         return
+    op: Operator = memo.operator
     obj = dict(event["object"])
     obj.setdefault("kind", BY_PLURAL[resource.plural].kind)
-    key = memo.cache.put_resource(obj, deleted=event.get("type") == "DELETED")
+    key = op.cache.put_resource(obj, deleted=event.get("type") == "DELETED")
     if event.get("type") in ("ADDED", "DELETED", None) or _spec_or_meta_changed(obj):
-        memo.reconciler.poke_admission()
-    memo.reconciler.enqueue(key)
+        op.admitter.poke()
+    op.queue.add(key)
 
 
 for _kind in KINDS:
@@ -150,39 +93,43 @@ def _spec_or_meta_changed(obj: dict[str, Any]) -> bool:
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
 async def job_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
-    if not _ready(memo) or not event.get("object"):
+    if not event.get("object"):
         return
-    key = memo.cache.put_job(dict(event["object"]), deleted=event.get("type") == "DELETED")
+    op: Operator = memo.operator
+    key = op.cache.put_job(dict(event["object"]), deleted=event.get("type") == "DELETED")
     if key is not None:
-        memo.reconciler.enqueue(key)
+        op.queue.add(key)
         if event.get("type") == "DELETED":
-            memo.reconciler.poke_admission()
+            op.admitter.poke()
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
 async def pod_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
-    if not _ready(memo) or not event.get("object"):
+    if not event.get("object"):
         return
-    key = memo.cache.put_pod(dict(event["object"]), deleted=event.get("type") == "DELETED")
+    op: Operator = memo.operator
+    key = op.cache.put_pod(dict(event["object"]), deleted=event.get("type") == "DELETED")
     if key is not None:
-        memo.reconciler.enqueue(key)
+        op.queue.add(key)
 
 
 @kopf.on.event("", "v1", "namespaces")
 async def namespace_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
-    if not _ready(memo) or not event.get("object"):
+    if not event.get("object"):
         return
-    if memo.cache.put_namespace(dict(event["object"]), deleted=event.get("type") == "DELETED"):
-        memo.reconciler.poke_admission()
+    op: Operator = memo.operator
+    if op.cache.put_namespace(dict(event["object"]), deleted=event.get("type") == "DELETED"):
+        op.admitter.poke()
 
 
 @kopf.on.event("", "v1", "nodes")
 async def node_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
     """Nodes for the node-fit check; heartbeats change nothing it reads and wake nothing."""
-    if not _ready(memo) or not event.get("object"):
+    if not event.get("object"):
         return
-    if memo.cache.put_node(dict(event["object"]), deleted=event.get("type") == "DELETED"):
-        memo.reconciler.admitter.nodes_changed()
+    op: Operator = memo.operator
+    if op.cache.put_node(dict(event["object"]), deleted=event.get("type") == "DELETED"):
+        op.admitter.nodes_changed()
 
 
 
@@ -192,21 +139,21 @@ POOL_CHILDREN = {c.LABEL_COMPONENT: pool.COMPONENT}
 
 @kopf.on.event(c.GROUP, c.VERSION, depthpool.PLURAL)
 async def pool_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
-    if not _ready(memo) or not event.get("object"):
+    if not event.get("object"):
         return
-    memo.reconciler.pools.put_pool({**event["object"], "kind": depthpool.KIND}, deleted=event.get("type") == "DELETED")
+    memo.operator.pools.put_pool({**event["object"], "kind": depthpool.KIND}, deleted=event.get("type") == "DELETED")
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=POOL_CHILDREN)
 async def pool_deployment_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
-    if not _ready(memo) or not event.get("object"):
+    if not event.get("object"):
         return
-    memo.reconciler.pools.put_deployment(dict(event["object"]), deleted=event.get("type") == "DELETED")
+    memo.operator.pools.put_deployment(dict(event["object"]), deleted=event.get("type") == "DELETED")
 
 
 @kopf.on.event("discovery.k8s.io", "v1", "endpointslices", labels=POOL_CHILDREN)
 async def pool_endpoints_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
     """The endpointslice controller copies the Service's labels onto its slices."""
-    if not _ready(memo) or not event.get("object"):
+    if not event.get("object"):
         return
-    memo.reconciler.pools.endpoints_changed(dict(event["object"]))
+    memo.operator.pools.endpoints_changed(dict(event["object"]))

@@ -321,3 +321,17 @@ class Kube:
             await self.core.create_namespaced_event(meta["namespace"], body)
         except ApiException:
             pass  # events are best effort
+
+
+class RunnerIdentities:
+    """The runner's ServiceAccount and Role in each tenant namespace, made once per namespace
+    per process; shared by the admitter (Jobs) and the pool controller (replicas)."""
+
+    def __init__(self, kube: Kube, account: str) -> None:
+        self.kube, self.account = kube, account
+        self.ready: set[str] = set()
+
+    async def ensure(self, namespace: str) -> None:
+        if namespace not in self.ready:
+            await self.kube.ensure_runner_identity(namespace, self.account)
+            self.ready.add(namespace)

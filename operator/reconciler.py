@@ -1,13 +1,19 @@
 """The reconcile loop: workers take resource keys from the work queue and bring each resource
-in line with the world (finalizer, Job spec, status, TTL, deletion).
+in line with the world (Job spec, status, fail fast, TTL, deletion).
 
 Kopf's event handlers only feed the cache and enqueue keys. Every decision is recomputed from
 current state: the status comes from `derive.derive` (pure), is written as a merge patch of
 what changed, and the terminal outcome is kept in an annotation first, so a crash between
 the two writes, or a status someone else wrote, is put right by the next reconcile.
 
+No finalizer: the Job's owner reference lets the garbage collector delete the Job, and with
+it the pods, when the resource goes, even while the operator is down; a finalizer was one more
+write per resource before its Job could be created. Resources still carrying the finalizer of
+earlier versions have it removed when they are deleted.
+
 Rooms: `workqueue.py` (the queue), `budget.py` (quota ConfigMap watch), `admitter.py` and
-`admission.py` (who gets GPUs), `derive.py` (the status), `kube.py` (every API call).
+`admission.py` (who gets GPUs), `derive.py` (the status and whether the Job must go),
+`jobs.py` (what Jobs and pods say), `kube.py` (every API call). `app.py` builds and wires them.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import datetime as dt
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from spatialforge.crds import constants as c
@@ -24,23 +31,15 @@ from spatialforge.crds.v1alpha1 import conditions as cond
 from spatialforge.crds.v1alpha1.common import Phase
 from spatialforge.operator import children, metrics
 from spatialforge.operator.admitter import Admitter
-from spatialforge.operator.budget import BudgetWatch
 from spatialforge.operator.cache import Cache, Key, owner_uid
-from spatialforge.operator.derive import (
-    TERMINAL,
-    Observed,
-    Outcome,
-    derive,
-    gpu_ledger,
-    job_condition,
+from spatialforge.operator.derive import TERMINAL, Observed, Outcome, derive, gpu_ledger
+from spatialforge.operator.jobs import (
     job_finished,
     parse_time,
     pod_seconds,
     pods_missing_since,
 )
 from spatialforge.operator.kube import ConflictError, Kube, NotFound
-from spatialforge.operator.handoff import HandOff
-from spatialforge.operator.poolctl import PoolController
 from spatialforge.operator.settings import OperatorSettings
 from spatialforge.operator.status import now_iso, patch_for
 from spatialforge.operator.workqueue import WorkQueue
@@ -52,38 +51,36 @@ EVENT_PHASES = frozenset({Phase.running.value, *TERMINAL})
 RESYNC_SECONDS = 10.0  # resources with pods: GPU-seconds of running pods move with the clock
 
 
+async def forget_if_gone(kube: Kube, cache: Cache, queue: WorkQueue, key: Key) -> bool:
+    """Drop a resource the API server no longer has; True if it was dropped. Kopf's watch starts
+    after the start-up listing, so a resource deleted in between (say, with its namespace) never
+    gets a DELETED event; without this it would be retried forever."""
+    try:
+        await kube.get_resource(*key)
+    except NotFound:
+        obj = cache.resources.get(key)
+        if obj is not None:
+            cache.put_resource(obj, deleted=True)
+            log.info("%s/%s/%s is gone; forgotten", *key)
+        queue.forget(key)
+        return True
+    except Exception:
+        return False
+    return False
+
+
 class Reconciler:
-    def __init__(self, kube: Kube, cache: Cache, settings: OperatorSettings) -> None:
-        self.kube, self.cache, self.settings = kube, cache, settings
-        self.queue = WorkQueue()
-        self.budget = BudgetWatch(kube, settings.namespace, settings.quota_configmap, on_change=self.poke_admission)
-        self.admitter = Admitter(kube, cache, settings, self.queue, self.budget, self._ensure_identity,
-                                 self._forget_if_gone)
-        self.pools = PoolController(kube, settings, self.poke_admission, self._ensure_identity)
-        self.admitter.pools = self.pools  # pool replicas hold GPUs from the same budget
-        self.admitter.handoff = HandOff(kube, cache, self.pools, settings, self._handed_back)
+    def __init__(self, kube: Kube, cache: Cache, settings: OperatorSettings, queue: WorkQueue, admitter: Admitter,
+                 forget: Callable[[Key], Awaitable[bool]]) -> None:
+        self.kube, self.cache, self.settings, self.queue, self.admitter = kube, cache, settings, queue, admitter
+        self.forget_if_gone = forget  # `forget_if_gone` bound to this cache and queue
         self.tasks: list[asyncio.Task[None]] = []
-        self.runner_identities: set[str] = set()  # namespaces whose runner SA and Role exist
-
-    def _handed_back(self, key: Key) -> None:
-        """A hand-off to a pool ended (outcome recorded, or back to the Job path)."""
-        self.queue.add(key)
-        self.poke_admission()
-
-    def enqueue(self, key: Key) -> None:
-        self.queue.add(key)
-
-    def poke_admission(self) -> None:
-        self.admitter.poke()
 
     def start(self) -> None:
         self.tasks = [asyncio.create_task(self._worker()) for _ in range(self.settings.workers)]
-        self.tasks += [asyncio.create_task(self.admitter.run()), asyncio.create_task(self._resync_loop()),
-                       asyncio.create_task(self.budget.run())]
-        self.pools.start()
+        self.tasks.append(asyncio.create_task(self._resync_loop()))
 
     async def stop(self) -> None:
-        await self.pools.stop()
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -96,7 +93,7 @@ class Reconciler:
             try:
                 await self.reconcile(key)
             except (ConflictError, NotFound):
-                if not await self._forget_if_gone(key):
+                if not await self.forget_if_gone(key):
                     self.queue.add_after(key, 0.2)
             except Exception:
                 log.exception("reconcile of %s/%s/%s failed; retrying", *key)
@@ -104,23 +101,6 @@ class Reconciler:
             finally:
                 metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
                 self.queue.done(key)
-
-    async def _forget_if_gone(self, key: Key) -> bool:
-        """Drop a resource the API server no longer has. Kopf's watch starts after our start-up
-        listing, so a resource deleted in between (say, with its namespace) never gets a
-        DELETED event; without this it would be retried forever."""
-        try:
-            await self.kube.get_resource(*key)
-        except NotFound:
-            obj = self.cache.resources.get(key)
-            if obj is not None:
-                self.cache.put_resource(obj, deleted=True)
-                log.info("%s/%s/%s is gone; forgotten", *key)
-            self.queue.forget(key)
-            return True
-        except Exception:
-            return False
-        return False
 
     async def _resync_loop(self) -> None:
         """Periodic pass over resources with pods (GPU-seconds move with the clock); every other
@@ -141,24 +121,17 @@ class Reconciler:
         for (kind, phase), n in counts.items():
             metrics.RESOURCES.labels(kind=kind, phase=phase).set(n)
 
-    async def _ensure_identity(self, namespace: str) -> None:
-        if namespace not in self.runner_identities:
-            await self.kube.ensure_runner_identity(namespace, self.settings.runner_service_account)
-            self.runner_identities.add(namespace)
-
     # -- one resource ----------------------------------------------------------------------
     async def reconcile(self, key: Key) -> None:
         obj = self.cache.resources.get(key)
-        if obj is None:
+        if obj is None:  # deleted: the garbage collector deletes its Job (owner reference)
+            self.admitter.verdicts.pop(key, None)
+            self.queue.forget(key)
             return
-        meta = obj["metadata"]
-        if meta.get("deletionTimestamp"):
-            await self._finalize(key, obj)
+        if obj["metadata"].get("deletionTimestamp"):
+            if c.FINALIZER in (obj["metadata"].get("finalizers") or []):
+                await self._release(key, obj)
             return
-        if c.FINALIZER not in (meta.get("finalizers") or []):
-            obj = await self._patch_meta(key, obj, {"finalizers": [*(meta.get("finalizers") or []), c.FINALIZER],
-                                                    "resourceVersion": meta["resourceVersion"]})
-            self.poke_admission()
         spec, invalid = self.cache.spec_of(key)
         job, pods = self.cache.job_of(key), self.cache.pods_of(key)
         outcome = Outcome.of(obj)
@@ -177,10 +150,9 @@ class Reconciler:
         if derived.outcome is not None:  # terminal: keep the outcome where only the operator writes
             obj = await self._patch_meta(key, obj, {"annotations": {c.ANNOTATION_OUTCOME: derived.outcome.dumps()}})
             outcome = derived.outcome
-            self.poke_admission()
-        if outcome is not None and outcome.phase == Phase.failed.value and job is not None \
-                and not job_condition(job, "Failed") and not job_condition(job, "Complete"):
-            await self.kube.delete_job(key[1], job["metadata"]["name"])  # fail fast: stop the pods
+            self.admitter.poke()
+        if derived.stop_job and job is not None:  # after the outcome is kept: a crash in between is redone
+            await self.kube.delete_job(key[1], job["metadata"]["name"])
         if not (derived.status.reason == cond.REASON_AWAITING_ADMISSION and not obj.get("status")
                 and not self.admitter.seen(key)):  # a new resource: its first status waits for admission
             await self._write(key, obj, derived.status)
@@ -224,7 +196,7 @@ class Reconciler:
         if patch:
             self.cache.put_job(await self.kube.patch_job(job["metadata"]["namespace"], job["metadata"]["name"],
                                                          {"spec": patch}))
-            self.poke_admission()
+            self.admitter.poke()
 
     async def _write(self, key: Key, obj: dict[str, Any], desired: Any) -> None:
         status = obj.get("status") or {}
@@ -245,7 +217,7 @@ class Reconciler:
                 await self.kube.event(updated, "Warning" if warn else "Normal", f"Phase{new_phase}",
                                       desired.message or new_phase, now_iso())
             if new_phase in TERMINAL:
-                self.poke_admission()
+                self.admitter.poke()
                 if new_phase == Phase.succeeded.value and desired.start_time and desired.completion_time:
                     self.admitter.observe_run((desired.completion_time - desired.start_time).total_seconds())
 
@@ -261,8 +233,9 @@ class Reconciler:
         else:
             self.queue.add_at(key, when)
 
-    async def _finalize(self, key: Key, obj: dict[str, Any]) -> None:
-        """Stop the work (delete the Job and, through it, its pods), then let the resource go."""
+    async def _release(self, key: Key, obj: dict[str, Any]) -> None:
+        """A resource deleted with the finalizer of earlier versions: delete its Job (and, through
+        it, its pods) as that finalizer promised, then remove the finalizer."""
         job = self.cache.job_of(key)
         name = job["metadata"]["name"] if job is not None else children.job_name(key[0], key[2], obj["metadata"]["uid"])
         await self.kube.delete_job(key[1], name)
@@ -275,4 +248,4 @@ class Reconciler:
                 pass
         self.admitter.verdicts.pop(key, None)
         self.queue.forget(key)
-        self.poke_admission()
+        self.admitter.poke()

@@ -76,3 +76,14 @@ class OperatorSettings(BaseSettings):
     health_port: int = 8080
     metrics_port: int = 9090
     kubeconfig: str | None = Field(default=None, validation_alias="KUBECONFIG")
+    log_level: str = "INFO"
+    """SPATIALFORGE_LOG_LEVEL: the level of the operator's own log (DEBUG, INFO, WARNING, ERROR or
+    CRITICAL); Kopf's per-object log stays at WARNING."""
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(f"log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {value!r}")
+        return level

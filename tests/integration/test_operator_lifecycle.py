@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from spatialforge.crds.constants import EXIT_INVALID_INPUT, GROUP, LABEL_NAME, VERSION
+from spatialforge.crds.constants import EXIT_INVALID_INPUT, FINALIZER, GROUP, LABEL_NAME, VERSION
 from spatialforge.crds.kinds import KINDS
 from spatialforge.devcluster.operator_process import OperatorProcess
 from spatialforge.devcluster.plane import REPO, Cluster, wait_for
@@ -81,6 +81,7 @@ class Follow:
                 except ValueError:
                     break
                 buf = buf.lstrip()[end:]
+                event["received"] = dt.datetime.now(dt.UTC)  # when this process read it
                 self.seen.append(event)
 
     def statuses(self) -> list[dict[str, Any]]:
@@ -237,19 +238,49 @@ def test_delete_mid_run_stops_the_work(cluster: Cluster, operator: OperatorProce
              lambda: not cluster.list("jobs", namespace) and not cluster.list("pods", namespace), timeouts.SHORT)
 
 
+def test_deleting_a_resource_needs_no_operator_and_legacy_finalizers_are_released(
+        cluster: Cluster, operator: OperatorProcess, namespace: str, behaviour: Behaviour) -> None:
+    """No finalizer: the Job's owner reference has the garbage collector delete the Job and its
+    pods, even while the operator is stopped. A resource that still carries the finalizer of
+    earlier versions gets its Job deleted and the finalizer removed when it is deleted."""
+    behaviour.set(f"{namespace}_gone", seconds=120)
+    behaviour.set(f"{namespace}_legacy", seconds=120)
+    cluster.apply(depth_batch("gone"), namespace)
+    legacy = depth_batch("legacy")
+    legacy["metadata"]["finalizers"] = [FINALIZER]
+    cluster.apply(legacy, namespace)
+    wait_phase(cluster, "depthbatch", "gone", namespace, "Running")
+    wait_phase(cluster, "depthbatch", "legacy", namespace, "Running")
+    assert not (cluster.get("depthbatch", "gone", namespace) or {})["metadata"].get("finalizers")
+
+    def owned_by(name: str) -> list[dict[str, Any]]:
+        return [o for kind in ("jobs", "pods") for o in cluster.list(kind, namespace, f"{LABEL_NAME}={name}")]
+
+    assert owned_by("gone") and owned_by("legacy")
+    operator.stop()
+    try:
+        cluster.kubectl("delete", "depthbatch", "gone", "-n", namespace, "--wait=true", "--timeout=30s")
+        wait_for("the Job and pods of the deleted resource to go", lambda: not owned_by("gone"), timeouts.SHORT)
+    finally:
+        operator.start()
+    cluster.kubectl("delete", "depthbatch", "legacy", "-n", namespace, "--wait=true", "--timeout=60s")
+    wait_for("the legacy resource's Job and pods to go", lambda: not owned_by("legacy"), timeouts.SHORT)
+
+
 def test_ttl_after_finished_deletes_the_resource(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
     ttl = 3
     with Follow(cluster, "depthbatch", "short-lived", namespace) as follow:
         cluster.apply(depth_batch("short-lived", ttlSecondsAfterFinished=ttl), namespace)
-        doomed = follow.wait("the resource to be deleted after its TTL",
-                             lambda e: bool(e["object"]["metadata"].get("deletionTimestamp")), timeouts.MEDIUM)
+        # No finalizer holds it: the resource goes at once, and its DELETED event is the deletion.
+        follow.wait("the resource to be deleted after its TTL", lambda e: e.get("type") == "DELETED", timeouts.MEDIUM)
+    deleted = next(e for e in list(follow.seen) if e.get("type") == "DELETED")
     phases = [s.get("phase") for s in follow.statuses()]
     assert "Succeeded" in phases, phases
-    st = doomed["status"]
+    st = deleted["object"]["status"]
     assert st["phase"] == "Succeeded"
-    # Timestamps have whole seconds: deletion no earlier than completion + TTL.
-    assert parse_ts(doomed["metadata"]["deletionTimestamp"]) >= parse_ts(st["completionTime"]) + dt.timedelta(seconds=ttl)
-    wait_for("the resource to be gone", lambda: cluster.get("depthbatch", "short-lived", namespace) is None, timeouts.SHORT)
+    # Timestamps have whole seconds (rounded down): deleted no earlier than completion + TTL.
+    assert deleted["received"] >= parse_ts(st["completionTime"]) + dt.timedelta(seconds=ttl)
+    assert cluster.get("depthbatch", "short-lived", namespace) is None
 
 
 def test_kueue_queue_name_hands_admission_to_kueue(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:

@@ -3,9 +3,11 @@
 import asyncio
 
 from spatialforge.operator import handlers
+from spatialforge.operator.app import wire
 from spatialforge.operator.cache import Cache
-from spatialforge.operator.reconciler import Reconciler
+from spatialforge.operator.reconciler import forget_if_gone
 from spatialforge.operator.settings import OperatorSettings
+from spatialforge.operator.workqueue import WorkQueue
 
 
 def resource(name: str, namespace: str) -> dict:
@@ -17,11 +19,11 @@ def resource(name: str, namespace: str) -> dict:
 
 def test_resources_of_a_terminating_namespace_are_not_admitted() -> None:
     cache = Cache()
-    r = Reconciler(kube=None, cache=cache, settings=OperatorSettings())  # type: ignore[arg-type]
+    op = wire(kube=None, cache=cache, settings=OperatorSettings())  # type: ignore[arg-type]
     cache.put_resource(resource("a", "live"))
     cache.put_resource(resource("b", "going"))
     cache.put_namespace({"metadata": {"name": "going", "deletionTimestamp": "2026-01-01T00:00:01Z"}})
-    assert [c.key[1] for c in r.admitter.candidates()[0]] == ["live"]
+    assert [c.key[1] for c in op.admitter.candidates()[0]] == ["live"]
     cache.put_namespace({"metadata": {"name": "going"}}, deleted=True)
     assert "going" not in cache.terminating
 
@@ -46,8 +48,7 @@ def test_a_resource_the_api_server_no_longer_has_is_forgotten() -> None:
                 raise NotFound(name)
             return {}
 
-    cache = Cache()
-    r = Reconciler(kube=Kube({"kept"}), cache=cache, settings=OperatorSettings())  # type: ignore[arg-type]
+    cache, queue, kube = Cache(), WorkQueue(), Kube({"kept"})
     gone, kept = cache.put_resource(resource("gone", "ns")), cache.put_resource(resource("kept", "ns"))
-    assert asyncio.run(r._forget_if_gone(gone)) is True and gone not in cache.resources
-    assert asyncio.run(r._forget_if_gone(kept)) is False and kept in cache.resources
+    assert asyncio.run(forget_if_gone(kube, cache, queue, gone)) is True and gone not in cache.resources  # type: ignore[arg-type]
+    assert asyncio.run(forget_if_gone(kube, cache, queue, kept)) is False and kept in cache.resources  # type: ignore[arg-type]

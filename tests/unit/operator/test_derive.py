@@ -168,3 +168,25 @@ def test_a_second_reconcile_of_an_unchanged_world_writes_nothing() -> None:
         obj = resource(dump(first))
         again = derive(observe(obj, j, pods), SETTINGS, NOW + dt.timedelta(seconds=5) if j is None else NOW).status
         assert patch_for(obj["status"], again) == {}
+
+
+def test_derive_alone_decides_whether_the_job_is_deleted() -> None:
+    """One rule: Failed while the Job has not finished by itself. A recorded outcome keeps asking
+    (a crash between recording it and the delete is redone); a Job that ended is left alone."""
+    failed = Outcome(phase="Failed", reason="Unschedulable", message="m", completion_time="2026-01-01T11:59:59Z",
+                     job_name="d-db123456")
+    recorded = resource(annotations={c.ANNOTATION_OUTCOME: failed.dumps()})
+    assert derive(observe(recorded, job(active=1, ready=0)), SETTINGS, NOW).stop_job
+    assert not derive(observe(recorded), SETTINGS, NOW).stop_job  # no Job left
+    ended = job(active=0, ready=0)
+    ended["status"]["conditions"] = [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]
+    d = derive(observe(resource(), ended), SETTINGS, NOW)
+    assert d.status.reason == "BackoffLimitExceeded" and not d.stop_job
+    done = derive(observe(resource(), job(complete=True), [pod(finished="2026-01-01T11:59:50Z")]), SETTINGS, NOW)
+    assert done.status.phase.value == "Succeeded" and not done.stop_job
+    never = Verdict("ExceedsClusterBudget", "needs 9 GPUs but the cluster budget is 8", final=True)
+    resumed = derive(observe(resource(), job(suspend=True, active=0, ready=0), verdict=never), SETTINGS, NOW)
+    assert resumed.status.phase.value == "Failed" and resumed.stop_job  # its suspended Job goes too
+    invalid = Observed(resource(), None, "spec.inputs: too short", job(), [pod()])
+    assert derive(invalid, SETTINGS, NOW).stop_job
+    assert not derive(observe(resource(gpus=2), job(), [pod()]), SETTINGS, NOW).stop_job  # running

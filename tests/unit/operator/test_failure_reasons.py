@@ -3,7 +3,7 @@
 import datetime as dt
 
 from spatialforge.crds.constants import EXIT_INVALID_INPUT
-from spatialforge.operator.derive import failure_reason, pod_trouble
+from spatialforge.operator.jobs import failure_reason, pod_trouble
 from spatialforge.operator.settings import OperatorSettings
 
 NOW = dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)

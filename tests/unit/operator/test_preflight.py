@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from spatialforge.operator import __main__ as main_module
-from spatialforge.operator import handlers
+from spatialforge.operator import app
 from spatialforge.operator.kube import Kube
 from spatialforge.operator.settings import OperatorSettings
 
@@ -25,7 +25,7 @@ def test_missing_crds_stop_the_operator_with_one_line(monkeypatch: pytest.Monkey
     async def missing(self: Kube) -> list[str]:
         return ["depthbatches.spatialforge.io", "reconstructionjobs.spatialforge.io"]
 
-    monkeypatch.setattr(handlers, "api_client", api_client)
+    monkeypatch.setattr(app, "api_client", api_client)
     monkeypatch.setattr(Kube, "__init__", lambda self, api: None)
     monkeypatch.setattr(Kube, "missing_crds", missing)
     code = asyncio.run(main_module.run(OperatorSettings(health_port=0, metrics_port=0)))
