@@ -1,6 +1,6 @@
 """Fail when the docs state a fact the code contradicts, for the facts a script can read.
 
-    python hack/check_docs.py [DOC ...]      (make verify; default: README.md and docs/*.md)
+    python hack/check_docs.py [DOC ...]      (make verify; default: DOCS)
 
 What is checked, in every document given:
 
@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+DOCS = ("README.md", "docs/*.md", "runner/README.md", "charts/spatialforge/README.md")
 VALUES = REPO / "charts" / "spatialforge" / "values.yaml"
 NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "both": 2}
 KIND_COUNT = re.compile(r"\b(?<!work )(one|two|three|four|five|six|both|\d+)\s+(custom\s+resources|kinds|CRDs)\b", re.I)
@@ -318,7 +319,7 @@ def check(docs: Iterable[Path]) -> list[Problem]:
 
 
 def main(argv: list[str]) -> int:
-    docs = [Path(a) for a in argv] or [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    docs = [Path(a) for a in argv] or [p for pattern in DOCS for p in sorted(REPO.glob(pattern))]
     missing = [d for d in docs if not d.is_file()]
     if missing:
         print(f"check_docs: no such document: {', '.join(map(str, missing))}", file=sys.stderr)
