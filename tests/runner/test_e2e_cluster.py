@@ -128,7 +128,23 @@ def _runner_pid(namespace: str, name: str) -> int | None:
     return None
 
 
+def versions(e2e: dict[str, Any], prefix: str) -> tuple[dict[str, int], set[str]]:
+    """Per key under `prefix`, how many versions the (versioned) bucket holds; and the keys with a delete marker."""
+    counts: dict[str, int] = {}
+    deleted: set[str] = set()
+    pages = e2e["s3"].get_paginator("list_object_versions").paginate(Bucket=e2e["bucket"], Prefix=prefix)
+    for page in pages:
+        for v in page.get("Versions", []):
+            counts[v["Key"]] = counts.get(v["Key"], 0) + 1
+        deleted.update(m["Key"] for m in page.get("DeleteMarkers", []))
+    return counts, deleted
+
+
 def test_runner_killed_mid_batch_is_retried_and_writes_each_output_once(cluster: Cluster, e2e: dict[str, Any]) -> None:
+    # A versioned bucket keeps every write: a result key written by both attempts (or written,
+    # deleted and written again) shows up as two versions or a delete marker, not as one key.
+    e2e["s3"].put_bucket_versioning(Bucket=e2e["bucket"], VersioningConfiguration={"Status": "Enabled"})
+    assert e2e["s3"].get_bucket_versioning(Bucket=e2e["bucket"])["Status"] == "Enabled"
     for i, data in enumerate(images(24, seed=3)):
         put(e2e, f"in/img-{i:02d}.png", data)
     cluster.apply(depth_batch("killed", gpus=0, batchSize=1, inputs=[f"s3://{e2e['bucket']}/in/"],
@@ -142,3 +158,7 @@ def test_runner_killed_mid_batch_is_retried_and_writes_each_output_once(cluster:
     pngs = [k for k in keys(e2e, f"out/{e2e['ns']}/killed/") if k.endswith(".png")]
     assert sorted(Path(k).name for k in pngs) == [f"img-{i:02d}.depth.png" for i in range(24)]
     assert len(pngs) == len(set(pngs)) == 24
+    counts, deleted = versions(e2e, f"out/{e2e['ns']}/killed/shard-")
+    assert set(pngs) <= set(counts), "outputs are published under shard-<i>/"
+    assert {k: n for k, n in counts.items() if n != 1} == {}, "a result key was written more than once"
+    assert deleted == set(), "a result key was written, then deleted"

@@ -85,9 +85,9 @@ LAUNCHER = (
 )
 
 
-def peak_rss(manifest: Path, model_dir: Path) -> int:
+def peak_rss(manifest: Path, model_dir: Path, **extra_env: str) -> int:
     """Run the manifest in a grandchild; its peak resident set in bytes (getrusage of that child)."""
-    env = {**os.environ, "SPATIALFORGE_MODEL_DIR": str(model_dir), "SPATIALFORGE_DEVICE": "cpu"}
+    env = {**os.environ, "SPATIALFORGE_MODEL_DIR": str(model_dir), "SPATIALFORGE_DEVICE": "cpu", **extra_env}
     with open(manifest.with_suffix(".log"), "wb") as log:
         out = subprocess.run([sys.executable, "-c", LAUNCHER, sys.executable, "-c", CHILD, str(manifest)],
                              env=env, stdout=subprocess.PIPE, stderr=log, check=True, timeout=600)
@@ -103,11 +103,11 @@ def baseline(tmp_path_factory, model_dir) -> int:
     return peak_rss(_manifest(root, "small.png"), model_dir)
 
 
-def _manifest(root: Path, name: str) -> Path:
+def _manifest(root: Path, name: str, *more: str) -> Path:
     import yaml
 
     doc = {"apiVersion": "spatialforge.io/v1alpha1", "kind": "DepthBatch", "metadata": {"name": "m", "namespace": "t"},
-           "spec": {"inputs": [f"file://{name}"], "output": {"uri": f"file://out-{name}"}}}
+           "spec": {"inputs": [f"file://{n}" for n in (name, *more)], "output": {"uri": f"file://out-{name}"}}}
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -125,3 +125,22 @@ def test_one_image_at_the_pixel_limit_stays_under_the_bound(case, tmp_path, mode
     print(f"{case}: file {len(data) / 1024:.0f} KiB, peak {peak / MB:.0f} MiB, +{extra / MB:.0f} MiB over the baseline "
           f"{baseline / MB:.0f} MiB")
     assert extra <= BOUND, f"{case}: +{extra / MB:.0f} MiB is over the {BOUND / MB:.0f} MiB bound"
+
+
+# The runner's bound with its default decode slots (runner/README.md): baseline plus 1 GiB.
+TWO_SLOT_BOUND = 2 * BOUND
+
+
+@pytest.mark.slow
+def test_two_decode_slots_at_the_pixel_limit_stay_under_the_runner_bound(tmp_path, model_dir, baseline):
+    """Four of the costliest case (the RGBA bomb just under the limit) in one batch, with the
+    default two decode slots: two are decoded at once, and the peak stays under the baseline
+    plus 1 GiB."""
+    names = [f"bomb-{i}.png" for i in range(4)]
+    data = png_bomb(SIDE - 1, SIDE, colour=6)
+    for name in names:
+        (tmp_path / name).write_bytes(data)
+    extra = peak_rss(_manifest(tmp_path, *names), model_dir, SPATIALFORGE_DECODE_SLOTS="2") - baseline
+    print(f"4 RGBA bombs {SIDE - 1} x {SIDE}, 2 decode slots: +{extra / MB:.0f} MiB over the baseline "
+          f"{baseline / MB:.0f} MiB")
+    assert extra <= TWO_SLOT_BOUND, f"+{extra / MB:.0f} MiB is over the {TWO_SLOT_BOUND / MB:.0f} MiB bound"
