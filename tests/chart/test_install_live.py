@@ -36,8 +36,10 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from spatialforge.devcluster import ports
+from spatialforge.devcluster.operator_process import OperatorProcess
 from spatialforge.devcluster.plane import REPO, STATE, Cluster, wait_for
 from spatialforge.devcluster.ports import free_port
 from tests.chart.conftest import CHART, Helm, ns, tenants_args
@@ -175,6 +177,14 @@ def _metrics_up(port: int) -> bool:
         return False
 
 
+def _transitions(port: int, phase: str) -> float:
+    """A replica's count of phase transitions to `phase`, all kinds (from its /metrics)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == "spatialforge_operator_phase_transitions_total" and s.labels.get("phase") == phase)
+
+
 def _operator_pods(cluster: Cluster) -> list[dict[str, Any]]:
     return [p for p in cluster.list("pods", NS, OPERATOR_SELECTOR) if not p["metadata"].get("deletionTimestamp")]
 
@@ -249,7 +259,19 @@ def _leftovers(cluster: Cluster) -> list[str]:
 
 
 def test_install_runs_operator_and_front_end_processes_upgrade_uninstall(
-        helm_live: Helm, cluster: Cluster, behaviour: Behaviour, backing: dict[str, str]) -> None:
+        helm_live: Helm, cluster: Cluster, behaviour: Behaviour, backing: dict[str, str],
+        operator: OperatorProcess) -> None:
+    # The session's operator watches every namespace: while it runs, a sample would succeed
+    # without the chart's operator doing anything. Stopped here, started again at the end.
+    operator.stop()
+    try:
+        _install_run_upgrade_uninstall(helm_live, cluster, behaviour, backing)
+    finally:
+        operator.start()
+
+
+def _install_run_upgrade_uninstall(helm_live: Helm, cluster: Cluster, behaviour: Behaviour,
+                                   backing: dict[str, str]) -> None:
     for n in (NS, TENANT):
         cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}})
     behaviour.set(NS, mode="process")  # the chart's pods: real local processes
@@ -277,9 +299,12 @@ def test_install_runs_operator_and_front_end_processes_upgrade_uninstall(
         assert roles == ["leader", "standby"], roles
         assert _processes_of(seen_uids), "the operator pods' processes are not found under the agent's state"
 
-        # A sample applied with kubectl runs to Succeeded under the installed operator.
+        # A sample applied with kubectl runs to Succeeded under the installed operator: the
+        # leading replica counts the transition (no other operator runs, see above).
+        succeeded_before = _transitions(replicas[leader]["ports"][9090], "Succeeded")
         cluster.apply(_sample("sample-depth"))
         st = _wait_succeeded(cluster, "sample-depth")
+        assert _transitions(replicas[leader]["ports"][9090], "Succeeded") == succeeded_before + 1
         assert st["jobName"]
         assert {c["type"]: c["status"] for c in st["conditions"]}.get("Succeeded") == "True", st["conditions"]
 
