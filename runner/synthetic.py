@@ -66,6 +66,59 @@ def furnished_room(seed: int = 11) -> Room:
     return Room(lo=(-2.2, floor - 2.6, -2.6), hi=(2.2, floor, 2.6), boxes=boxes, texture="plaster", cell=0.02, seed=seed)
 
 
+def _against_walls(size: tuple[float, float], height: float, pieces: dict[str, tuple[float, float, float, float, float, float]],
+                   *, seed: int) -> Room:
+    """A `size` (x by z) room of `height` with its floor at y = 1.5 (eye height for a camera at
+    y = 0), furnished with `pieces`: name -> (x0, z0, x1, z1, bottom, top) above the floor."""
+    floor = 1.5
+    sx, sz = size[0] / 2, size[1] / 2
+    boxes = tuple(((x0, floor - top, z0), (x1, floor - bottom, z1)) for x0, z0, x1, z1, bottom, top in pieces.values())
+    return Room(lo=(-sx, floor - height, -sz), hi=(sx, floor, sz), boxes=boxes, texture="plaster", cell=0.02, seed=seed)
+
+
+def living_room() -> Room:
+    """5 x 4 x 2.5 m: a 2.1 m wardrobe in a corner, a 1.8 m bookcase and a sofa against walls, a table."""
+    return _against_walls((5.0, 4.0), 2.5, {
+        "wardrobe": (-2.5, 1.4, -1.3, 2.0, 0.0, 2.1),
+        "bookcase": (2.2, -0.6, 2.5, 0.5, 0.0, 1.8),
+        "sofa": (-2.5, -1.3, -1.6, 0.6, 0.0, 0.85),
+        "table": (-0.4, -0.4, 0.6, 0.3, 0.0, 0.75),
+    }, seed=21)
+
+
+def kitchen() -> Room:
+    """4.2 x 3.4 x 2.6 m: a 0.9 m counter along one wall with wall cabinets above it, a 1.9 m
+    fridge at its end, a table."""
+    return _against_walls((4.2, 3.4), 2.6, {
+        "counter": (-2.1, 1.1, 1.4, 1.7, 0.0, 0.9),
+        "wall cabinets": (-2.1, 1.35, 1.4, 1.7, 1.45, 2.2),
+        "fridge": (1.4, 1.05, 2.1, 1.7, 0.0, 1.9),
+        "table": (-0.6, -1.0, 0.4, -0.2, 0.0, 0.75),
+    }, seed=22)
+
+
+def bedroom() -> Room:
+    """4.5 x 3.8 x 2.5 m: a bed in a corner, a night stand, a 2.0 m wardrobe against the far wall."""
+    return _against_walls((4.5, 3.8), 2.5, {
+        "bed": (-2.25, -0.2, -0.65, 1.9, 0.0, 0.55),
+        "night stand": (-0.6, 1.45, -0.15, 1.9, 0.0, 0.6),
+        "wardrobe": (0.6, -1.9, 2.0, -1.3, 0.0, 2.0),
+    }, seed=23)
+
+
+def room_tour(room: Room, *, pitches: tuple[float, ...] = (-25.0, 5.0), yaws: int = 8) -> list[np.ndarray]:
+    """Camera-to-world poses of a walk at eye height (y = 0) through the free middle of `room`:
+    three stops on its long axis, `yaws` headings at each, each heading at every pitch (degrees,
+    positive up). Level or downward pitches see the walls' upper parts and little ceiling."""
+    (x0, _, z0), (x1, _, z1) = room.lo, room.hi
+    cx, cz = (x0 + x1) / 2, (z0 + z1) / 2
+    along_x = x1 - x0 >= z1 - z0
+    half = 0.22 * max(x1 - x0, z1 - z0)
+    stops = [(cx + s * half, cz) if along_x else (cx, cz + s * half) for s in (-1.0, 0.0, 1.0)]
+    return [look_pose((x, 0.0, z), yaw_deg=k * 360.0 / yaws + 20.0 * i, pitch_deg=p)
+            for i, (x, z) in enumerate(stops) for k in range(yaws) for p in pitches]
+
+
 @dataclass(frozen=True, kw_only=True)
 class PinholeCamera:
     width: int = 640
