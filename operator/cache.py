@@ -42,6 +42,14 @@ def newer(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
         return True  # resourceVersions are opaque in general; etcd's are integers
 
 
+def _same_version(cached: dict[str, Any] | None, obj: dict[str, Any]) -> bool:
+    if cached is None:
+        return False
+    have, new = cached["metadata"], obj["metadata"]
+    return have.get("uid") == new.get("uid") and new.get("resourceVersion") is not None \
+        and have.get("resourceVersion") == new.get("resourceVersion")
+
+
 def owner_uid(obj: dict[str, Any]) -> str | None:
     return (obj["metadata"].get("labels") or {}).get(c.LABEL_UID)
 
@@ -105,6 +113,20 @@ class Cache:
             spec, error = None, str(exc)
         self._specs[key] = (uid, gen, spec, error)
         return spec, error
+
+    # An event carrying the very version the cache has says nothing new: the watch echo of the
+    # operator's own write (whose answer was cached), or Kopf's start-up listing of what
+    # `app.build` listed. The handlers skip those (no slimming, no reconcile).
+    def holds_resource(self, obj: dict[str, Any]) -> bool:
+        return _same_version(self.resources.get(resource_key(obj)), obj)
+
+    def holds_job(self, obj: dict[str, Any]) -> bool:
+        key = owner_key(obj)
+        return key is not None and _same_version(self.jobs.get(key), obj)
+
+    def holds_pod(self, obj: dict[str, Any]) -> bool:
+        key = owner_key(obj)
+        return key is not None and _same_version(self.pods.get(key, {}).get(obj["metadata"].get("uid", "")), obj)
 
     def put_resource(self, obj: dict[str, Any], deleted: bool = False) -> Key:
         obj = slim(obj)

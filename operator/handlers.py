@@ -76,7 +76,10 @@ async def resource_event(event: dict[str, Any], resource: kopf.Resource, memo: k
     op: Operator = memo.operator
     obj = dict(event["object"])
     obj.setdefault("kind", BY_PLURAL[resource.plural].kind)
-    key = op.cache.put_resource(obj, deleted=event.get("type") == "DELETED")
+    deleted = event.get("type") == "DELETED"
+    if not deleted and op.cache.holds_resource(obj):
+        return
+    key = op.cache.put_resource(obj, deleted=deleted)
     if event.get("type") in ("ADDED", "DELETED", None) or _spec_or_meta_changed(obj):
         op.admitter.poke()
     op.queue.add(key)
@@ -96,7 +99,10 @@ async def job_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
     if not event.get("object"):
         return
     op: Operator = memo.operator
-    key = op.cache.put_job(dict(event["object"]), deleted=event.get("type") == "DELETED")
+    deleted = event.get("type") == "DELETED"
+    if not deleted and op.cache.holds_job(event["object"]):
+        return
+    key = op.cache.put_job(dict(event["object"]), deleted=deleted)
     if key is not None:
         op.queue.add(key)
         if event.get("type") == "DELETED":
@@ -108,7 +114,10 @@ async def pod_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
     if not event.get("object"):
         return
     op: Operator = memo.operator
-    key = op.cache.put_pod(dict(event["object"]), deleted=event.get("type") == "DELETED")
+    deleted = event.get("type") == "DELETED"
+    if not deleted and op.cache.holds_pod(event["object"]):
+        return
+    key = op.cache.put_pod(dict(event["object"]), deleted=deleted)
     if key is not None:
         op.queue.add(key)
 
