@@ -31,6 +31,7 @@ import asyncio
 import datetime as dt
 import logging
 import random
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -135,7 +136,7 @@ class HandOff:
             if not resumed:
                 await self._annotate(key, record)  # before the POST: a restarted operator resumes this attempt
             try:
-                answer = await self._post(key, spec, record)
+                answer = await self._post(key, spec, record, resumed=resumed)
             except PoolFailed as exc:
                 await self._failed(key, obj, pool, record, str(exc))
                 return
@@ -164,10 +165,13 @@ class HandOff:
             self.running.pop(key, None)
             self.done(key)
 
-    async def _post(self, key: Key, spec: DepthBatchSpec, record: HandOffRecord) -> BatchRunResult | BatchRunError:
+    async def _post(self, key: Key, spec: DepthBatchSpec, record: HandOffRecord, *,
+                    resumed: bool) -> BatchRunResult | BatchRunError:
         """The pool's answer: a result, or an invalid-input refusal; PoolFailed for anything else."""
-        body = BatchHandOff(namespace=key[1], name=key[2], attempt=record.attempt, spec=spec)
-        timeout = aiohttp.ClientTimeout(total=self.settings.pool_handoff_timeout_seconds)
+        seconds = self.settings.pool_handoff_timeout_seconds
+        body = BatchHandOff(namespace=key[1], name=key[2], attempt=record.attempt, spec=spec, resumed=resumed,
+                            deadline=time.time() + seconds)
+        timeout = aiohttp.ClientTimeout(total=seconds)
         try:
             async with aiohttp.ClientSession(timeout=timeout) as session, session.post(
                     record.url + BATCHES_PATH, data=body.model_dump_json(by_alias=True),

@@ -69,7 +69,8 @@ class DepthPoolSpec(CRDModel):
     max_queue: int = Field(default=64, ge=1, le=100_000)
     """Requests one replica holds before answering 503 with Retry-After."""
     max_in_flight_per_tenant: int = Field(default=4, ge=1, le=10_000)
-    """Requests one tenant may have in flight in the whole pool (enforced by the front end)."""
+    """Requests one tenant may have in flight in the whole pool (enforced by the front end, across its
+    replicas, in Redis)."""
     placement: PoolPlacement = Field(default_factory=lambda: PoolPlacement())
     """Where the replicas run."""
 
