@@ -25,5 +25,6 @@ for folder, package in FOLDERS.items():
 setup(
     packages=packages,
     package_dir=package_dir,
-    package_data={"spatialforge.crds": ["*.yaml", "samples/*.yaml", "samples/invalid/*.yaml"]},
+    package_data={"spatialforge.crds": ["*.yaml", "samples/*.yaml", "samples/invalid/*.yaml"],
+                  "spatialforge.apiserver.console": ["static/*"]},
 )

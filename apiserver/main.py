@@ -24,7 +24,7 @@ from prometheus_client import start_http_server
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from spatialforge.aio import within
-from spatialforge.apiserver import errors
+from spatialforge.apiserver import console, errors
 from spatialforge.apiserver.api.main import api_router
 from spatialforge.apiserver.api.routes import sync as sync_routes
 from spatialforge.apiserver.core import logging as sf_logging
@@ -324,6 +324,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Chunked bodies are counted as they stream (a Content-Length is checked by GuardMiddleware).
     app.include_router(api_router, max_body_size=settings.max_body_bytes)
     app.include_router(sync_routes.router, max_body_size=sync_routes.body_limit(settings))  # image uploads
+    if settings.console_enabled:  # static files only; the page calls the /v1 API like any client
+        console.mount(app)
     app.add_middleware(GuardMiddleware, max_body=settings.max_body_bytes, public=PUBLIC_V1, render=render,
                        body_limits=dict.fromkeys(sync_routes.PATHS, sync_routes.body_limit(settings)),
                        unavailable=(redis.exceptions.ConnectionError, redis.exceptions.TimeoutError))

@@ -57,7 +57,8 @@ class ServiceMiddleware:
                 headers = list(message.get("headers") or [])
                 present = {k.lower() for k, _ in headers}
                 headers += [(k, v) for k, v in SECURITY_HEADERS if k not in present]
-                headers.append((b"content-security-policy", csp))
+                if b"content-security-policy" not in present:  # the console's static files set their own
+                    headers.append((b"content-security-policy", csp))
                 headers.append((b"x-request-id", rid.encode()))
                 headers += [(k.lower().encode(), v.encode()) for k, v in extra.items() if k.lower().encode() not in present]
                 message = {**message, "headers": headers}

@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     webhook_backoff_seconds: float = Field(default=2.0, gt=0)
     webhook_timeout_seconds: float = Field(default=5.0, gt=0)
 
+    console_enabled: bool = True
+    """Serve the web console (static files at /console, a client of this API; no endpoints of its own)."""
     cors_origins: list[str] = Field(default_factory=list)
     request_timeout_seconds: float = Field(default=30.0, gt=0)
     stripe_webhook_per_ip_per_minute: int = Field(default=120, ge=1)

@@ -1,0 +1,366 @@
+"""The web console (/console) in a real browser on the real stack: headless Chromium (Debian's
+package) driven by Selenium, the front end with Redis, MinIO, stripe-mock and the plane, the
+session operator, and a real depth server of the tiny metric model behind a DepthPool.
+
+The page is checked against the API itself: the metres shown on hover are the NPY map's value
+at that pixel, the distance shown is what /v1/measure answers for the points sent, each error
+line is the API's own message. axe-core (vendored, tests/apiserver/vendor/) finds no serious
+or critical violation on any view. Screenshots go to $SPATIALFORGE_SCREENSHOTS when set
+(docs/screenshots/ for the README), else to a temporary directory.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import numpy as np
+import pytest
+
+from spatialforge.devcluster.plane import Cluster
+from spatialforge.crds.layout import shard_prefix
+from tests.apiserver.conftest import BUCKET, ServerThread, Tenant, wait_until
+from tests.apiserver.test_sync import DepthServer, _photo, _pod_address, _pool, _start_server, _stop
+from tests.timeouts import MEDIUM, SHORT
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+AXE = Path(__file__).parent / "vendor" / "axe-core-4.14.1" / "axe.min.js"
+PHOTO = _photo(width=160, height=120, seed=7)
+
+
+@dataclass
+class Console:
+    app: ServerThread
+    server: DepthServer
+    access: list[str]  # the front end's access-log lines while the module ran
+
+    @property
+    def url(self) -> str:
+        return self.app.url + "/console/"
+
+
+class _Lines(logging.Handler):
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__()
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def console(cluster: Cluster, make_settings, api, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    from spatialforge.crds.v1alpha1.common import ModelSize, ModelVariant
+    from spatialforge.runner.models.tiny import build_tiny_model_dir
+
+    tmp = tmp_path_factory.mktemp("console")
+    models = build_tiny_model_dir(tmp / "models", sizes=(ModelSize.small,), variants=(ModelVariant.metric_indoor,))
+    address = _pod_address()
+    server = _start_server(tmp, models, address, "--max-batch", "2", "--max-wait-ms", "2")
+    ns = f"console-{uuid.uuid4().hex[:6]}"
+    cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    _pool(cluster, ns, "console", [(address, server.port, True)])
+    lines: list[str] = []
+    handler = _Lines(lines)
+    access = logging.getLogger("spatialforge.apiserver.access")
+    app = ServerThread(make_settings(depth_pools=f"{ns}/console", pool_refresh_seconds=0.5)).start()
+    access.addHandler(handler)
+    try:
+        yield Console(app, server, lines)
+    finally:
+        access.removeHandler(handler)
+        app.stop()
+        _stop(server)
+        subprocess.run(["ip", "addr", "del", f"{address}/32", "dev", "lo"], capture_output=True)
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium through /usr/bin/chromedriver (named, so Selenium Manager never
+    downloads a driver or a browser)."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} missing: run `make install` (hack/install.sh), or "
+                    "apt-get install chromium chromium-driver", pytrace=False)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ["SE_OFFLINE"] = "true"
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1280,1000", "--disable-extensions", "--no-first-run"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+    driver.set_script_timeout(MEDIUM)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Any, str], None]:
+    where = Path(os.environ.get("SPATIALFORGE_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    where.mkdir(parents=True, exist_ok=True)
+
+    def shot(driver: Any, name: str) -> None:
+        assert driver.save_screenshot(str(where / f"console-{name}.png")), name
+
+    return shot
+
+
+def _axe(driver: Any, view: str) -> None:
+    """No serious or critical axe-core violation on the view now shown."""
+    if not driver.execute_script("return typeof window.axe !== 'undefined'"):
+        driver.execute_script(AXE.read_text())
+    result = driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "axe.run(document, {resultTypes: ['violations']}).then(r => done(r.violations.map("
+        "v => ({id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map(n => n.target.join(' '))}))),"
+        " e => done([{id: 'axe-error', impact: 'critical', help: String(e), nodes: []}]));")
+    bad = [v for v in result if v["impact"] in ("serious", "critical")]
+    assert not bad, f"axe on the {view} view: {json.dumps(bad, indent=1)}"
+
+
+def _wait(driver: Any, what: str, probe: Callable[[], Any], timeout: float = SHORT) -> Any:
+    return wait_until(what, probe, timeout=timeout, interval=0.2)
+
+
+def _text(driver: Any, css: str) -> str:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    try:
+        el = driver.find_element("css selector", css)
+        return el.text if el.is_displayed() else ""
+    except (NoSuchElementException, StaleElementReferenceException):
+        return ""
+
+
+def _error_line(driver: Any) -> str:
+    return _text(driver, "#error")
+
+
+def _api_message(r: httpx.Response) -> str:
+    return str(r.json()["error"]["message"])
+
+
+def _sign_in(driver: Any, console: Console, key: str) -> None:
+    driver.get(console.url)
+    driver.execute_script("sessionStorage.clear()")
+    driver.get(console.url)
+    field = _wait(driver, "the key form", lambda: driver.find_elements("css selector", "#api-key"))[0]
+    field.send_keys(key)
+    driver.find_element("css selector", "#key-form button").click()
+
+
+def _hover_at(driver: Any, element: Any, fx: float, fy: float) -> None:
+    """Move the real pointer to a fraction of the element's box (Selenium offsets are from its centre)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    size = element.size
+    ActionChains(driver).move_to_element_with_offset(
+        element, int((fx - 0.5) * size["width"]), int((fy - 0.5) * size["height"])).perform()
+
+
+def _click_at(driver: Any, element: Any, fx: float, fy: float) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    size = element.size
+    ActionChains(driver).move_to_element_with_offset(
+        element, int((fx - 0.5) * size["width"]), int((fy - 0.5) * size["height"])).click().perform()
+
+
+def test_console_files_carry_a_strict_csp_and_no_cors(console: Console, make_settings) -> None:
+    with httpx.Client(base_url=console.app.url, timeout=SHORT) as c:
+        assert c.get("/console").status_code == 308 and c.get("/console").headers["location"] == "/console/"
+        for path in ("/console/", "/console/app.js", "/console/api.js", "/console/console.css", "/console/missing.js"):
+            r = c.get(path, headers={"Origin": "https://evil.example"})
+            assert r.status_code == (404 if "missing" in path else 200), (path, r.status_code)
+            assert len(r.headers.get_list("content-security-policy")) == 1, path  # browsers enforce every one
+            csp = r.headers["content-security-policy"]
+            assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "unsafe-eval" not in csp, csp
+            assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp and "connect-src 'self'" in csp
+            assert r.headers["x-content-type-options"] == "nosniff" and r.headers["cache-control"] == "no-cache"
+            assert not any(h.startswith("access-control-") for h in r.headers), (path, dict(r.headers))
+        page = c.get("/console/").text
+        assert "<script type=\"module\" src=\"app.js\"></script>" in page and "<script>" not in page
+        assert " style=" not in page and "http" not in page  # nothing inline, nothing from another origin
+    off = ServerThread(make_settings(console_enabled=False)).start()
+    try:
+        # The console adds no endpoint: only the static mount (and its redirect) differ, and the API schema is the same.
+        added = _routes(console.app) - _routes(off)
+        assert added == {("APIRoute", "/console"), ("Mount", "/console")}, added
+        assert console.app.app.openapi()["paths"].keys() == off.app.openapi()["paths"].keys()
+        r = httpx.get(off.url + "/console/", timeout=SHORT)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    finally:
+        off.stop()
+
+
+def test_console_in_a_real_browser(console: Console, browser: Any, shots: Callable[[Any, str], None],
+                                   make_tenant: Callable[..., Tenant], minio, tmp_path: Path) -> None:
+    driver = browser
+    tenant, other = make_tenant("pro", seconds=3), make_tenant("free")
+    api = httpx.Client(base_url=console.app.url, headers=tenant.headers, timeout=MEDIUM)
+
+    # A wrong key: the API's one-line reason, and the key form stays.
+    wrong = httpx.get(console.app.url + "/v1/plan", headers={"X-API-Key": "sf_live_" + "x" * 40}, timeout=SHORT)
+    assert wrong.status_code == 401
+    _sign_in(driver, console, "sf_live_" + "x" * 40)
+    _wait(driver, "the wrong-key message", lambda: _error_line(driver) == _api_message(wrong))
+    assert driver.execute_script("return sessionStorage.length") == 0
+    _axe(driver, "sign-in")
+    shots(driver, "01-wrong-key")
+
+    # The right key: the jobs view (empty), then a job submitted through the API appears and
+    # moves to Succeeded without a reload.
+    _sign_in(driver, console, tenant.key)
+    _wait(driver, "the jobs view", lambda: "No jobs yet" in _text(driver, "main"))
+    driver.execute_script("window.__notReloaded = true")
+    _axe(driver, "jobs")
+    r = api.post("/v1/depth-batches", json=tenant.depth_spec(2))
+    assert r.status_code == 202, r.text
+    job = r.json()["id"]
+    row = f"tr[data-job-id='{job}']"
+    _wait(driver, "the new job's row", lambda: driver.find_elements("css selector", row))
+    shots(driver, "02-jobs-live")
+    seen: set[str] = set()
+
+    def phase() -> bool:
+        rows = driver.find_elements("css selector", row)
+        current = rows[0].get_attribute("data-phase") if rows else ""
+        seen.add(current or "")
+        return current == "Succeeded"
+
+    _wait(driver, "the row to reach Succeeded", phase, timeout=MEDIUM)
+    assert driver.execute_script("return window.__notReloaded === true"), "the page reloaded"
+    assert api.get(f"/v1/jobs/{job}").json()["phase"] == "Succeeded"
+    shots(driver, "03-jobs-succeeded")
+
+    # The job's files as signed download links (written as the runner would).
+    s3 = boto3.client("s3", endpoint_url=minio.env["SPATIALFORGE_S3_ENDPOINT"], region_name="us-east-1",
+                      aws_access_key_id=minio.env["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=minio.env["AWS_SECRET_ACCESS_KEY"])
+    base = shard_prefix(f"{tenant.prefix}results", tenant.namespace, job, 0).removeprefix(f"s3://{BUCKET}/")
+    s3.put_object(Bucket=BUCKET, Key=f"{base}/manifest.json", Body=b'{"console": true}')
+    driver.find_element("css selector", f"{row} a").click()
+    links = _wait(driver, "the file links", lambda: driver.find_elements("css selector", "#files a"))
+    assert links[0].text == "shard-00000/manifest.json"
+    assert httpx.get(links[0].get_attribute("href"), timeout=SHORT).content == b'{"console": true}'
+    history = _text(driver, "#conditions")
+    assert "Succeeded" in history, history
+    _axe(driver, "job")
+    shots(driver, "04-job-files")
+
+    # Another tenant's job id, and a made-up one: the not-found view with the API's message.
+    r = other.client().post("/v1/depth-batches", json=other.depth_spec(1))
+    assert r.status_code == 202, r.text
+    for foreign in (r.json()["id"], "db-000000000000"):
+        answer = api.get(f"/v1/jobs/{foreign}")
+        assert answer.status_code == 404
+        driver.get(f"{console.url}#/jobs/{foreign}")
+        _wait(driver, "the not-found view", lambda: _text(driver, "#not-found") == _api_message(answer))
+    _axe(driver, "not-found")
+    shots(driver, "05-not-found")
+
+    # Usage: plan, units used and left, per-minute limit, as the API says.
+    plan, usage = api.get("/v1/plan").json(), api.get("/v1/usage").json()
+    driver.get(f"{console.url}#/usage")
+    _wait(driver, "the usage view", lambda: _text(driver, "dd[data-field='plan']") == plan["plan"])
+    assert _text(driver, "dd[data-field='units-used']") == str(usage["units_used"])
+    assert _text(driver, "dd[data-field='units-left']") == str(usage["units_limit"] - usage["units_used"])
+    assert _text(driver, "dd[data-field='per-minute-limit']") == str(plan["rate_per_minute"])
+    _axe(driver, "usage")
+    shots(driver, "06-usage")
+
+    # Depth: choose a photo; hover a pixel; the metres shown are the NPY map's value there.
+    photo = tmp_path / "room.jpg"
+    photo.write_bytes(PHOTO)
+    driver.get(f"{console.url}#/depth")
+    chooser = _wait(driver, "the photo chooser", lambda: driver.find_elements("css selector", "#photo"))[0]
+    chooser.send_keys(str(photo))
+    _wait(driver, "the depth map", lambda: driver.find_element("css selector", "#depth-status").get_attribute("data-ready"),
+          timeout=MEDIUM)
+    npy = api.post("/v1/depth", files={"image": ("room.jpg", PHOTO)}, headers={"Accept": "application/x-npy"})
+    assert npy.status_code == 200, npy.text
+    truth = np.load(io.BytesIO(npy.content))
+    canvas = driver.find_element("css selector", "#depth-canvas")
+    for fx, fy in ((0.25, 0.3), (0.7, 0.8)):
+        _hover_at(driver, canvas, fx, fy)
+        hover = driver.find_element("css selector", "#hover")
+        _wait(driver, "the hover readout", lambda: hover.get_attribute("data-depth"))
+        x, y = int(hover.get_attribute("data-x")), int(hover.get_attribute("data-y"))
+        assert abs(x - fx * truth.shape[1]) <= 2 and abs(y - fy * truth.shape[0]) <= 2, (x, y, truth.shape)
+        shown = float(hover.text.split(":")[1].split()[0])
+        want = float(truth[y, x])
+        assert abs(shown - want) <= 0.0005 + 1e-3 * abs(want), (hover.text, want)
+        assert hover.text.endswith(" m")
+    _axe(driver, "depth")
+    shots(driver, "07-depth-hover")
+
+    # Measure: two clicks on the photo; the page shows what /v1/measure answers for those points.
+    overlay = driver.find_element("css selector", "#measure-canvas")
+    _click_at(driver, overlay, 0.2, 0.3)
+    _click_at(driver, overlay, 0.8, 0.7)
+    out = driver.find_element("css selector", "#measure")
+    _wait(driver, "the distance", lambda: out.get_attribute("data-distance"), timeout=MEDIUM)
+    sent = json.loads(out.get_attribute("data-points"))
+    again = api.post("/v1/measure", files={"image": ("room.jpg", PHOTO)}, data={"from": sent["from"], "to": sent["to"]})
+    assert again.status_code == 200, again.text
+    answer = again.json()
+    assert abs(float(out.get_attribute("data-distance")) - answer["distance_m"]) < 1e-9
+    lo, hi = answer["interval_m"]
+    assert f"{answer['distance_m']:.3f} m (95 % interval {lo:.3f}–{hi:.3f} m" in out.text, out.text
+    shots(driver, "08-measure")
+
+    # A file that is not an image: the API's one-line reason, no map.
+    junk = photo.with_name("notes.txt")
+    junk.write_text("these are not pixels\n")
+    refused = api.post("/v1/depth", files={"image": ("notes.txt", junk.read_bytes())},
+                       headers={"Accept": "application/octet-stream"})
+    assert refused.status_code == 422, refused.text
+    driver.find_element("css selector", "#photo").send_keys(str(junk))
+    _wait(driver, "the not-an-image message", lambda: _error_line(driver) == _api_message(refused), timeout=MEDIUM)
+    shots(driver, "09-not-an-image")
+
+    # An account over its month's units: the API's reason.
+    broke = make_tenant("free", monthly_units=0)
+    over = httpx.post(console.app.url + "/v1/depth", headers=broke.headers, files={"image": ("room.jpg", PHOTO)},
+                      timeout=MEDIUM)
+    assert over.status_code == 429, over.text
+    _sign_in(driver, console, broke.key)
+    _wait(driver, "the jobs view", lambda: "No jobs yet" in _text(driver, "main"))
+    driver.get(f"{console.url}#/depth")
+    _wait(driver, "the photo chooser", lambda: driver.find_elements("css selector", "#photo"))[0].send_keys(str(photo))
+    _wait(driver, "the over-quota message", lambda: _error_line(driver) == _api_message(over), timeout=MEDIUM)
+    _axe(driver, "error")
+    shots(driver, "10-over-quota")
+
+    # The keys never appear in a URL: not in what the browser fetched, not in the access log;
+    # they are kept in sessionStorage only (no localStorage, no cookie).
+    urls = driver.execute_script("return performance.getEntries().map(e => e.name).concat([location.href])")
+    for key in (tenant.key, broke.key):
+        assert not [u for u in urls if key in u], urls
+        assert not [line for line in console.access if key in line]
+    assert any("/v1/depth" in line for line in console.access), console.access[-5:]
+    assert driver.execute_script("return localStorage.length") == 0
+    assert driver.get_cookies() == []
+    api.close()
+
+
+
+def _routes(server: ServerThread) -> set[tuple[str, str]]:
+    return {(type(r).__name__, str(getattr(r, "path", ""))) for r in server.app.routes}
