@@ -5,8 +5,9 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PYTHON="${PYTHON:-python3}"
-# libusb: open3d imports it; redis-server: the front end's store; openssl/curl: cluster.sh.
-DEBS=(libusb-1.0-0 libgomp1 openssl curl redis-server)
+# libusb: open3d imports it; redis-server: the front end's store; openssl/curl: cluster.sh;
+# chromium/chromium-driver: the console's browser tests (tests/apiserver/test_console.py).
+DEBS=(libusb-1.0-0 libgomp1 openssl curl redis-server chromium chromium-driver)
 
 install_debs() {
   local missing=() pkg
