@@ -48,6 +48,7 @@ _MIN_WIDTH = 0.2  # narrower strips of free space are not floor (m)
 _SNAP_REACH = 0.1  # wall faces up to this far outside a traced outline pull its edge onto them (m)
 _DOOR_MAX = 1.2  # wall openings up to this wide are doors: their passage belongs to no room (m)
 _WALL_MAX_THICKNESS = 0.4  # (m)
+_FURNITURE_DEPTH = 0.8  # a wall continuing above a topless face this far behind it makes the face furniture (m)
 _MAX_CELLS = 4000  # grid cells per axis (80 m at 2 cm)
 
 
@@ -70,10 +71,25 @@ class PlanRoom:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PlanDoor:
+    """A doorway: the passage through the wall, a rectangle in plan coordinates (metres,
+    counter-clockwise, not closed); the writers draw it as an opening in the walls."""
+
+    polygon: np.ndarray  # (4, 2)
+
+    @property
+    def width_m(self) -> float:
+        """The opening's width: the passage's longer side (its shorter one is the wall's thickness)."""
+        d = np.diff(self.polygon[:3], axis=0)
+        return float(np.hypot(d[:, 0], d[:, 1]).max())
+
+
+@dataclass(frozen=True, kw_only=True)
 class FloorPlan:
-    """Rooms in plan coordinates and the transform back to the world frame."""
+    """Rooms and doorways in plan coordinates and the transform back to the world frame."""
 
     rooms: tuple[PlanRoom, ...]
+    doors: tuple[PlanDoor, ...] = ()
     plan_to_world: np.ndarray  # 4x4: plan (x, y, height above floor) -> world
     ceiling_height_m: float | None
     slice_height_m: float
@@ -149,9 +165,9 @@ def extract_floorplan(
     plan_to_world = _plan_frame(pts, nrm, up, floor_point)
     T = np.linalg.inv(plan_to_world)
     local = pts @ T[:3, :3].T + T[:3, 3]
-    rooms = _rooms(local, nrm @ T[:3, :3].T, ceiling=ceiling, slice_height=slice_height, res=resolution,
-                   min_room_area=min_room_area, min_prominence=min_prominence)
-    return FloorPlan(rooms=rooms, plan_to_world=plan_to_world, ceiling_height_m=ceiling,
+    rooms, doors = _rooms(local, nrm @ T[:3, :3].T, ceiling=ceiling, slice_height=slice_height, res=resolution,
+                          min_room_area=min_room_area, min_prominence=min_prominence)
+    return FloorPlan(rooms=rooms, doors=doors, plan_to_world=plan_to_world, ceiling_height_m=ceiling,
                      slice_height_m=float(slice_height), resolution_m=float(resolution))
 
 
@@ -289,7 +305,7 @@ def _disk(radius_cells: int) -> np.ndarray:
 def _rooms(
     local: np.ndarray, normals: np.ndarray, *, ceiling: float | None, slice_height: float, res: float,
     min_room_area: float, min_prominence: float,
-) -> tuple[PlanRoom, ...]:
+) -> tuple[tuple[PlanRoom, ...], tuple[PlanDoor, ...]]:
     z = local[:, 2]
     n_up = np.abs(normals[:, 2])
     vertical = n_up < 0.3
@@ -317,36 +333,13 @@ def _rooms(
         np.add.at(grid, (ij[ok, 1], ij[ok, 0]), 1)
         return grid >= min_count
 
+    top = ceiling if ceiling is not None else _wall_top(z[vertical])
     wall_points_mask = in_slice
-    if ceiling is not None:
-        # furniture in the slice (a wardrobe, a shelf): nothing of it just below the ceiling, and
-        # the ceiling seen on both sides of its face; a wall has the ceiling on one side only
-        near_top = vertical & (z >= ceiling - _TOP_BAND[0]) & (z <= ceiling - _TOP_BAND[1])
-        # per wall orientation (8 bins over 180 degrees): the side of a shelf next to a wall
-        # must not borrow the wall's upper part
-        bins = (np.floor(np.mod(np.arctan2(normals[:, 1], normals[:, 0]), np.pi) / (np.pi / 8) + 0.5) % 8).astype(int)
-        tops = [cv2.dilate(raster(near_top & (bins == b), 2).astype(np.uint8), _disk(3)).astype(bool) for b in range(8)]
-        ceil_ev = cv2.morphologyEx(raster(horizontal & (np.abs(z - ceiling) <= _FLOOR_BAND)).astype(np.uint8),
-                                   cv2.MORPH_CLOSE, _disk(2))
-        ceil_ev = cv2.dilate(ceil_ev, _disk(1)).astype(bool)  # looked up 3 cells off the face
-
-        def at(grid: np.ndarray, xy: np.ndarray) -> np.ndarray:
-            ij = np.floor((xy - lo) / res).astype(int)
-            ij = np.clip(ij, 0, [shape[1] - 1, shape[0] - 1])
-            return grid[ij[:, 1], ij[:, 0]]
-
-        idx = np.flatnonzero(in_slice)
-        xy = local[idx, :2]
-        n2 = normals[idx, :2]
-        n2 = n2 / np.maximum(np.linalg.norm(n2, axis=1, keepdims=True), 1e-9) * (3 * res)
-        b_pt = bins[idx]
-        has_top = np.zeros(len(idx), bool)
-        for b in range(8):
-            sel = np.abs((b_pt - b + 4) % 8 - 4) <= 1  # this point's orientation bin or a neighbour
-            has_top[sel] |= at(tops[b], xy[sel])
-        furniture = ~has_top & at(ceil_ev, xy + n2) & at(ceil_ev, xy - n2)
-        wall_points_mask = in_slice.copy()
-        wall_points_mask[idx[furniture]] = False
+    if top is not None and top - slice_height >= 0.6:
+        furniture, wall_above = _furniture_faces(
+            local, normals, in_slice=in_slice, vertical=vertical, horizontal=horizontal, ceiling=ceiling, top=top,
+            raster=raster, lo=lo, shape=shape, res=res)
+        wall_points_mask = (in_slice & ~furniture) | wall_above
     wall = cv2.dilate(raster(wall_points_mask, 2).astype(np.uint8), _disk(1))
     # bridge gaps in wall lines (unseen or badly fused stretches) up to _WALL_GAP: the plan is
     # aligned with the main wall direction, so closing along x and y fills them without
@@ -356,7 +349,8 @@ def _rooms(
             | cv2.morphologyEx(wall, cv2.MORPH_CLOSE, np.ones((span, 1), np.uint8))).astype(bool)
     floor_ev = cv2.morphologyEx(raster(evidence).astype(np.uint8), cv2.MORPH_CLOSE, _disk(2)).astype(bool)
 
-    interior = _interior(floor_ev, wall, res) & ~_doorways(wall, floor_ev, res)
+    passages = _doorways(wall, floor_ev, res)
+    interior = _interior(floor_ev, wall, res) & ~passages
     labels = _split_rooms(interior, res=res, min_prominence=min_prominence, min_cells=int(min_room_area / res**2))
     wall_xy = local[wall_points_mask, :2]
     rooms = []
@@ -369,7 +363,138 @@ def _rooms(
     if not rooms:
         raise FloorPlanError("no enclosed room of at least %.1f m2 at the slice height" % min_room_area)
     rooms.sort(key=lambda r: -r[1])
-    return tuple(PlanRoom(index=i, polygon=c, area_m2=a) for i, (c, a) in enumerate(rooms))
+    drawn = np.zeros(labels.shape, np.int32)  # the rooms' polygons, rasterised: doorways lie between them
+    for i, (c, _a) in enumerate(rooms, start=1):
+        cv2.fillPoly(drawn, [np.round(((c - lo) / res - 0.5) * 16).astype(np.int32)], i, shift=4)
+    return (tuple(PlanRoom(index=i, polygon=c, area_m2=a) for i, (c, a) in enumerate(rooms)),
+            _doors(floor_ev & ~wall & (drawn == 0), drawn, [c for c, _a in rooms], lo=lo, res=res))
+
+
+def _doors(free: np.ndarray, labels: np.ndarray, outlines: list[np.ndarray], *, lo: np.ndarray,
+           res: float) -> tuple[PlanDoor, ...]:
+    """Doorways: floor in no room and in no wall (`free`), no deeper than a wall is thick, 0.4 m
+    to _DOOR_MAX wide, between two rooms; each a rectangle (the plan is aligned with the walls)."""
+    from shapely.geometry import Polygon, box
+    from shapely.ops import unary_union
+
+    free = cv2.morphologyEx(free.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))  # no slivers
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(free, connectivity=4)
+    rooms = unary_union([Polygon(c) for c in outlines])
+    doors = []
+    for k in range(1, n):
+        x, y, bw, bh, _area = stats[k]
+        depth, width = sorted((bw * res, bh * res))
+        if depth > _WALL_MAX_THICKNESS + 2 * res or not 0.4 <= width <= _DOOR_MAX + 2 * res:
+            continue
+        ring = cv2.dilate((lab == k).astype(np.uint8), _disk(2)).astype(bool)
+        if len(set(np.unique(labels[ring]).tolist()) - {0}) < 2:
+            continue  # leads to no room on one side (a room below min_room_area, an unscanned space)
+        # a cell more at the jambs (the walls' raster is dilated by one); across the wall, from
+        # one room's outline to the other's
+        grow = np.array([1, 3]) if bw > bh else np.array([3, 1])
+        (x0, y0), (x1, y1) = lo + (np.array([x, y]) - grow) * res, lo + (np.array([x + bw, y + bh]) + grow) * res
+        passage = box(x0, y0, x1, y1).difference(rooms)
+        if passage.is_empty:
+            continue
+        if passage.geom_type != "Polygon":
+            passage = max(passage.geoms, key=lambda g: g.area)
+        x0, y0, x1, y1 = passage.bounds
+        doors.append(PlanDoor(polygon=np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])))
+    return tuple(doors)
+
+
+def _wall_top(z_vertical: np.ndarray) -> float | None:
+    """Where the walls end (m above the floor) when the ceiling was not seen: walls run up to the
+    ceiling, furniture stops below it, so the top of the vertical surfaces is the walls' top."""
+    if len(z_vertical) < 100:
+        return None
+    return float(np.percentile(z_vertical, 99.5))
+
+
+def _furniture_faces(
+    local: np.ndarray, normals: np.ndarray, *, in_slice: np.ndarray, vertical: np.ndarray, horizontal: np.ndarray,
+    ceiling: float | None, top: float, raster, lo: np.ndarray, shape: np.ndarray, res: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the points that are furniture faces in the slice (a wardrobe, a shelf, a fridge),
+    not walls (their footprint is floor), and of the upper wall points behind them that stand in
+    for the wall the piece hides at the slice.
+
+    A face is furniture when nothing of the same orientation shows just below the walls' top
+    (`top`: the ceiling, or where the walls end when the ceiling was not seen) at its place, and
+    either the ceiling is seen on both sides of it (a wall has the ceiling on one side only) or,
+    with or without a ceiling, a run of such faces longer than a wall is thick has a wall of the
+    same orientation continuing above it less than `_FURNITURE_DEPTH` behind or in front (the wall
+    the piece stands against; a door jamb is no longer than the wall is thick).
+    """
+    z = local[:, 2]
+    near_top = vertical & (z >= top - _TOP_BAND[0]) & (z <= top - _TOP_BAND[1])
+    # per wall orientation (8 bins over 180 degrees): the side of a shelf next to a wall
+    # must not borrow the wall's upper part
+    bins = (np.floor(np.mod(np.arctan2(normals[:, 1], normals[:, 0]), np.pi) / (np.pi / 8) + 0.5) % 8).astype(int)
+    tops_raw = [raster(near_top & (bins == b), 2).astype(np.uint8) for b in range(8)]
+    tops = [cv2.dilate(t, _disk(3)).astype(bool) for t in tops_raw]
+
+    def at(grid: np.ndarray, xy: np.ndarray) -> np.ndarray:
+        ij = np.floor((xy - lo) / res).astype(int)
+        inside = (ij >= 0).all(axis=1) & (ij[:, 0] < shape[1]) & (ij[:, 1] < shape[0])
+        ij = np.clip(ij, 0, [shape[1] - 1, shape[0] - 1])
+        return grid[ij[:, 1], ij[:, 0]] & inside
+
+    idx = np.flatnonzero(in_slice)
+    xy = local[idx, :2]
+    unit = normals[idx, :2] / np.maximum(np.linalg.norm(normals[idx, :2], axis=1, keepdims=True), 1e-9)
+    b_pt = bins[idx]
+    has_top = np.zeros(len(idx), bool)
+    behind = np.zeros(len(idx), bool)  # a wall of this orientation continues above, in reach
+    steps = np.arange(3 * res, _FURNITURE_DEPTH + res / 2, res)
+    for b in range(8):
+        sel = np.abs((b_pt - b + 4) % 8 - 4) <= 1  # this point's orientation bin or a neighbour
+        has_top[sel] |= at(tops[b], xy[sel])
+        t = tops_raw[b].astype(bool)
+        # seen at the slice too: the far face of a thin wall, not a wall hidden behind a piece
+        seen = cv2.dilate(raster(in_slice & (bins == b), 2).astype(np.uint8), _disk(1)).astype(bool)
+        for sign in (1.0, -1.0):
+            own = np.flatnonzero(b_pt == b)
+            for d in steps:
+                if not len(own):
+                    break
+                q = xy[own] + sign * d * unit[own]
+                h = at(t, q)
+                behind[own[h & ~at(seen, q)]] = True
+                own = own[~h]  # the nearest wall above decides
+    furniture = np.zeros(len(idx), bool)
+    if ceiling is not None:
+        ceil_ev = cv2.morphologyEx(raster(horizontal & (np.abs(z - ceiling) <= _FLOOR_BAND)).astype(np.uint8),
+                                   cv2.MORPH_CLOSE, _disk(2))
+        ceil_ev = cv2.dilate(ceil_ev, _disk(1)).astype(bool)  # looked up 3 cells off the face
+        n2 = unit * (3 * res)
+        furniture |= ~has_top & at(ceil_ev, xy + n2) & at(ceil_ev, xy - n2)
+    # runs of topless faces: a piece's front and sides together
+    topless = np.zeros(len(in_slice), bool)
+    topless[idx[~has_top]] = True
+    runs = cv2.dilate(raster(topless).astype(np.uint8), _disk(1))
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(runs, connectivity=8)
+    ij = np.clip(np.floor((xy - lo) / res).astype(int), 0, [shape[1] - 1, shape[0] - 1])
+    lab_pt = lab[ij[:, 1], ij[:, 0]]
+    evidence = np.bincount(lab_pt[~has_top & behind], minlength=n)
+    total = np.bincount(lab_pt[~has_top], minlength=n)
+    long_enough = np.maximum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]) * res > _WALL_MAX_THICKNESS
+    piece = long_enough & (evidence >= 0.2 * np.maximum(total, 1)) & (evidence >= 10)
+    piece[0] = False
+    against_wall = ~has_top & piece[lab_pt]
+    furniture |= against_wall
+    out = np.zeros(len(in_slice), bool)
+    out[idx[furniture]] = True
+    # the walls such a piece hides at the slice (behind it, beside it in a corner): their upper
+    # part, within reach of its faces, stands in for them
+    pieces = np.zeros(len(in_slice), bool)
+    pieces[idx[against_wall]] = True
+    hidden = cv2.dilate(raster(pieces).astype(np.uint8), _disk(int(round(_FURNITURE_DEPTH / res)))).astype(bool)
+    ij_all = np.floor((local[:, :2] - lo) / res).astype(int)
+    ok = (ij_all >= 0).all(axis=1) & (ij_all[:, 0] < shape[1]) & (ij_all[:, 1] < shape[0])
+    wall_above = np.zeros(len(in_slice), bool)
+    wall_above[ok] = near_top[ok] & hidden[ij_all[ok, 1], ij_all[ok, 0]]
+    return out, wall_above
 
 
 def _interior(floor_ev: np.ndarray, wall: np.ndarray, res: float) -> np.ndarray:

@@ -76,6 +76,17 @@ def to_svg(plan: FloorPlan, *, px_per_m: float = 100.0, margin_m: float = 0.5) -
             f'<text x="{x:.1f}" y="{y + 1.2 * font:.1f}" font-family="sans-serif" font-size="{font:.0f}" '
             f'text-anchor="middle">{r.area_m2:.2f} m²</text>'
         )
+    for d in plan.doors:  # an opening: white over the walls' strokes, the jambs' strokes kept
+        (x0, y0), (x1, y1) = d.polygon.min(axis=0), d.polygon.max(axis=0)
+        pad = 0.04  # past the stroke's half width, across the wall only
+        if x1 - x0 < y1 - y0:
+            x0, x1 = x0 - pad, x1 + pad
+        else:
+            y0, y1 = y0 - pad, y1 + pad
+        parts.append(
+            f'<rect class="door" x="{(x0 - lo[0]) * px_per_m:.1f}" y="{(hi[1] - y1) * px_per_m:.1f}" '
+            f'width="{(x1 - x0) * px_per_m:.1f}" height="{(y1 - y0) * px_per_m:.1f}" fill="white" stroke="none"/>'
+        )
     bx, by = 0.2 * px_per_m, h - 0.2 * px_per_m
     parts.append(f'<line x1="{bx:.1f}" y1="{by:.1f}" x2="{bx + px_per_m:.1f}" y2="{by:.1f}" stroke="#222" stroke-width="3"/>')
     parts.append(f'<text x="{bx:.1f}" y="{by - 6:.1f}" font-family="sans-serif" font-size="{font:.0f}">1 m</text>')
@@ -84,22 +95,34 @@ def to_svg(plan: FloorPlan, *, px_per_m: float = 100.0, margin_m: float = 0.5) -
 
 
 def to_dxf(plan: FloorPlan) -> bytes:
-    """A DXF (R2010, metres): one closed polyline per room on ROOMS, labels on LABELS."""
+    """A DXF (R2010, metres): one closed polyline per room on ROOMS (its area), labels on LABELS,
+    the room outlines with the doorways cut out on WALLS, and each door's passage on DOORS."""
     import ezdxf
     from ezdxf import units
     from ezdxf.enums import TextEntityAlignment
-    from shapely.geometry import Polygon
+    from shapely.geometry import LineString, Polygon
+    from shapely.ops import unary_union
 
     doc = ezdxf.new("R2010")
     doc.units = units.M
     doc.layers.add("ROOMS", color=7)
     doc.layers.add("LABELS", color=3)
+    doc.layers.add("WALLS", color=7)
+    doc.layers.add("DOORS", color=1)
     msp = doc.modelspace()
     for r in plan.rooms:
         msp.add_lwpolyline([(float(x), float(y)) for x, y in r.polygon], close=True, dxfattribs={"layer": "ROOMS"})
         c = Polygon(r.polygon).representative_point().coords[0]
         text = msp.add_text(f"{r.name}: {r.area_m2:.2f} m2", height=0.15, dxfattribs={"layer": "LABELS"})
         text.set_placement((float(c[0]), float(c[1])), align=TextEntityAlignment.MIDDLE_CENTER)
+    openings = unary_union([Polygon(d.polygon).buffer(0.03, join_style="mitre") for d in plan.doors])
+    for r in plan.rooms:
+        walls = LineString(np.vstack([r.polygon, r.polygon[:1]])).difference(openings)
+        for line in getattr(walls, "geoms", [walls]):
+            if not line.is_empty:
+                msp.add_lwpolyline([(float(x), float(y)) for x, y in line.coords], dxfattribs={"layer": "WALLS"})
+    for d in plan.doors:
+        msp.add_lwpolyline([(float(x), float(y)) for x, y in d.polygon], close=True, dxfattribs={"layer": "DOORS"})
     stream = io.StringIO()
     doc.write(stream)
     return stream.getvalue().encode("utf-8")

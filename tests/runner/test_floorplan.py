@@ -156,6 +156,7 @@ def check(plan: FloorPlan, apt: Apartment, apt_to_world: np.ndarray, label: str)
     worst_wall = 0.0
     worst_vertex = 0.0
     room_area_err = 0.0
+    boundary: list[float] = []  # distance from the true outline (every cm) to the plan's
     for t in truth:
         e = max(est, key=lambda g: g.intersection(t).area)
         room_area_err = max(room_area_err, abs(e.area - t.area) / t.area)
@@ -163,20 +164,33 @@ def check(plan: FloorPlan, apt: Apartment, apt_to_world: np.ndarray, label: str)
         samples = [ring.interpolate(s) for s in np.arange(0, ring.length, 0.01)]
         d = [e.exterior.distance(q) for q in samples if not any(dd.contains(q) for dd in doors)]
         worst_wall = max(worst_wall, max(d))
+        boundary += d
         v = [t.exterior.distance(Point(q)) for q in e.exterior.coords if not any(dd.contains(Point(q)) for dd in doors)]
         worst_vertex = max(worst_vertex, max(v))
     figures = {
         "case": label, "rooms": plan.room_count, "true_rooms": len(truth), "area_m2": round(plan.area_m2, 3),
         "true_area_m2": round(true_area, 3), "area_err_pct": round(100 * area_err, 2),
         "worst_room_area_err_pct": round(100 * room_area_err, 2),
-        "wall_err_max_cm": round(100 * worst_wall, 2), "vertex_err_max_cm": round(100 * worst_vertex, 2),
+        "wall_err_max_cm": round(100 * worst_wall, 2), "boundary_p95_cm": round(100 * float(np.percentile(boundary, 95)), 2),
+        "vertex_err_max_cm": round(100 * worst_vertex, 2),
         "up_err_deg": round(up_err, 3), "floor_height_err_cm": round(100 * float(np.abs(floor_z[:, 2]).max()), 2),
         "ceiling_m": plan.ceiling_height_m and round(plan.ceiling_height_m, 3),
+        "doors": len(plan.doors), "true_doors": len(apt.doors),
     }
+    # each true doorway is one door of the plan, as wide, where it is
+    true_doors = [tf(d) for d, _ in apt.doors]
+    door_errs = []
+    for t in true_doors:
+        near = [Polygon(d.polygon) for d in plan.doors if Polygon(d.polygon).distance(t.centroid) < 0.05]
+        width = max(np.ptp(np.asarray(t.exterior.coords), axis=0))
+        door_errs.append(abs(max(np.ptp(np.asarray(near[0].exterior.coords), axis=0)) - width) if len(near) == 1 else np.inf)
+    figures["door_width_err_max_cm"] = round(100 * max(door_errs, default=0.0), 2)
     print(json.dumps(figures))
     assert plan.room_count == len(truth), figures
+    assert len(plan.doors) == len(apt.doors) and max(door_errs, default=0.0) < 0.05, figures
     assert area_err <= 0.02, figures
     assert room_area_err <= 0.02, figures
+    assert np.percentile(boundary, 95) < 0.05, figures
     assert worst_wall <= 0.03, figures
     assert worst_vertex <= 0.03, figures
     assert up_err < 0.5, figures
@@ -249,7 +263,7 @@ def test_exports() -> None:
     svg = to_svg(plan)
     assert svg.startswith("<svg") and svg.count("<polygon") == 2 and "m²" in svg
     doc = ezdxf.read(io.StringIO(to_dxf(plan).decode()))
-    polys = [e for e in doc.modelspace() if e.dxftype() == "LWPOLYLINE"]
+    polys = list(doc.modelspace().query('LWPOLYLINE[layer=="ROOMS"]'))
     assert len(polys) == 2 and all(p.closed for p in polys)
     areas = sorted(Polygon(list(p.vertices())).area for p in polys)
     assert areas == pytest.approx(sorted(r.area_m2 for r in plan.rooms), rel=1e-6)
@@ -260,6 +274,49 @@ def test_exports() -> None:
     assert gj["spatialforge"]["room_count"] == 2
     assert sum(f["properties"]["area_m2"] for f in gj["features"]) == pytest.approx(plan.area_m2, abs=0.01)
     assert plan.summary()["roomCount"] == 2
+
+
+def test_doorways_are_openings_in_svg_and_dxf() -> None:
+    """The doorway of TWO_ROOMS is one door 0.9 m wide between the rooms: a white opening over the
+    walls in the SVG, a gap in the DXF's WALLS lines and a passage on its DOORS layer."""
+    import xml.etree.ElementTree as ET
+
+    import ezdxf
+
+    points, normals, T = scan(TWO_ROOMS, (1.5, 1.5, 1.5), seed=5)
+    plan = extract_floorplan(points, normals)
+    assert len(plan.doors) == 1
+    door = Polygon(plan.doors[0].polygon)
+    assert plan.doors[0].width_m == pytest.approx(0.9, abs=0.06)
+    to_plan = np.linalg.inv(plan.plan_to_world) @ T
+    centre = np.array([4.06, 1.65, 0.0]) @ to_plan[:3, :3].T + to_plan[:3, 3]
+    assert door.distance(Point(centre[:2])) < 0.03
+    for r in plan.rooms:  # the passage belongs to neither room
+        assert Polygon(r.polygon).intersection(door).area < 0.02 * door.area
+
+    svg = ET.fromstring(to_svg(plan, px_per_m=100.0))
+    rects = [e for e in svg.iter("{http://www.w3.org/2000/svg}rect") if e.get("class") == "door"]
+    assert len(rects) == 1 and rects[0].get("fill") == "white"
+    w, h = float(rects[0].get("width")), float(rects[0].get("height"))
+    assert max(w, h) == pytest.approx(100 * plan.doors[0].width_m, abs=1.0)  # the opening, not past the jambs
+    assert min(w, h) > 100 * min(np.ptp(plan.doors[0].polygon, axis=0))  # across the wall and its strokes
+
+    doc = ezdxf.read(io.StringIO(to_dxf(plan).decode()))
+    msp = doc.modelspace()
+    doors = [Polygon(list(e.vertices())) for e in msp.query('LWPOLYLINE[layer=="DOORS"]')]
+    assert len(doors) == 1 and doors[0].equals_exact(door, 1e-6)
+    walls = [LineString(list(e.vertices())) for e in msp.query('LWPOLYLINE[layer=="WALLS"]')]
+    assert walls and all(not w.intersects(door.buffer(-0.01)) for w in walls)
+    # the walls go all round each room but across the opening: their length is the perimeters less it
+    perimeter = sum(r.perimeter_m for r in plan.rooms)
+    assert sum(w.length for w in walls) == pytest.approx(perimeter - 2 * plan.doors[0].width_m, abs=0.2)
+
+
+def test_no_doors_in_a_room_without_one() -> None:
+    points, normals, _ = scan(L_ROOM, (1.2, 1.5, 1.4), seed=2)
+    plan = extract_floorplan(points, normals)
+    assert plan.doors == ()
+    assert 'class="door"' not in to_svg(plan)
 
 
 def test_bad_input_is_a_clear_error() -> None:
@@ -357,3 +414,51 @@ def test_walk_that_starts_looking_at_the_floor() -> None:
     points, normals = p @ apt_to_world[:3, :3].T + apt_to_world[:3, 3], n @ apt_to_world[:3, :3].T
     plan = extract_floorplan(points, normals, camera_poses=walk)
     check(plan, TWO_ROOMS, apt_to_world, "first-camera-at-the-floor")
+
+
+# --- furnished rooms from rendered depth along an eye-height walk (issue 20 §2) ---------------------
+
+
+def fuse_tour(room, *, ceiling_seen: bool = True) -> tuple[np.ndarray, np.ndarray | None, Apartment, np.ndarray]:
+    """Exact depth of `room` (runner.synthetic) along `room_tour`, TSDF-fused by geometry/fusion.py
+    in the first camera's frame: (points, normals, the room as an Apartment, apartment -> world).
+    `ceiling_seen=False` drops every ceiling pixel, as a walk that never looks up."""
+    from spatialforge.runner.geometry.fusion import fuse
+    from spatialforge.runner.synthetic import PinholeCamera, render, room_tour
+
+    camera = PinholeCamera(width=240, height=180, fx=165.0, fy=165.0)
+    K = camera.K
+    poses = room_tour(room)
+    vs, us = np.mgrid[0:camera.height, 0:camera.width].astype(np.float64)
+    rays = np.stack([(us - K[0, 2]) / K[0, 0], (vs - K[1, 2]) / K[1, 1], np.ones_like(us)], axis=-1)
+    depths = []
+    for T in poses:
+        _, depth = render(room, camera, T, supersample=1)
+        if not ceiling_seen:
+            height = (rays * depth[..., None]) @ T[1, :3] + T[1, 3]  # room y of each pixel
+            depth = np.where(height < room.lo[1] + 0.01, 0.0, depth).astype(np.float32)
+        depths.append(depth)
+    images = [np.full((camera.height, camera.width, 3), 128, np.uint8) for _ in poses]
+    first = np.linalg.inv(poses[0])  # room -> first camera (the world frame)
+    fused = fuse(images, depths, [first @ T for T in poses], K, voxel_size=0.02, depth_max=9.0)
+    pcd = fused.point_cloud
+    normals = pcd.point.normals.numpy() if "normals" in pcd.point else None
+    (x0, _, z0), (x1, floor, z1) = room.lo, room.hi
+    # apartment frame (z up, floor at 0): (x, z, floor - y) of the room's frame
+    room_to_apt = np.array([[1.0, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, floor], [0, 0, 0, 1]])
+    apt = Apartment(rooms=[box(x0, z0, x1, z1)], height=floor - room.lo[1])
+    return fused.points, normals, apt, first @ np.linalg.inv(room_to_apt)
+
+
+@pytest.mark.parametrize(
+    ("scene", "ceiling_seen"),
+    [("living_room", True), ("kitchen", True), ("bedroom", True), ("living_room", False), ("kitchen", False), ("bedroom", False)],
+)
+def test_furnished_rooms_fused(scene: str, ceiling_seen: bool) -> None:
+    """Furniture against walls is floor: a 2.1 m wardrobe in a corner, a bookcase, a sofa; a counter
+    under wall cabinets beside a fridge; a bed in a corner. With and without the ceiling seen."""
+    from spatialforge.runner import synthetic
+
+    points, normals, apt, apt_to_world = fuse_tour(getattr(synthetic, scene)(), ceiling_seen=ceiling_seen)
+    plan = extract_floorplan(points, normals)
+    check(plan, apt, apt_to_world, f"{scene}-fused{'' if ceiling_seen else '-no-ceiling'}")
