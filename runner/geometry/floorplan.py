@@ -13,10 +13,14 @@ z forward), so "up" is found from the data:
    points; a least-squares plane through it fixes the vertical exactly. The ceiling is the
    highest such surface (when it is at least 1.8 m above the floor).
 3. **Walls.** Vertical surfaces within +-5 cm of `slice_height` are rasterised at `resolution`.
-   Where a ceiling is known, a face is furniture (a wardrobe, a shelf) when nothing of the same
-   orientation shows just below the ceiling there and the ceiling is seen on both sides of it
-   (a wall has the ceiling on one side only). Gaps in wall lines up to 30 cm are closed along
-   the plan axes (doorways are wider).
+   Furniture against walls is floor: a face is furniture (a wardrobe, a shelf, a fridge) when
+   nothing of the same orientation shows just below the walls' top there (the ceiling, or
+   where the vertical surfaces end when a walk at eye height saw little ceiling) and either
+   the ceiling is seen on both sides of it (a wall has the ceiling on one side only) or its run
+   of such faces is longer than a wall is thick and has a wall continuing above it, hidden at
+   the slice, less than 0.8 m behind; that wall's upper part then stands in for the part the
+   piece hides. Gaps in wall lines up to 30 cm are closed along the plan axes (doorways are
+   wider).
 4. **Rooms.** Interior = floor and ceiling evidence minus walls, plus the enclosed pockets
    that touch the floor (furniture footprints); pockets bounded only by walls (the inside of
    a wall) are not interior, nor are strips under 20 cm wide. Rooms are split where the free
@@ -25,6 +29,8 @@ z forward), so "up" is found from the data:
 5. **Polygons.** Each room's outline is traced, simplified (Douglas-Peucker, shapely) and every
    long edge is moved onto a line fitted to the wall points behind it, so walls land on the
    measured faces rather than on the grid.
+6. **Doors.** Floor between two rooms' outlines, in no wall, 0.4-1.2 m wide and no deeper than a
+   wall is thick, is a doorway (`FloorPlan.doors`); its ends sit on the jambs' points.
 
 Plan coordinates: metres, origin below the first camera on the floor, x along the dominant
 wall direction, y = up x x, z = height above the floor (`FloorPlan.plan_to_world` maps them
@@ -367,11 +373,23 @@ def _rooms(
     for i, (c, _a) in enumerate(rooms, start=1):
         cv2.fillPoly(drawn, [np.round(((c - lo) / res - 0.5) * 16).astype(np.int32)], i, shift=4)
     return (tuple(PlanRoom(index=i, polygon=c, area_m2=a) for i, (c, a) in enumerate(rooms)),
-            _doors(floor_ev & ~wall & (drawn == 0), drawn, [c for c, _a in rooms], lo=lo, res=res))
+            _doors(floor_ev & ~wall & (drawn == 0), drawn, [c for c, _a in rooms], wall_xy, lo=lo, res=res))
 
 
-def _doors(free: np.ndarray, labels: np.ndarray, outlines: list[np.ndarray], *, lo: np.ndarray,
-           res: float) -> tuple[PlanDoor, ...]:
+def _jambs_onto_points(lo_hi: np.ndarray, along: int, wall_xy: np.ndarray, *, res: float) -> None:
+    """Move a passage's ends (`lo_hi[:, along]`, in place) onto the jamb faces' points: the raster
+    ends a cell or two short of them."""
+    across = 1 - along
+    p = wall_xy[(wall_xy[:, across] > lo_hi[0, across] + res) & (wall_xy[:, across] < lo_hi[1, across] - res)]
+    for end, sign in ((0, -1.0), (1, 1.0)):
+        edge = lo_hi[end, along]
+        near = p[(sign * (p[:, along] - edge) >= -res) & (sign * (p[:, along] - edge) <= 4 * res), along]
+        if len(near) >= 5:
+            lo_hi[end, along] = float(np.median(near))
+
+
+def _doors(free: np.ndarray, labels: np.ndarray, outlines: list[np.ndarray], wall_xy: np.ndarray, *,
+           lo: np.ndarray, res: float) -> tuple[PlanDoor, ...]:
     """Doorways: floor in no room and in no wall (`free`), no deeper than a wall is thick, 0.4 m
     to _DOOR_MAX wide, between two rooms; each a rectangle (the plan is aligned with the walls)."""
     from shapely.geometry import Polygon, box
@@ -398,7 +416,10 @@ def _doors(free: np.ndarray, labels: np.ndarray, outlines: list[np.ndarray], *, 
             continue
         if passage.geom_type != "Polygon":
             passage = max(passage.geoms, key=lambda g: g.area)
-        x0, y0, x1, y1 = passage.bounds
+        lo_hi = np.array(passage.bounds).reshape(2, 2)  # [[x0, y0], [x1, y1]]
+        along = 0 if bw > bh else 1
+        _jambs_onto_points(lo_hi, along, wall_xy, res=res)
+        (x0, y0), (x1, y1) = lo_hi
         doors.append(PlanDoor(polygon=np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])))
     return tuple(doors)
 

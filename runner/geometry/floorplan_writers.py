@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 
 def to_geojson(plan: FloorPlan) -> dict:
-    """A FeatureCollection of room polygons in local plan metres (not WGS84)."""
+    """A FeatureCollection of room polygons in local plan metres (not WGS84); the doorways'
+    passages under `spatialforge.doors`."""
     features = []
     for r in plan.rooms:
         ring = [[round(float(x), 4), round(float(y), 4)] for x, y in r.polygon]
@@ -33,6 +34,10 @@ def to_geojson(plan: FloorPlan) -> dict:
             "frame": "plan: x along the main wall direction, y = up x x, origin on the floor below the first camera",
             "area_m2": round(plan.area_m2, 3),
             "room_count": plan.room_count,
+            "doors": [
+                {"polygon": [[round(float(x), 4), round(float(y), 4)] for x, y in d.polygon], "width_m": round(d.width_m, 3)}
+                for d in plan.doors
+            ],
             "ceiling_height_m": None if plan.ceiling_height_m is None else round(plan.ceiling_height_m, 3),
             "plan_to_world": np.round(plan.plan_to_world, 6).tolist(),
         },
@@ -40,7 +45,8 @@ def to_geojson(plan: FloorPlan) -> dict:
 
 
 def to_svg(plan: FloorPlan, *, px_per_m: float = 100.0, margin_m: float = 0.5) -> str:
-    """An SVG drawing: rooms filled, walls stroked, name and area per room, a 1 m scale bar."""
+    """An SVG drawing: rooms filled, walls stroked, doorways as openings (`<rect class="door">`
+    in white over the strokes), name and area per room, a 1 m scale bar."""
     from shapely.geometry import Polygon
 
     if plan.rooms:

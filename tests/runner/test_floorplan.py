@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pytest
@@ -30,6 +30,7 @@ class Apartment:
     doors: list[tuple[Polygon, float]] = field(default_factory=list)  # passage footprint, door height
     furniture: list[tuple[float, float, float, float, float]] = field(default_factory=list)  # x0 y0 x1 y1 h
     height: float = 2.5
+    ceiling: bool = True  # False: a scan that never saw the ceiling
 
 
 def _area_samples(poly: Polygon, density: float, rng: np.random.Generator) -> np.ndarray:
@@ -65,7 +66,7 @@ def sample_apartment(apt: Apartment, *, density: float = 3500.0, noise: float = 
     for g in getattr(floor_area, "geoms", [floor_area]):
         xy = _area_samples(g, density, rng)
         add(np.column_stack([xy, np.zeros(len(xy))]), np.array([0, 0, 1.0]))
-    for room in apt.rooms:
+    for room in apt.rooms if apt.ceiling else ():
         xy = _area_samples(room, density, rng)
         add(np.column_stack([xy, np.full(len(xy), apt.height)]), np.array([0, 0, -1.0]))
     openings = [(d.buffer(0.003), h) for d, h in apt.doors]
@@ -103,6 +104,9 @@ def sample_apartment(apt: Apartment, *, density: float = 3500.0, noise: float = 
         add(np.column_stack([xy, np.full(len(xy), h)]), np.array([0, 0, 1.0]))
         corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]])
         for a, b in zip(corners[:-1], corners[1:]):
+            if rooms_union.boundary.distance(LineString([a, b])) < 0.15 and rooms_union.boundary.distance(Point(a)) < 0.15 \
+                    and rooms_union.boundary.distance(Point(b)) < 0.15:
+                continue  # a face against a wall (or a hand's width off it) is not seen
             t = (b - a) / np.linalg.norm(b - a)
             add(_face(a, b, 0.0, h, density, rng), np.array([t[1], -t[0], 0.0]))
     p = np.vstack(pts)
@@ -187,7 +191,7 @@ def check(plan: FloorPlan, apt: Apartment, apt_to_world: np.ndarray, label: str)
     figures["door_width_err_max_cm"] = round(100 * max(door_errs, default=0.0), 2)
     print(json.dumps(figures))
     assert plan.room_count == len(truth), figures
-    assert len(plan.doors) == len(apt.doors) and max(door_errs, default=0.0) < 0.05, figures
+    assert len(plan.doors) == len(apt.doors) and max(door_errs, default=0.0) < 0.03, figures
     assert area_err <= 0.02, figures
     assert room_area_err <= 0.02, figures
     assert np.percentile(boundary, 95) < 0.05, figures
@@ -217,7 +221,9 @@ FURNISHED = Apartment(
 
 @pytest.mark.parametrize(
     ("apt", "position", "label"),
-    [(L_ROOM, (1.2, 1.5, 1.4), "l-shaped"), (TWO_ROOMS, (1.5, 1.5, 1.5), "two-rooms-doorway"), (FURNISHED, (2.5, 0.8, 1.3), "furnished")],
+    [(L_ROOM, (1.2, 1.5, 1.4), "l-shaped"), (TWO_ROOMS, (1.5, 1.5, 1.5), "two-rooms-doorway"), (FURNISHED, (2.5, 0.8, 1.3), "furnished"),
+     (replace(FURNISHED, ceiling=False), (2.5, 0.8, 1.3), "furnished-no-ceiling"),
+     (replace(TWO_ROOMS, ceiling=False), (1.5, 1.5, 1.5), "two-rooms-no-ceiling")],
 )
 def test_apartments(apt: Apartment, position: tuple[float, float, float], label: str) -> None:
     points, normals, T = scan(apt, position, seed=len(label))
@@ -287,7 +293,7 @@ def test_doorways_are_openings_in_svg_and_dxf() -> None:
     plan = extract_floorplan(points, normals)
     assert len(plan.doors) == 1
     door = Polygon(plan.doors[0].polygon)
-    assert plan.doors[0].width_m == pytest.approx(0.9, abs=0.06)
+    assert plan.doors[0].width_m == pytest.approx(0.9, abs=0.03)
     to_plan = np.linalg.inv(plan.plan_to_world) @ T
     centre = np.array([4.06, 1.65, 0.0]) @ to_plan[:3, :3].T + to_plan[:3, 3]
     assert door.distance(Point(centre[:2])) < 0.03
@@ -305,6 +311,8 @@ def test_doorways_are_openings_in_svg_and_dxf() -> None:
     msp = doc.modelspace()
     doors = [Polygon(list(e.vertices())) for e in msp.query('LWPOLYLINE[layer=="DOORS"]')]
     assert len(doors) == 1 and doors[0].equals_exact(door, 1e-6)
+    gj_doors = to_geojson(plan)["spatialforge"]["doors"]
+    assert len(gj_doors) == 1 and gj_doors[0]["width_m"] == pytest.approx(plan.doors[0].width_m, abs=1e-3)
     walls = [LineString(list(e.vertices())) for e in msp.query('LWPOLYLINE[layer=="WALLS"]')]
     assert walls and all(not w.intersects(door.buffer(-0.01)) for w in walls)
     # the walls go all round each room but across the opening: their length is the perimeters less it
