@@ -5,12 +5,13 @@ session operator, and a real depth server of the tiny metric model behind a Dept
 The page is checked against the API itself: the metres shown on hover are the NPY map's value
 at that pixel, the distance shown is what /v1/measure answers for the points sent, each error
 line is the API's own message. axe-core (vendored, tests/apiserver/vendor/) finds no serious
-or critical violation on any view. Screenshots go to $SPATIALFORGE_SCREENSHOTS when set
+or critical violation on any view. Screenshots go to $SF_SCREENSHOTS when set
 (docs/screenshots/ for the README), else to a temporary directory.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -113,7 +114,7 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Any, str], None]:
-    where = Path(os.environ.get("SPATIALFORGE_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    where = Path(os.environ.get("SF_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
     where.mkdir(parents=True, exist_ok=True)
 
     def shot(driver: Any, name: str) -> None:
@@ -222,6 +223,7 @@ def test_console_in_a_real_browser(console: Console, browser: Any, shots: Callab
     _sign_in(driver, console, "sf_live_" + "x" * 40)
     _wait(driver, "the wrong-key message", lambda: _error_line(driver) == _api_message(wrong))
     assert driver.execute_script("return sessionStorage.length") == 0
+    assert not driver.find_element("css selector", "#nav").is_displayed()
     _axe(driver, "sign-in")
     shots(driver, "01-wrong-key")
 
@@ -308,6 +310,20 @@ def test_console_in_a_real_browser(console: Console, browser: Any, shots: Callab
         want = float(truth[y, x])
         assert abs(shown - want) <= 0.0005 + 1e-3 * abs(want), (hover.text, want)
         assert hover.text.endswith(" m")
+    # The tiny random model's metric map is flat (10 m, its sigmoid saturates), so the page's
+    # float16 decoding is also checked on a varied map: the same module, in this page.
+    rng = np.random.default_rng(3)
+    varied = (rng.random((7, 11)) * 20 - 5).astype("<f2")
+    decoded = driver.execute_async_script(
+        "const [b64, done] = [arguments[0], arguments[arguments.length - 1]];"
+        "import('/console/depthmap.js').then(m => {"
+        " const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));"
+        " const map = m.decode(bytes.buffer, '7,11', '<f2');"
+        " done([map.width, map.height, Array.from(map.values), map.min, map.max]); }, e => done(String(e)));",
+        base64.b64encode(varied.tobytes()).decode())
+    assert decoded[:2] == [11, 7], decoded
+    assert np.array_equal(np.array(decoded[2], dtype=np.float32), varied.astype(np.float32).ravel())
+    assert decoded[3:] == [float(varied.min()), float(varied.max())]
     _axe(driver, "depth")
     shots(driver, "07-depth-hover")
 
@@ -334,6 +350,7 @@ def test_console_in_a_real_browser(console: Console, browser: Any, shots: Callab
     assert refused.status_code == 422, refused.text
     driver.find_element("css selector", "#photo").send_keys(str(junk))
     _wait(driver, "the not-an-image message", lambda: _error_line(driver) == _api_message(refused), timeout=MEDIUM)
+    assert not driver.find_element("css selector", "#depth-canvas").is_displayed(), "the last map is still shown"
     shots(driver, "09-not-an-image")
 
     # An account over its month's units: the API's reason.
