@@ -212,7 +212,8 @@ def test_console_files_carry_a_strict_csp_and_no_cors(console: Console, make_set
 
 
 def test_console_in_a_real_browser(console: Console, browser: Any, shots: Callable[[Any, str], None],
-                                   make_tenant: Callable[..., Tenant], minio, tmp_path: Path) -> None:
+                                   make_tenant: Callable[..., Tenant], admin: httpx.Client, minio,
+                                   tmp_path: Path) -> None:
     driver = browser
     tenant, other = make_tenant("pro", seconds=3), make_tenant("free")
     api = httpx.Client(base_url=console.app.url, headers=tenant.headers, timeout=MEDIUM)
@@ -365,6 +366,15 @@ def test_console_in_a_real_browser(console: Console, browser: Any, shots: Callab
     _wait(driver, "the over-quota message", lambda: _error_line(driver) == _api_message(over), timeout=MEDIUM)
     _axe(driver, "error")
     shots(driver, "10-over-quota")
+
+    # A key revoked while the tab holds it: the next call's 401 returns to the key form with the reason.
+    assert admin.delete(f"/v1/admin/keys/{broke.key_id}").status_code == 200
+    revoked = httpx.get(console.app.url + "/v1/usage", headers=broke.headers, timeout=SHORT)
+    assert revoked.status_code == 401
+    driver.find_element("css selector", "a[href='#/usage']").click()
+    _wait(driver, "the key form again", lambda: driver.find_elements("css selector", "#api-key"))
+    _wait(driver, "the revoked-key message", lambda: _error_line(driver) == _api_message(revoked))
+    assert driver.execute_script("return sessionStorage.length") == 0
 
     # The keys never appear in a URL: not in what the browser fetched, not in the access log;
     # they are kept in sessionStorage only (no localStorage, no cookie).

@@ -20,6 +20,11 @@ function h(tag, attrs = {}, ...children) {
 }
 
 function showError(err) {
+  if (err instanceof ApiError && err.status === 401 && key.get()) {
+    // The stored key stopped working (revoked, rotated): back to the key form, with the reason.
+    key.clear();
+    route();
+  }
   if (!err) {
     errorLine.hidden = true;
     errorLine.textContent = "";
