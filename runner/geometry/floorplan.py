@@ -339,21 +339,24 @@ def _rooms(
         np.add.at(grid, (ij[ok, 1], ij[ok, 0]), 1)
         return grid >= min_count
 
+    floor_ev = cv2.morphologyEx(raster(evidence).astype(np.uint8), cv2.MORPH_CLOSE, _disk(2)).astype(bool)
     top = ceiling if ceiling is not None else _wall_top(z[vertical])
     wall_points_mask = in_slice
     if top is not None and top - slice_height >= 0.6:
         furniture, wall_above = _furniture_faces(
             local, normals, in_slice=in_slice, vertical=vertical, horizontal=horizontal, ceiling=ceiling, top=top,
-            raster=raster, lo=lo, shape=shape, res=res)
+            floor_ev=floor_ev, raster=raster, lo=lo, shape=shape, res=res)
         wall_points_mask = (in_slice & ~furniture) | wall_above
-    wall = cv2.dilate(raster(wall_points_mask, 2).astype(np.uint8), _disk(1))
+        stand_in = wall_above
+    else:
+        stand_in = np.zeros(len(local), bool)
+    wall = cv2.dilate((raster(wall_points_mask, 2) | raster(stand_in)).astype(np.uint8), _disk(1))
     # bridge gaps in wall lines (unseen or badly fused stretches) up to _WALL_GAP: the plan is
     # aligned with the main wall direction, so closing along x and y fills them without
     # rounding corners; doorways are wider and stay open
     span = max(3, int(round(_WALL_GAP / res)) | 1)
     wall = (cv2.morphologyEx(wall, cv2.MORPH_CLOSE, np.ones((1, span), np.uint8))
             | cv2.morphologyEx(wall, cv2.MORPH_CLOSE, np.ones((span, 1), np.uint8))).astype(bool)
-    floor_ev = cv2.morphologyEx(raster(evidence).astype(np.uint8), cv2.MORPH_CLOSE, _disk(2)).astype(bool)
 
     passages = _doorways(wall, floor_ev, res)
     interior = _interior(floor_ev, wall, res) & ~passages
@@ -434,7 +437,7 @@ def _wall_top(z_vertical: np.ndarray) -> float | None:
 
 def _furniture_faces(
     local: np.ndarray, normals: np.ndarray, *, in_slice: np.ndarray, vertical: np.ndarray, horizontal: np.ndarray,
-    ceiling: float | None, top: float, raster, lo: np.ndarray, shape: np.ndarray, res: float,
+    ceiling: float | None, top: float, floor_ev: np.ndarray, raster, lo: np.ndarray, shape: np.ndarray, res: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Masks of the points that are furniture faces in the slice (a wardrobe, a shelf, a fridge),
     not walls (their footprint is floor), and of the upper wall points behind them that stand in
@@ -444,8 +447,9 @@ def _furniture_faces(
     (`top`: the ceiling, or where the walls end when the ceiling was not seen) at its place, and
     either the ceiling is seen on both sides of it (a wall has the ceiling on one side only) or,
     with or without a ceiling, a run of such faces longer than a wall is thick has a wall of the
-    same orientation continuing above it less than `_FURNITURE_DEPTH` behind or in front (the wall
-    the piece stands against; a door jamb is no longer than the wall is thick).
+    same orientation continuing above it less than `_FURNITURE_DEPTH` behind (the wall the piece
+    stands against, hidden at the slice; a door jamb is no longer than the wall is thick). Behind
+    is the side with no floor seen next to the face, the other side showing floor.
     """
     z = local[:, 2]
     near_top = vertical & (z >= top - _TOP_BAND[0]) & (z <= top - _TOP_BAND[1])
@@ -466,23 +470,34 @@ def _furniture_faces(
     unit = normals[idx, :2] / np.maximum(np.linalg.norm(normals[idx, :2], axis=1, keepdims=True), 1e-9)
     b_pt = bins[idx]
     has_top = np.zeros(len(idx), bool)
-    behind = np.zeros(len(idx), bool)  # a wall of this orientation continues above, in reach
+    # per face point: the nearest wall of its orientation above, behind it (its distance, and
+    # whether that wall is also seen at the slice: then it is a thin wall's far face)
+    hit_d = np.full(len(idx), np.inf)
+    hit_seen = np.zeros(len(idx), bool)
+    side = np.zeros(len(idx))  # +1 or -1: the way from the face into the piece (no floor there); 0: unknown
     steps = np.arange(3 * res, _FURNITURE_DEPTH + res / 2, res)
     for b in range(8):
         sel = np.abs((b_pt - b + 4) % 8 - 4) <= 1  # this point's orientation bin or a neighbour
         has_top[sel] |= at(tops[b], xy[sel])
         t = tops_raw[b].astype(bool)
-        # seen at the slice too: the far face of a thin wall, not a wall hidden behind a piece
         seen = cv2.dilate(raster(in_slice & (bins == b), 2).astype(np.uint8), _disk(1)).astype(bool)
         for sign in (1.0, -1.0):
             own = np.flatnonzero(b_pt == b)
+            # the piece's side: no floor seen just behind the face, floor just in front of it (a
+            # wall behind a counter, with wall cabinets in front of its top, has floor on neither)
+            ahead = lambda k: at(floor_ev, xy[own] + sign * k * res * unit[own])  # noqa: E731
+            front = np.any([ahead(-k) for k in range(2, 7)], axis=0)
+            back = np.any([ahead(k) for k in range(2, 5)], axis=0)
+            own = own[front & ~back]
+            side[own] = sign
             for d in steps:
                 if not len(own):
                     break
                 q = xy[own] + sign * d * unit[own]
                 h = at(t, q)
-                behind[own[h & ~at(seen, q)]] = True
-                own = own[~h]  # the nearest wall above decides
+                hit_d[own[h]], hit_seen[own[h]] = d, at(seen, q[h])
+                own = own[~h]
+    behind = (hit_d <= _FURNITURE_DEPTH) & ~hit_seen  # a wall continues above, hidden at the slice
     furniture = np.zeros(len(idx), bool)
     if ceiling is not None:
         ceil_ev = cv2.morphologyEx(raster(horizontal & (np.abs(z - ceiling) <= _FLOOR_BAND)).astype(np.uint8),
@@ -507,14 +522,16 @@ def _furniture_faces(
     out = np.zeros(len(in_slice), bool)
     out[idx[furniture]] = True
     # the walls such a piece hides at the slice (behind it, beside it in a corner): their upper
-    # part, within reach of its faces, stands in for them
-    pieces = np.zeros(len(in_slice), bool)
-    pieces[idx[against_wall]] = True
-    hidden = cv2.dilate(raster(pieces).astype(np.uint8), _disk(int(round(_FURNITURE_DEPTH / res)))).astype(bool)
-    ij_all = np.floor((local[:, :2] - lo) / res).astype(int)
-    ok = (ij_all >= 0).all(axis=1) & (ij_all[:, 0] < shape[1]) & (ij_all[:, 1] < shape[0])
-    wall_above = np.zeros(len(in_slice), bool)
-    wall_above[ok] = near_top[ok] & hidden[ij_all[ok, 1], ij_all[ok, 0]]
+    # part in the piece's shadow (swept from its faces into it, _FURNITURE_DEPTH deep) stands in
+    # for them; wall cabinets beside a fridge are not in its shadow
+    sweep = np.flatnonzero(against_wall & (side != 0))
+    shadow = np.zeros(shape, np.uint8)
+    for d in steps:
+        cells = np.floor((xy[sweep] + (side[sweep] * d)[:, None] * unit[sweep] - lo) / res).astype(int)
+        cells = cells[(cells >= 0).all(axis=1) & (cells[:, 0] < shape[1]) & (cells[:, 1] < shape[0])]
+        shadow[cells[:, 1], cells[:, 0]] = 1
+    shadow = cv2.dilate(shadow, _disk(round(_WALL_GAP / res))).astype(bool)  # and a gap beside it
+    wall_above = near_top & at(shadow, local[:, :2])
     return out, wall_above
 
 
