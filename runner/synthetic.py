@@ -86,12 +86,12 @@ def living_room() -> Room:
     }, seed=21)
 
 
-def kitchen() -> Room:
-    """4.2 x 3.4 x 2.6 m: a 0.9 m counter along one wall with wall cabinets above it, a 1.9 m
-    fridge at its end, a table."""
+def kitchen(cabinet_top: float = 2.2) -> Room:
+    """4.2 x 3.4 x 2.6 m: a 0.9 m counter along one wall with wall cabinets above it (from 1.45 m
+    to `cabinet_top`), a 1.9 m fridge at its end, a table."""
     return _against_walls((4.2, 3.4), 2.6, {
         "counter": (-2.1, 1.1, 1.4, 1.7, 0.0, 0.9),
-        "wall cabinets": (-2.1, 1.35, 1.4, 1.7, 1.45, 2.2),
+        "wall cabinets": (-2.1, 1.35, 1.4, 1.7, 1.45, cabinet_top),
         "fridge": (1.4, 1.05, 2.1, 1.7, 0.0, 1.9),
         "table": (-0.6, -1.0, 0.4, -0.2, 0.0, 0.75),
     }, seed=22)

@@ -530,8 +530,15 @@ def _furniture_faces(
         cells = np.floor((xy[sweep] + (side[sweep] * d)[:, None] * unit[sweep] - lo) / res).astype(int)
         cells = cells[(cells >= 0).all(axis=1) & (cells[:, 0] < shape[1]) & (cells[:, 1] < shape[0])]
         shadow[cells[:, 1], cells[:, 0]] = 1
-    shadow = cv2.dilate(shadow, _disk(round(_WALL_GAP / res))).astype(bool)  # and a gap beside it
-    wall_above = near_top & at(shadow, local[:, :2])
+    wall_above = near_top & at(cv2.dilate(shadow, _disk(3)).astype(bool), local[:, :2])
+    # and along those walls past the piece's end, up to a gap's width (a slot beside a wardrobe)
+    span = round(_WALL_GAP / res) * 2 + 1
+    beside = near_top & ~wall_above & at(cv2.dilate(shadow, _disk(span // 2)).astype(bool), local[:, :2])
+    for b, kernel in ((0, np.ones((span, 1), np.uint8)), (4, np.ones((1, span), np.uint8))):  # walls along y, x
+        same = np.abs((bins - b + 4) % 8 - 4) <= 1
+        seeds = wall_above & same & at(shadow.astype(bool), local[:, :2])  # in the shadow proper
+        line = cv2.dilate(raster(seeds, 3).astype(np.uint8), kernel).astype(bool)
+        wall_above |= beside & same & at(line, local[:, :2])
     return out, wall_above
 
 

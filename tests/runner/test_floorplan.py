@@ -470,3 +470,13 @@ def test_furnished_rooms_fused(scene: str, ceiling_seen: bool) -> None:
     points, normals, apt, apt_to_world = fuse_tour(getattr(synthetic, scene)(), ceiling_seen=ceiling_seen)
     plan = extract_floorplan(points, normals)
     check(plan, apt, apt_to_world, f"{scene}-fused{'' if ceiling_seen else '-no-ceiling'}")
+
+
+def test_kitchen_cabinets_up_near_the_ceiling() -> None:
+    """Wall cabinets up to 2.4 m hide the wall's top above the counter, and their fronts stand
+    0.35 m out from it beside the fridge: the wall behind the counter stays a wall (floor on
+    neither side of it) and the cabinet fronts do not stand in for the wall the fridge hides."""
+    from spatialforge.runner import synthetic
+
+    points, normals, apt, apt_to_world = fuse_tour(synthetic.kitchen(cabinet_top=2.4), ceiling_seen=False)
+    check(extract_floorplan(points, normals), apt, apt_to_world, "kitchen-tall-cabinets-no-ceiling")
