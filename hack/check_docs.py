@@ -13,7 +13,8 @@ What is checked, in every document given:
   script in hack/, or set by a chart template. A name ending in `_*` must start some name.
 - defaults: "`SPATIALFORGE_X` (default `V`" equals that settings field's default, and
   "`a.b` (values default `V`" equals charts/spatialforge/values.yaml.
-- paths: every backticked repository path with a file extension exists.
+- paths: every backticked repository path with a file extension exists, and so does every
+  relative Markdown link or image target (from the document's folder).
 - commands: every `python -m spatialforge.<module>` names a module that runs as a command
   (a package's `__main__.py`, or a module with an `if __name__ == "__main__":` block), and
   every `python <folder>/<script>.py` names a script that exists.
@@ -52,6 +53,7 @@ SHELL_ENV = re.compile(r"\$\{?(SPATIALFORGE_[A-Z0-9_]+)|\b(SPATIALFORGE_[A-Z0-9_
 TEMPLATE_ENV = re.compile(r"name:\s*(SPATIALFORGE_[A-Z0-9_]+)")
 ENV_DEFAULT = re.compile(r"`(SPATIALFORGE_[A-Z0-9_]+)`\s+\(default\s+`([^`]*)`")
 VALUES_DEFAULT = re.compile(r"`([a-z][A-Za-z0-9]*(?:\.[A-Za-z0-9]+)+)`\s+\(values\s+default\s+`([^`]*)`")
+MD_LINK = re.compile(r"\]\((?!https?:|mailto:|#)([^)\s#]+)(?:#[^)\s]*)?\)")
 BACKTICKED = re.compile(r"`([^`\s]+)`")
 FILE_EXT = re.compile(r"\.(py|md|ya?ml|sh|json|tpl|txt|toml|cfg|lua|ini)$")
 BENCH_BULLET = re.compile(r"^- `bench/` \(each prints a final JSON line[^\n]*\n(?:  [^\n]*\n)*", re.M)
@@ -249,6 +251,9 @@ def check_paths(doc: Path, text: str, roots: tuple[str, ...]) -> Iterator[Proble
         path = token.split("::")[0].split(":")[0].rstrip(",.")
         if FILE_EXT.search(path) and not (REPO / path).exists():
             yield Problem(doc, _line(text, m.start()), f"{path} does not exist")
+    for m in MD_LINK.finditer(text):
+        if not (doc.parent / m.group(1)).exists():
+            yield Problem(doc, _line(text, m.start()), f"link target {m.group(1)} does not exist")
 
 
 def module_file(module: str, packages: dict[str, str]) -> Path | None:

@@ -67,6 +67,7 @@ def test_a_right_kind_list_passes(tmp_path: Path, check_docs: ModuleType) -> Non
     ("The chart's `operator.poolHandoffMaxImages` (values default `0`).",
      "operator.poolHandoffMaxImages: the docs say values default '0', values.yaml has '4'"),
     ("See `operator/no_such_module.py`.", "operator/no_such_module.py does not exist"),
+    ("![console](screenshots/no-such.png)", "link target screenshots/no-such.png does not exist"),
     ("Export ahead with `python -m spatialforge.runner.models.backends`.",
      "`python -m spatialforge.runner.models.backends`: runner/models/backends.py does not run as a command"),
     ("Or `python -m spatialforge.runner.nothing`.", "`python -m spatialforge.runner.nothing`: no such module"),
