@@ -15,6 +15,9 @@ What is checked, in every document given:
   "`a.b` (values default `V`" equals charts/spatialforge/values.yaml.
 - paths: every backticked repository path with a file extension exists, and so does every
   relative Markdown link or image target (from the document's folder).
+- metrics: every Prometheus metric the docs name (`sf_api_*`, `spatialforge_operator_*`,
+  `spatialforge_serve_*`) is defined by the product's code (a counter's `_total`, a histogram's
+  `_bucket`/`_count`/`_sum` included).
 - commands: every `python -m spatialforge.<module>` names a module that runs as a command
   (a package's `__main__.py`, or a module with an `if __name__ == "__main__":` block), and
   every `python <folder>/<script>.py` names a script that exists.
@@ -57,6 +60,9 @@ MD_LINK = re.compile(r"\]\((?!https?:|mailto:|#)([^)\s#]+)(?:#[^)\s]*)?\)")
 BACKTICKED = re.compile(r"`([^`\s]+)`")
 FILE_EXT = re.compile(r"\.(py|md|ya?ml|sh|json|tpl|txt|toml|cfg|lua|ini)$")
 BENCH_BULLET = re.compile(r"^- `bench/` \(each prints a final JSON line[^\n]*\n(?:  [^\n]*\n)*", re.M)
+DOC_METRIC = re.compile(r"\b(?:sf_api|spatialforge_(?:operator|serve|runner))_[a-z0-9_]+")
+CODE_METRIC = re.compile(r"""\b(?:Counter|Gauge|Histogram|Summary|Info|Enum)\(\s*["']([a-zA-Z_:][a-zA-Z0-9_:]*)["']""")
+METRIC_SUFFIXES = ("_total", "_bucket", "_count", "_sum", "_created")
 PYTHON_M = re.compile(r"python3?\s+-m\s+(spatialforge(?:\.\w+)*)")
 PYTHON_SCRIPT = re.compile(r"python3?\s+((?:bench|hack|tests)/[\w/.-]+\.py)\b")
 MAIN_BLOCK = re.compile(r"^if __name__ == [\"']__main__[\"']:", re.M)
@@ -165,6 +171,19 @@ def code_env_names() -> set[str]:
         if path.is_file():
             names.update(TEMPLATE_ENV.findall(path.read_text()))
     return names
+
+
+def code_metrics() -> set[str]:
+    """The Prometheus metric names the product defines."""
+    return {name for path in product_sources() for name in CODE_METRIC.findall(path.read_text())}
+
+
+def check_metrics(doc: Path, text: str, defined: set[str]) -> Iterator[Problem]:
+    for m in DOC_METRIC.finditer(text):
+        name = m.group(0)
+        bases = {name} | {name[: -len(s)] for s in METRIC_SUFFIXES if name.endswith(s)}
+        if not any(b in defined or f"{b}_total" in defined for b in bases):
+            yield Problem(doc, _line(text, m.start()), f"metric {name} is defined nowhere in the product's code")
 
 
 def shown(value: Any) -> str:
@@ -309,6 +328,7 @@ def check(docs: Iterable[Path]) -> list[Problem]:
             defaults.setdefault(name, set()).add(shown(value))
     known = set(defaults) | code_env_names()
     values = yaml.safe_load(VALUES.read_text()) or {}
+    metrics = code_metrics()
     packages = folders()
     roots = tuple(f"{f}/" for f in [*packages, "charts", "tests", "hack", "bench", "docs"])
     for doc in docs:
@@ -319,6 +339,7 @@ def check(docs: Iterable[Path]) -> list[Problem]:
         problems += check_defaults(doc, text, defaults, values)
         problems += check_paths(doc, text, roots)
         problems += check_commands(doc, text, packages)
+        problems += check_metrics(doc, text, metrics)
         problems += check_bench_list(doc, text)
     return sorted(problems, key=lambda p: (str(p.doc), p.line))
 

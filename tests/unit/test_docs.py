@@ -67,6 +67,8 @@ def test_a_right_kind_list_passes(tmp_path: Path, check_docs: ModuleType) -> Non
     ("The chart's `operator.poolHandoffMaxImages` (values default `0`).",
      "operator.poolHandoffMaxImages: the docs say values default '0', values.yaml has '4'"),
     ("See `operator/no_such_module.py`.", "operator/no_such_module.py does not exist"),
+    ("Alert on `spatialforge_operator_handoffs_total`.",
+     "metric spatialforge_operator_handoffs_total is defined nowhere"),
     ("![console](screenshots/no-such.png)", "link target screenshots/no-such.png does not exist"),
     ("Export ahead with `python -m spatialforge.runner.models.backends`.",
      "`python -m spatialforge.runner.models.backends`: runner/models/backends.py does not run as a command"),
