@@ -55,6 +55,7 @@ _SNAP_REACH = 0.1  # wall faces up to this far outside a traced outline pull its
 _DOOR_MAX = 1.2  # wall openings up to this wide are doors: their passage belongs to no room (m)
 _WALL_MAX_THICKNESS = 0.4  # (m)
 _FURNITURE_DEPTH = 0.8  # a wall continuing above a topless face this far behind it makes the face furniture (m)
+_STAND_IN_GAP = 1.0  # gaps up to this in the upper wall behind a piece are bridged (m)
 _MAX_CELLS = 4000  # grid cells per axis (80 m at 2 cm)
 
 
@@ -343,14 +344,13 @@ def _rooms(
     top = ceiling if ceiling is not None else _wall_top(z[vertical])
     wall_points_mask = in_slice
     if top is not None and top - slice_height >= 0.6:
-        furniture, wall_above = _furniture_faces(
+        furniture, wall_above, stand_in = _furniture_faces(
             local, normals, in_slice=in_slice, vertical=vertical, horizontal=horizontal, ceiling=ceiling, top=top,
             floor_ev=floor_ev, raster=raster, lo=lo, shape=shape, res=res)
         wall_points_mask = (in_slice & ~furniture) | wall_above
-        stand_in = wall_above
     else:
-        stand_in = np.zeros(len(local), bool)
-    wall = cv2.dilate((raster(wall_points_mask, 2) | raster(stand_in)).astype(np.uint8), _disk(1))
+        stand_in = np.zeros(tuple(shape), bool)
+    wall = cv2.dilate((raster(wall_points_mask, 2) | stand_in).astype(np.uint8), _disk(1))
     # bridge gaps in wall lines (unseen or badly fused stretches) up to _WALL_GAP: the plan is
     # aligned with the main wall direction, so closing along x and y fills them without
     # rounding corners; doorways are wider and stay open
@@ -438,10 +438,10 @@ def _wall_top(z_vertical: np.ndarray) -> float | None:
 def _furniture_faces(
     local: np.ndarray, normals: np.ndarray, *, in_slice: np.ndarray, vertical: np.ndarray, horizontal: np.ndarray,
     ceiling: float | None, top: float, floor_ev: np.ndarray, raster, lo: np.ndarray, shape: np.ndarray, res: float,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Masks of the points that are furniture faces in the slice (a wardrobe, a shelf, a fridge),
     not walls (their footprint is floor), and of the upper wall points behind them that stand in
-    for the wall the piece hides at the slice.
+    for the wall the piece hides at the slice; and those stand-in walls as grid cells.
 
     A face is furniture when nothing of the same orientation shows just below the walls' top
     (`top`: the ceiling, or where the walls end when the ceiling was not seen) at its place, and
@@ -530,7 +530,8 @@ def _furniture_faces(
         cells = np.floor((xy[sweep] + (side[sweep] * d)[:, None] * unit[sweep] - lo) / res).astype(int)
         cells = cells[(cells >= 0).all(axis=1) & (cells[:, 0] < shape[1]) & (cells[:, 1] < shape[0])]
         shadow[cells[:, 1], cells[:, 0]] = 1
-    wall_above = near_top & at(cv2.dilate(shadow, _disk(3)).astype(bool), local[:, :2])
+    in_shadow = cv2.dilate(shadow, _disk(3)).astype(bool)
+    wall_above = near_top & at(in_shadow, local[:, :2])
     # and along those walls past the piece's end, up to a gap's width (a slot beside a wardrobe)
     span = round(_WALL_GAP / res) * 2 + 1
     beside = near_top & ~wall_above & at(cv2.dilate(shadow, _disk(span // 2)).astype(bool), local[:, :2])
@@ -539,7 +540,27 @@ def _furniture_faces(
         seeds = wall_above & same & at(shadow.astype(bool), local[:, :2])  # in the shadow proper
         line = cv2.dilate(raster(seeds, 3).astype(np.uint8), kernel).astype(bool)
         wall_above |= beside & same & at(line, local[:, :2])
-    return out, wall_above
+    # the upper wall behind a tall piece is seen in patches (the piece hides its lower band from a
+    # walk at eye height): bridge them along the plan axes across the piece's shadow
+    bridge = round(_STAND_IN_GAP / res) | 1
+    stand_in = raster(wall_above)
+    for b, axis in ((0, 1), (4, 0)):  # walls along y (columns), along x (rows)
+        own = raster(wall_above & (np.abs((bins - b + 4) % 8 - 4) <= 1))
+        # a line of this orientation, 20 cm or more of it, is carried on to any stand-in cell
+        # (its corner with the next wall) within _STAND_IN_GAP along it, in its own rows/columns
+        kernel = np.ones((bridge, 1) if axis == 1 else (1, bridge), np.uint8)
+        n, lab, stats, _ = cv2.connectedComponentsWithStats(
+            cv2.dilate(own.astype(np.uint8), np.ones((5, 3) if axis == 1 else (3, 5), np.uint8)), connectivity=8)
+        extent = stats[:, cv2.CC_STAT_HEIGHT if axis == 1 else cv2.CC_STAT_WIDTH] * res
+        long_line = own & (extent >= 0.2)[lab] & (lab > 0)
+        if not long_line.any():
+            continue
+        lines = long_line.any(axis=1 - axis)  # the columns (axis 1) or rows (axis 0) they occupy
+        lines = np.convolve(lines, np.ones(3), mode="same") > 0
+        band = lines[None, :] if axis == 1 else lines[:, None]
+        seeds = ((long_line | stand_in) & band).astype(np.uint8)
+        stand_in |= cv2.morphologyEx(seeds, cv2.MORPH_CLOSE, kernel).astype(bool) & band & in_shadow
+    return out, wall_above, stand_in
 
 
 def _interior(floor_ev: np.ndarray, wall: np.ndarray, res: float) -> np.ndarray:
