@@ -18,9 +18,10 @@ z forward), so "up" is found from the data:
    where the vertical surfaces end when a walk at eye height saw little ceiling) and either
    the ceiling is seen on both sides of it (a wall has the ceiling on one side only) or its run
    of such faces is longer than a wall is thick and has a wall continuing above it, hidden at
-   the slice, less than 0.8 m behind; that wall's upper part then stands in for the part the
-   piece hides. Gaps in wall lines up to 30 cm are closed along the plan axes (doorways are
-   wider).
+   the slice, less than 0.8 m behind (behind: the side with no floor seen next to the face);
+   that wall's upper part, in the piece's shadow and carried along its line across the patches
+   the piece hides from eye height, then stands in for the part hidden at the slice. Gaps in
+   wall lines up to 30 cm are closed along the plan axes (doorways are wider).
 4. **Rooms.** Interior = floor and ceiling evidence minus walls, plus the enclosed pockets
    that touch the floor (furniture footprints); pockets bounded only by walls (the inside of
    a wall) are not interior, nor are strips under 20 cm wide. Rooms are split where the free
