@@ -13,7 +13,8 @@ Reported per preset: wall time, peak RSS, ATE (RMSE of camera positions, anchore
 first keyframe) and its maximum, worst rotation error, loop-closing gap (position error of
 the last keyframe, which stands where the first did), mesh accuracy p50/p95 (distance of
 mesh vertices to the true surfaces), completeness at 10 mm (share of the true visible surface
-within 10 mm of the mesh), floor-plan area error and room count.
+within 10 mm of the mesh), floor-plan area error and room count, and the sizes of the mesh and of
+its web-sized copy (what the console's viewer opens).
 
     python bench/reconstruct.py                          # the full 60 s walk, all presets
     python bench/reconstruct.py --seconds 15 --presets standard
@@ -73,6 +74,9 @@ def metrics(shard: Path, room, cam, poses: list[np.ndarray], mono: bool) -> dict
         "ate_mm": round(1000 * float(np.sqrt(np.mean(errs_a**2))), 3), "ate_max_mm": round(1000 * float(errs_a.max()), 3),
         "rot_max_deg": round(max(rots), 4), "loop_gap_mm": round(1000 * errs[-1], 3),
     }
+    full, web = manifest["outputs"]["mesh"], manifest["outputs"]["webMesh"]  # what the console's viewer opens
+    out.update(mesh_triangles=full["triangles"], mesh_mb=round(full["bytes"] / 1e6, 2),
+               web_triangles=web["triangles"], web_mb=round(web["bytes"] / 1e6, 2))
     mesh = o3d.io.read_triangle_mesh(str(shard / "mesh.ply"))
     verts = np.asarray(mesh.vertices)
     world = verts @ anchor[:3, :3].T + anchor[:3, 3]  # reconstruction frame -> room frame
@@ -191,7 +195,7 @@ def main() -> None:
     cols = [("wall_s", "wall s", ".1f"), ("peak_rss_mb", "RSS MB", ".0f"), ("ate_mm", "ATE mm", ".2f"),
             ("rot_max_deg", "rot deg", ".3f"), ("loop_gap_mm", "gap mm", ".2f"), ("mesh_p50_mm", "p50 mm", ".2f"),
             ("mesh_p95_mm", "p95 mm", ".2f"), ("completeness_10mm", "compl", ".3f"), ("floor_area_err_pct", "area %", ".2f"),
-            ("room_count", "rooms", "d")]
+            ("room_count", "rooms", "d"), ("mesh_mb", "mesh MB", ".1f"), ("web_mb", "web MB", ".1f")]
     print(f"{'preset':<16}" + "".join(f"{label:>10}" for _, label, _ in cols))
     for preset, r in results.items():
         print(f"{preset:<16}" + "".join(f"{format(r[k], fmt) if r.get(k) is not None else '-':>10}" for k, _, fmt in cols))

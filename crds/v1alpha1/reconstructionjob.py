@@ -32,7 +32,7 @@ class QualityPreset(str, enum.Enum):
 
 class ReconstructionFormat(str, enum.Enum):
     pointcloud = "pointcloud"  # Coloured point cloud, PLY.
-    mesh = "mesh"  # Coloured triangle mesh, PLY.
+    mesh = "mesh"  # Coloured triangle mesh, PLY; also a web-sized copy, mesh.web.ply.
     trajectory = "trajectory"  # Metric camera poses with intrinsics, JSON; alone, only poses are computed.
     floorplan = "floorplan"  # Rooms as polygons: SVG, DXF, GeoJSON; area and room count in the manifest.
 
@@ -48,6 +48,8 @@ class ReconstructionOutput(CRDModel):
         default_factory=lambda: list(DEFAULT_FORMATS), min_length=1, max_length=len(ReconstructionFormat)
     )
     """What to produce: any of trajectory, pointcloud, mesh, floorplan (default: the first three)."""
+    web_mesh_triangles: int = Field(default=200_000, ge=1_000, le=5_000_000)
+    """With a mesh, also mesh.web.ply (outputs.webMesh) for browsers: at most this many triangles."""
 
 
 def _metric_model() -> DepthModel:

@@ -1,8 +1,9 @@
 """ReconstructionJob: frames -> quality gate -> keyframes -> depth -> poses -> fusion -> outputs.
 
 Outputs under shard-00000, as `spec.output.formats` asks: `trajectory.json` (metric camera
-poses with intrinsics), `pointcloud.ply`, `mesh.ply`, `floorplan.{svg,dxf,geojson}`; then
-`manifest.json`. A trajectory-only job stops after the pose stage (no fusion).
+poses with intrinsics), `pointcloud.ply`, `mesh.ply` with its web-sized copy `mesh.web.ply`
+(geometry/webmesh.py), `floorplan.{svg,dxf,geojson}`; then `manifest.json`. A trajectory-only
+job stops after the pose stage (no fusion).
 
 Footage never crashes the stage: unusable frames are dropped before pose estimation and
 listed in the manifest with the reason; a video with one usable view (one frame, a frozen
@@ -31,6 +32,7 @@ from spatialforge.runner.geometry.poses import PoseResult
 from spatialforge.runner.geometry.quality import ADVICE, DropReason
 from spatialforge.runner.geometry.single_view import single_view
 from spatialforge.runner.geometry.tracking import estimate_poses
+from spatialforge.runner.geometry.webmesh import write_web_mesh
 from spatialforge.runner.images import is_image_name
 from spatialforge.runner.memory import release_free_memory
 from spatialforge.runner.stages.base import RunContext, StageResult, manifest_header
@@ -378,6 +380,11 @@ class ReconstructStage:
             if not o3d.t.io.write_triangle_mesh(str(path), geometry.mesh, write_ascii=False):
                 raise RuntimeError("writing the mesh failed")
             outputs["mesh"] = self._put(store, join_uri(prefix, path.name), path, triangles=geometry.n_triangles)
+            t0 = time.monotonic()
+            web = write_web_mesh(geometry.mesh, tmp / "mesh.web.ply", budget=spec.output.web_mesh_triangles)
+            timings["webMesh"] = time.monotonic() - t0
+            outputs["webMesh"] = self._put(store, join_uri(prefix, "mesh.web.ply"), tmp / "mesh.web.ply",
+                                           triangles=web.triangles, fullTriangles=web.full_triangles)
         if plan is not None:
             from spatialforge.runner.geometry.floorplan_writers import to_dxf, to_geojson, to_svg
 

@@ -133,7 +133,7 @@ def test_reconstruction_end_to_end_from_video(tmp_path, clip, model_dir, make_ma
     assert outcome.exit_code == 0, outcome.reason
     shard = tmp_path / "out" / "team-a" / "walk" / "shard-00000"
     manifest = json.loads((shard / "manifest.json").read_text())
-    assert set(manifest["outputs"]) == {"pointcloud", "mesh", "trajectory"}
+    assert set(manifest["outputs"]) == {"pointcloud", "mesh", "webMesh", "trajectory"}
     assert 2 <= manifest["keyframes"] <= 30
     assert manifest["intrinsics"]["source"] == "spec"
     assert set(manifest["timings"]) >= {"decode", "keyframes", "depth", "poses", "fusion"}

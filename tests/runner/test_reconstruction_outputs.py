@@ -1,4 +1,4 @@
-"""Reconstruction outputs through the stage: floor plan from the pipeline's own geometry."""
+"""Reconstruction outputs through the stage: floor plan from the pipeline's own geometry, web mesh."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from spatialforge.crds.constants import EXIT_INVALID_INPUT
 from spatialforge.runner import run_local
 from spatialforge.runner.app import parse_resource
+from spatialforge.runner.errors import InvalidSpecError
 from spatialforge.runner.settings import RunnerSettings
 from spatialforge.runner.stages.base import RunContext
 from spatialforge.runner.stages.reconstruct import ReconstructStage
@@ -64,8 +65,69 @@ def test_floorplan_of_a_single_view(tmp_path, model_dir, make_manifest):
     outcome = run_local(make_manifest("ReconstructionJob", spec, name="still"), show_progress=False)
     assert outcome.exit_code == 0, outcome.reason
     manifest = json.loads((tmp_path / "out" / "team-a" / "still" / "shard-00000" / "manifest.json").read_text())
-    assert manifest["singleView"] and set(manifest["outputs"]) == {"mesh"}
+    assert manifest["singleView"] and set(manifest["outputs"]) == {"mesh", "webMesh"}
     assert any(w.startswith("no floor plan:") for w in manifest["warnings"])
     spec["output"]["formats"] = ["floorplan"]
     outcome = run_local(make_manifest("ReconstructionJob", spec, name="still2"), show_progress=False)
     assert outcome.exit_code == EXIT_INVALID_INPUT and "FloorPlanError" in outcome.reason
+
+
+def test_web_mesh_is_decimated_to_the_budget(tmp_path):
+    """The furnished room's mesh, cut to a small budget: same extent, readable by open3d, sizes listed."""
+    import open3d as o3d
+
+    truth = walk(40)
+    video = write_video(tmp_path / "room.mp4", [render(ROOM, FULL, T, supersample=1)[0] for T in truth], fps=10)
+
+    def depth(keyframes: list) -> tuple[list[np.ndarray], bool]:
+        return [render(ROOM, FULL.scaled(*k.rgb.shape[1::-1]), truth[k.index], supersample=1)[1] for k in keyframes], True
+
+    budget = 5_000
+    ctx = RunContext(namespace="team-a", name="room", settings=RunnerSettings.from_env())
+    spec = _spec(video, tmp_path / "out", ["mesh"], output={"uri": (tmp_path / "out").as_uri(), "formats": ["mesh"],
+                                                            "webMeshTriangles": budget})
+    ReconstructStage(depth_provider=depth).run(spec, ctx)
+    shard = tmp_path / "out" / "team-a" / "room" / "shard-00000"
+    manifest = json.loads((shard / "manifest.json").read_text())
+    full, web = manifest["outputs"]["mesh"], manifest["outputs"]["webMesh"]
+    assert web["uri"].endswith("/shard-00000/mesh.web.ply") and "webMesh" in manifest["timings"]
+    assert web["fullTriangles"] == full["triangles"] > budget >= web["triangles"] > budget // 2
+    assert (shard / "mesh.web.ply").stat().st_size == web["bytes"] < full["bytes"] / 4
+    head = (shard / "mesh.web.ply").read_bytes()[:400].split(b"end_header")[0].decode()
+    assert "binary_little_endian" in head and "property float x" in head and "property uchar red" in head
+    assert "property list uchar uint vertex_indices" in head
+    small = o3d.io.read_triangle_mesh(str(shard / "mesh.web.ply"))
+    big = o3d.io.read_triangle_mesh(str(shard / "mesh.ply"))
+    assert len(small.triangles) == web["triangles"] and small.has_vertex_colors()
+    box, big_box = small.get_axis_aligned_bounding_box(), big.get_axis_aligned_bounding_box()
+    np.testing.assert_allclose(box.get_min_bound(), big_box.get_min_bound(), atol=0.03)
+    np.testing.assert_allclose(box.get_max_bound(), big_box.get_max_bound(), atol=0.03)
+    # Colours survive decimation: each kept vertex has about the colour of the full mesh around it
+    # (its 8 nearest vertices: a kept vertex stands for the ones merged into it).
+    tree = o3d.geometry.KDTreeFlann(big)
+    near = np.asarray(big.vertex_colors)[[list(tree.search_knn_vector_3d(p, 8)[1]) for p in np.asarray(small.vertices)]]
+    diff = np.abs(np.asarray(small.vertex_colors) - near.mean(1)).mean(1)
+    assert np.median(diff) < 0.03, np.percentile(diff, [50, 90])
+
+
+def test_web_mesh_under_the_budget_is_the_whole_mesh(tmp_path):
+    """A mesh with fewer triangles than the budget is written whole, in the web layout."""
+    import open3d as o3d
+
+    from spatialforge.runner.geometry.webmesh import write_web_mesh
+
+    sphere = o3d.t.geometry.TriangleMesh.from_legacy(o3d.geometry.TriangleMesh.create_sphere(radius=0.5, resolution=20))
+    web = write_web_mesh(sphere, tmp_path / "web.ply", budget=100_000)
+    n = int(sphere.triangle.indices.shape[0])
+    assert web.triangles == web.full_triangles == n and web.bytes == (tmp_path / "web.ply").stat().st_size
+    back = o3d.io.read_triangle_mesh(str(tmp_path / "web.ply"))
+    assert not back.has_vertex_colors()
+    np.testing.assert_array_equal(np.asarray(back.triangles), sphere.triangle.indices.numpy())
+    np.testing.assert_allclose(np.asarray(back.vertices), sphere.vertex.positions.numpy(), atol=1e-6)
+
+
+def test_web_mesh_budget_is_checked():
+    """A budget below 1000 triangles is refused by the schema, naming the field."""
+    with pytest.raises(InvalidSpecError, match="webMeshTriangles: Input should be greater than or equal to 1000"):
+        _spec(Path("/tmp/v.mp4"), Path("/tmp/out"), ["mesh"],
+              output={"uri": Path("/tmp/out").as_uri(), "formats": ["mesh"], "webMeshTriangles": 10})
