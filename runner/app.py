@@ -24,10 +24,14 @@ from spatialforge.runner.errors import EXIT_OK, InvalidSpecError, RunnerError, e
 from spatialforge.runner.progress import Progress, TerminalBar
 from spatialforge.runner.settings import RunnerSettings, env_names, termination_path
 from spatialforge.runner.stages.base import RunContext, Stage, StageResult
+from spatialforge.runner.storage.staging import Publisher
 from spatialforge.runner.termination import write_termination_message
 
 log = logging.getLogger("spatialforge.runner")
 RESOURCES = BY_KIND
+JOB_FENCE_WAIT_SECONDS = 300.0
+"""How long a Job fenced out by a pool hand-off that claimed the results first waits for that
+hand-off's manifest (its publish was under way) before failing (retryable)."""
 
 
 def stage_for(kind: str) -> Stage:
@@ -224,12 +228,17 @@ async def run_in_pod(env: Mapping[str, str] | None = None, *, ctx: RunContext | 
         await load_config(settings.kubeconfig)
         async with client.ApiClient() as api:
             rc = ResourceClient(api, plural=RESOURCES[kind].plural, namespace=namespace, name=name)
-            resource = parse_resource(await rc.get(), kind=kind)
+            raw = await rc.get()
+            resource = parse_resource(raw, kind=kind)
             count = shard_count(resource)
             if not 0 <= settings.shard_index < count:
                 raise InvalidSpecError(f"{ENV_SHARD_INDEX}={settings.shard_index} out of range for parallelism {count}")
             run_ctx = ctx or RunContext(namespace=namespace, name=name, settings=settings)
             run_ctx.shard_index, run_ctx.shard_count = settings.shard_index, count
+            if run_ctx.publisher is None and (raw.get("metadata") or {}).get("uid"):
+                # every pod of the Job publishes as "job": a retry may finish a publish cut
+                # short, a pool hand-off of the same resource may not (storage/staging.py)
+                run_ctx.publisher = Publisher(uid=raw["metadata"]["uid"], name="job", wait_seconds=JOB_FENCE_WAIT_SECONDS)
             patcher = ProgressPatcher(rc, run_ctx.progress, settings.shard_index, interval=settings.progress_interval)
             patcher.start()
             stage = stage_for(kind)

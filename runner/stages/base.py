@@ -15,6 +15,7 @@ from spatialforge.runner.devices import DeviceChoice, choose_device
 from spatialforge.runner.progress import Progress
 from spatialforge.runner.settings import RunnerSettings
 from spatialforge.runner.storage import ArtifactStore, open_store
+from spatialforge.runner.storage.staging import Publisher
 
 
 @dataclass(kw_only=True)
@@ -45,6 +46,9 @@ class RunContext:
     estimator_loader: Callable[..., Any] | None = None
     attempt: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     """This run's id: outputs are staged under it and published at the end (storage/staging.py)."""
+    publisher: Publisher | None = None
+    """Who this run publishes as, behind the publish fence (storage/staging.py); None (a local
+    run) publishes without one."""
     _stores: dict[str, ArtifactStore] = field(default_factory=dict, repr=False)
     _estimators: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -82,6 +86,12 @@ class RunContext:
 
     def staging_prefix(self, output_uri: str) -> str:
         return layout.staging_prefix(output_uri, self.namespace, self.name, self.shard_index)
+
+    def claim_uri(self, output_uri: str) -> str | None:
+        """The shard's publish fence, when this run publishes behind one."""
+        if self.publisher is None:
+            return None
+        return layout.claim_uri(output_uri, self.namespace, self.name, self.publisher.uid, self.shard_index)
 
     def manifest_uri(self, output_uri: str) -> str:
         return layout.manifest_uri(output_uri, self.namespace, self.name, self.shard_index)

@@ -47,7 +47,7 @@ from spatialforge.runner.inputs import expand
 from spatialforge.runner.preview import encode_preview
 from spatialforge.runner.stages.base import RunContext, StageResult, manifest_header
 from spatialforge.runner.storage import ObjectInfo
-from spatialforge.runner.storage.staging import StagedOutput
+from spatialforge.runner.storage.staging import PublishFenced, StagedOutput
 
 PNG16_MAX = 65535
 # Images are decoded at least this large (when they are) whatever output.maxPixels says, so
@@ -152,6 +152,8 @@ class DepthStage:
             final_prefix=ctx.shard_prefix(spec.output.uri),
             staging_prefix=ctx.staging_prefix(spec.output.uri),
             attempt=ctx.attempt,
+            claim_uri=ctx.claim_uri(spec.output.uri),
+            publisher=ctx.publisher,
         )
         progress.update(stage="output")
         out.check()  # an unusable output location is invalid input, found before the model loads
@@ -170,6 +172,13 @@ class DepthStage:
             manifest = self._manifest(spec, ctx, estimator, records, skipped, seconds, t_forward)
             progress.update(stage="manifest")
             manifest_uri = out.publish(json.dumps(manifest, indent=2).encode())
+        except PublishFenced as fenced:  # another publisher's result stands (storage/staging.py)
+            out.discard()
+            uri, theirs = out.published_by_holder(fenced)
+            progress.update(done=len(mine), total=len(mine), skipped=len(skipped), stage="done")
+            summary = theirs.get("summary") or {}
+            return StageResult(manifest_uri=uri, items=len(theirs.get("images") or []),
+                               seconds=float(summary.get("seconds") or 0), summary=summary)
         except BaseException:
             out.discard()
             raise

@@ -58,6 +58,25 @@ class LocalStore(ArtifactStore):
             raise StorageError(f"cannot write {uri}: {exc}") from exc
         return sha256_hex(data)
 
+    def put_if_absent(self, uri: str, data: bytes) -> bool:
+        """Written to a temp file, then hard-linked into place: link(2) fails when the name
+        exists, so of two writers one wins, and a reader never sees a half-written file."""
+        path = file_path(uri)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                os.link(tmp, path)
+            finally:
+                os.unlink(tmp)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise StorageError(f"cannot write {uri}: {exc}") from exc
+        return True
+
     def check_writable(self, prefix: str) -> None:
         """The deepest existing folder on the way is a folder and takes a probe file (else
         InvalidOutputError). Creates nothing: folders appear with the first output."""

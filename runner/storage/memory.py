@@ -30,6 +30,14 @@ class MemoryStore(ArtifactStore):
             self.put_order.append(uri)
         return sha256_hex(data)
 
+    def put_if_absent(self, uri: str, data: bytes) -> bool:
+        with self._lock:
+            if uri in self.objects:
+                return False
+            self.objects[uri] = bytes(data)
+            self.put_order.append(uri)
+        return True
+
     def delete(self, uri: str) -> None:
         with self._lock:
             self.objects.pop(uri, None)

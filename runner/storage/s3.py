@@ -8,6 +8,7 @@ instance profile).
 from __future__ import annotations
 
 import io
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -164,6 +165,30 @@ class S3Store(ArtifactStore):
         except Exception as exc:
             raise self._error(exc, uri, "put") from exc
         return digest
+
+    def put_if_absent(self, uri: str, data: bytes) -> bool:
+        """PutObject with If-None-Match: * (S3 and MinIO refuse it with 412 when the key exists).
+        A 409 (another conditional write to the key in flight) is retried until one has won."""
+        from botocore.exceptions import ClientError
+
+        bucket, key = split_s3(uri)
+        for delay in (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 0.0):
+            try:
+                self.client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*",
+                                       ContentType="text/plain")
+                return True
+            except ClientError as exc:
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                if status == 412 or code == "PreconditionFailed":
+                    return False
+                if (status == 409 or code == "ConditionalRequestConflict") and delay:
+                    time.sleep(delay)
+                    continue
+                raise self._error(exc, uri, "conditional put") from exc
+            except Exception as exc:
+                raise self._error(exc, uri, "conditional put") from exc
+        raise StorageError(f"conditional put {uri}: still conflicting after retries")
 
     def put_file(self, uri: str, path: Path, *, content_type: str | None = None) -> str:
         bucket, key = split_s3(uri)
