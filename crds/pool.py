@@ -80,14 +80,19 @@ class BatchHandOff(CRDModel):
     attempt (an operator restarted meanwhile) gets the first one's answer, never a second run,
     and the outputs are staged under it."""
     spec: DepthBatchSpec
+    uid: str | None = Field(default=None, max_length=128)
+    """The DepthBatch's uid: the server publishes behind the batch's publish fence as
+    `pool/<attempt>` (runner/storage/staging.py), so that of this attempt and the Job that may
+    replace it only one ever publishes. Without it (an older operator) there is no fence."""
     resumed: bool = False
     """Posted again by an operator restarted mid-hand-off. A server that does not remember the
     attempt (it was restarted too) answers from the batch's manifest when one is written, and
     runs it only when none is."""
     deadline: float | None = Field(default=None, gt=0)
     """When the operator stops waiting (Unix seconds): a server that gets the request later (a
-    replica paused past the operator's timeout, then resumed) must not start the run, since the
-    batch runs as a Job by then."""
+    replica paused past the operator's timeout, then resumed) must not start the run, and a run
+    still going then must not claim the results (it answers 410), since the batch runs as a Job
+    by then."""
 
 
 class BatchRunResult(CRDModel):

@@ -18,7 +18,13 @@ Exactly once:
    attempt again; it never starts a second one.
 4. The outcome is recorded as for Jobs (annotation, then status through derive): Succeeded
    RunByPool, or Failed InvalidInput as a runner would.
-5. A pool that answers 5xx, times out or cannot be reached: `failed` is set on the record
+5. The results are fenced (runner/storage/staging.py): the replica publishes as
+   `pool/<attempt>` only by creating the batch's claim object (If-None-Match) before the
+   deadline sent with the POST (when this operator stops waiting); the Job's pods publish as
+   `job` behind the same claim. The first claim wins for good, so of the pool attempt and the
+   Job that replaces it at most one ever publishes: a late pool run answers 410 or 409 and
+   writes nothing; a Job that finds the pool's claim answers with the pool's manifest.
+6. A pool that answers 5xx, times out or cannot be reached: `failed` is set on the record
    (condition PoolHandOff=False HandOffFailed, a Warning event, the failed_pool metric), and
    the batch runs as a Job, never handed off again. The pool counts the failure; after
    `poolHandoffFailuresBeforeBackoff` in a row it is skipped for `poolHandoffBackoffSeconds`
@@ -136,7 +142,7 @@ class HandOff:
             if not resumed:
                 await self._annotate(key, record)  # before the POST: a restarted operator resumes this attempt
             try:
-                answer = await self._post(key, spec, record, resumed=resumed)
+                answer = await self._post(key, spec, record, resumed=resumed, uid=obj["metadata"].get("uid"))
             except PoolFailed as exc:
                 await self._failed(key, obj, pool, record, str(exc))
                 return
@@ -166,11 +172,11 @@ class HandOff:
             self.done(key)
 
     async def _post(self, key: Key, spec: DepthBatchSpec, record: HandOffRecord, *,
-                    resumed: bool) -> BatchRunResult | BatchRunError:
+                    resumed: bool, uid: str | None) -> BatchRunResult | BatchRunError:
         """The pool's answer: a result, or an invalid-input refusal; PoolFailed for anything else."""
         seconds = self.settings.pool_handoff_timeout_seconds
-        body = BatchHandOff(namespace=key[1], name=key[2], attempt=record.attempt, spec=spec, resumed=resumed,
-                            deadline=time.time() + seconds)
+        body = BatchHandOff(namespace=key[1], name=key[2], attempt=record.attempt, spec=spec, uid=uid,
+                            resumed=resumed, deadline=time.time() + seconds)
         timeout = aiohttp.ClientTimeout(total=seconds)
         try:
             async with aiohttp.ClientSession(timeout=timeout) as session, session.post(

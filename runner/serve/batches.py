@@ -7,6 +7,10 @@ arrives after its deadline (the operator has given up: a Job runs the batch) is 
 first was in flight) waits for the first run and gets its answer. Finished answers are kept
 for KEEP_SECONDS (at most KEEP_MAX of them). A resumed attempt this server does not remember
 (it restarted meanwhile) is answered from the batch's manifest when that is written.
+
+Publishing is fenced (runner/storage/staging.py): the run publishes as `pool/<attempt>` behind
+the batch's claim, and not after the deadline. One that finds the claim held by the batch's Job
+answers 409 `fenced`, one past its deadline 410 `expired`; neither wrote a result.
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ from starlette.responses import JSONResponse, Response
 from spatialforge.crds.constants import EXIT_INVALID_INPUT
 from spatialforge.crds.layout import manifest_uri
 from spatialforge.crds.pool import BatchHandOff, BatchRunError, BatchRunResult
-from spatialforge.runner.errors import RunnerError, exit_code_for, reason_for
 from spatialforge.crds.v1alpha1.depthbatch import DepthBatchSpec
+from spatialforge.runner.errors import RunnerError, exit_code_for, reason_for
 from spatialforge.runner.serve.state import ServerState, error, not_ready, state_of
 from spatialforge.runner.stages.base import RunContext
+from spatialforge.runner.storage.staging import Publisher, PublishFenced
 
 log = logging.getLogger("spatialforge.runner.serve.app")
 KEEP_SECONDS = 3600.0
@@ -112,8 +117,9 @@ def _written(ctx: RunContext, spec: DepthBatchSpec) -> BatchRunResult | None:
 async def _run(state: ServerState, req: BatchHandOff) -> tuple[int, dict[str, object]]:
     from spatialforge.runner.stages.depth import DepthStage
 
+    publisher = Publisher(uid=req.uid, name=f"pool/{req.attempt}", deadline=req.deadline) if req.uid else None
     ctx = RunContext(namespace=req.namespace, name=req.name, settings=state.runner, attempt=req.attempt,
-                     estimator_loader=lambda *_a, **_k: state.estimator)
+                     estimator_loader=lambda *_a, **_k: state.estimator, publisher=publisher)
     t0 = time.monotonic()
     try:
         if req.resumed:
@@ -124,7 +130,12 @@ async def _run(state: ServerState, req: BatchHandOff) -> tuple[int, dict[str, ob
                          req.attempt, req.namespace, req.name)
                 return 200, written.model_dump(mode="json", by_alias=True)
         result = await asyncio.to_thread(DepthStage().run, req.spec, ctx)
-    except Exception as exc:  # noqa: BLE001 - the operator gets the runner's exit code and reason
+    except PublishFenced as fenced:
+        state.metrics.batch_runs.labels("fenced").inc()
+        log.warning("hand-off attempt %s of %s/%s published nothing: %s", req.attempt, req.namespace, req.name, fenced)
+        status, code = (409, "fenced") if fenced.holder else (410, "expired")
+        return status, BatchRunError(error=code, message=str(fenced)).model_dump(mode="json", by_alias=True)
+    except Exception as exc:
         code = exit_code_for(exc)
         if not isinstance(exc, RunnerError):
             log.exception("handed-off batch %s/%s failed", req.namespace, req.name)

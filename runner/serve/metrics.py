@@ -33,7 +33,8 @@ class ServeMetrics:
         self.ready = Gauge("spatialforge_serve_ready", "1 once the model is loaded and warmed up", registry=r)
         self.batch_runs = Counter("spatialforge_serve_batch_runs", "Handed-off DepthBatches (POST /v1/batches) by "
                                   "what the server did: started, repeated (answered from the first run), recovered (answered "
-                                  "from the manifest of a run before a restart), expired",
+                                  "from the manifest of a run before a restart), expired, fenced (ran, published nothing: "
+                                  "the Job's claim or the deadline came first)",
                                   ["action"], registry=r)
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
         self.images_per_second.set_function(self._rate)

@@ -286,3 +286,34 @@ def test_a_pool_the_operator_may_not_manage_holds_no_gpus(cluster: Cluster, oper
     finally:
         cluster.kubectl("delete", "validatingadmissionpolicybinding", policy, "--ignore-not-found")
         cluster.kubectl("delete", "validatingadmissionpolicy", policy, "--ignore-not-found")
+
+
+def test_a_pool_run_the_operator_gave_up_on_never_publishes_beside_the_job(
+        cluster: Cluster, strict_operator: OperatorProcess, store: Store, namespace: str) -> None:
+    """The run starts before the deadline and the replica freezes mid-run (SIGSTOP as soon as it
+    counts the run started: the stage has not even listed its inputs). The operator gives up, a
+    Job runs and publishes the batch; resumed, the replica finishes its run but may not publish
+    (its deadline has passed, the Job holds the batch's claim): the outputs stay written once."""
+    ns = namespace
+    url = pool_with_replica(cluster, ns, "late")
+    pgid = os.getpgid(_server_pid(url))
+    started = 'spatialforge_serve_batch_runs_total{action="started"} 1.0'
+    cluster.apply(store.batch("late"), ns)
+    try:
+        wait_for("the replica starting the run", lambda: started in httpx.get(url + "/metrics", timeout=2).text,
+                 timeouts.MEDIUM, interval=0.01)
+        os.killpg(pgid, signal.SIGSTOP)
+        if store.versions(ns, "late"):
+            pytest.fail("the replica published before it could be frozen; the interleaving was not reached")
+        failed_hand_off_ran_as_a_job(cluster, store, ns, "late", f"did not answer within {TIMEOUT} s")
+    finally:
+        os.killpg(pgid, signal.SIGCONT)
+    wait_for("the resumed replica publishing nothing",
+             lambda: 'spatialforge_serve_batch_runs_total{action="fenced"} 1.0' in httpx.get(url + "/metrics").text,
+             timeouts.MEDIUM)
+    assert_once(cluster, store, ns, "late", status(cluster, "depthbatch", "late", ns))
+    uid = cluster.get("depthbatch", "late", ns)["metadata"]["uid"]
+    claim = store.s3.get_object(Bucket=store.bucket, Key=f"out/{ns}/.claims/late/{uid}/shard-00000")["Body"].read()
+    assert claim == b"job"
+    staging = store.s3.list_objects_v2(Bucket=store.bucket, Prefix=f"out/{ns}/late/.staging/")
+    assert staging.get("KeyCount", 0) == 0, staging.get("Contents")  # the fenced run removed what it staged
