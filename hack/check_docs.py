@@ -132,7 +132,10 @@ def settings_classes() -> list[type]:
         parts = [packages[rel.parts[0]], *rel.parts[1:-1]]
         if rel.stem != "__init__":
             parts.append(rel.stem)
-        importlib.import_module(".".join(parts))
+        try:
+            importlib.import_module(".".join(parts))
+        except Exception as exc:  # a broken settings module cannot be checked against
+            raise SystemExit(f"check_docs: cannot import {'.'.join(parts)}: {type(exc).__name__}: {exc}") from exc
     found: list[type] = []
     todo = list(BaseSettings.__subclasses__())
     while todo:
