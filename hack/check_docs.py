@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 DOCS = ("README.md", "docs/*.md", "runner/README.md", "charts/spatialforge/README.md")
 VALUES = REPO / "charts" / "spatialforge" / "values.yaml"
 NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "both": 2}
-KIND_COUNT = re.compile(r"\b(?<!work )(one|two|three|four|five|six|both|\d+)\s+(custom\s+resources|kinds|CRDs)\b", re.I)
+KIND_COUNT = re.compile(r"\b(?<!work )(one|two|three|four|five|six|both|\d+)\s+(custom\s+resources|kinds|CRDs)\b", re.IGNORECASE)
 CRD_NAME = re.compile(r"\b[a-z0-9-]+\.spatialforge\.io\b(?![/.\w-])")
 DOC_ENV = re.compile(r"SPATIALFORGE_[A-Z0-9_]*\*?")
 CODE_ENV = re.compile(r"""["'](SPATIALFORGE_[A-Z0-9_]+)["']""")
@@ -59,13 +59,13 @@ VALUES_DEFAULT = re.compile(r"`([a-z][A-Za-z0-9]*(?:\.[A-Za-z0-9]+)+)`\s+\(value
 MD_LINK = re.compile(r"\]\((?!https?:|mailto:|#)([^)\s#]+)(?:#[^)\s]*)?\)")
 BACKTICKED = re.compile(r"`([^`\s]+)`")
 FILE_EXT = re.compile(r"\.(py|md|ya?ml|sh|json|tpl|txt|toml|cfg|lua|ini)$")
-BENCH_BULLET = re.compile(r"^- `bench/` \(each prints a final JSON line[^\n]*\n(?:  [^\n]*\n)*", re.M)
+BENCH_BULLET = re.compile(r"^- `bench/` \(each prints a final JSON line[^\n]*\n(?:  [^\n]*\n)*", re.MULTILINE)
 DOC_METRIC = re.compile(r"\b(?:sf_api|spatialforge_(?:operator|serve|runner))_[a-z0-9_]+")
 CODE_METRIC = re.compile(r"""\b(?:Counter|Gauge|Histogram|Summary|Info|Enum)\(\s*["']([a-zA-Z_:][a-zA-Z0-9_:]*)["']""")
 METRIC_SUFFIXES = ("_total", "_bucket", "_count", "_sum", "_created")
 PYTHON_M = re.compile(r"python3?\s+-m\s+(spatialforge(?:\.\w+)*)")
 PYTHON_SCRIPT = re.compile(r"python3?\s+((?:bench|hack|tests)/[\w/.-]+\.py)\b")
-MAIN_BLOCK = re.compile(r"^if __name__ == [\"']__main__[\"']:", re.M)
+MAIN_BLOCK = re.compile(r"^if __name__ == [\"']__main__[\"']:", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def product_sources() -> Iterator[Path]:
         yield from sorted((REPO / folder).rglob("*.py"))
 
 
-SETTINGS_CLASS = re.compile(r"^class \w+\((?:\w+\.)?\w*Settings\w*\b", re.M)
+SETTINGS_CLASS = re.compile(r"^class \w+\((?:\w+\.)?\w*Settings\w*\b", re.MULTILINE)
 
 
 def settings_classes() -> list[type]:
@@ -238,7 +238,7 @@ def check_crd_names(doc: Path, text: str, names: set[str]) -> Iterator[Problem]:
 def check_env(doc: Path, text: str, known: set[str]) -> Iterator[Problem]:
     for m in DOC_ENV.finditer(text):
         name = m.group(0)
-        if name.endswith("*") or name.endswith("_"):
+        if name.endswith(("*", "_")):
             prefix = name.rstrip("*")
             if not any(k.startswith(prefix) for k in known):
                 yield Problem(doc, _line(text, m.start()), f"no setting or code name starts with {prefix}")
