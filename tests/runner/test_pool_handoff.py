@@ -230,22 +230,71 @@ def test_a_hung_pool_times_out_and_never_runs_the_batch_later(cluster: Cluster, 
     assert_once(cluster, store, ns, "hung", status(cluster, "depthbatch", "hung", ns))
 
 
+def _server_sockets(url: str) -> list[tuple[str, int]]:
+    """(TCP state, bytes received and not yet read) of every connection the kernel holds for the
+    server's address: they exist, and take data, while the server process is stopped."""
+    host, port = url.split("//")[1].rsplit(":", 1)
+    local = f"{int.from_bytes(bytes(map(int, host.split('.'))), 'little'):08X}:{int(port):04X}"
+    out = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == local and fields[3] != "0A":  # not the listening socket
+            out.append((fields[3], int(fields[4].split(":")[1], 16)))
+    return out
+
+
 def test_an_operator_killed_mid_hand_off_does_not_run_the_batch_twice(cluster: Cluster, operator: OperatorProcess,
                                                                       store: Store, namespace: str) -> None:
-    """SIGKILL once the attempt is recorded: the next operator posts the same attempt again and
-    the server answers it from its first run."""
+    """The replica is frozen before the batch exists, so both POSTs wait for it in the kernel: the
+    operator is SIGKILLed once its POST is delivered (bytes in the server's socket), the next one
+    posts the same attempt again, and only then the replica resumes: it reads both, runs the
+    attempt once and answers the second from the first."""
     ns = namespace
     url = pool_with_replica(cluster, ns, "warm")
-    cluster.apply(store.batch("restart"), ns)
-    record = wait_for("the attempt recorded", lambda: hand_off(cluster, ns, "restart"), timeouts.MEDIUM, interval=0.05)
-    operator.kill()
-    operator.start()
+    pgid = os.getpgid(_server_pid(url))
+    os.killpg(pgid, signal.SIGSTOP)
+    try:
+        cluster.apply(store.batch("restart"), ns)
+        record = wait_for("the attempt recorded", lambda: hand_off(cluster, ns, "restart"), timeouts.MEDIUM)
+        wait_for("the first POST delivered", lambda: any(rx for _, rx in _server_sockets(url)), timeouts.MEDIUM,
+                 interval=0.05)
+        operator.kill()
+        operator.start()
+        wait_for("the restarted operator's POST delivered beside the first",
+                 lambda: sum(1 for _, rx in _server_sockets(url) if rx) >= 2, timeouts.MEDIUM, interval=0.05)
+    finally:
+        os.killpg(pgid, signal.SIGCONT)
     st = finished(cluster, ns, "restart")
     assert st["reason"] == "RunByPool" and "jobName" not in st and not cluster.list("jobs", ns)
     assert hand_off(cluster, ns, "restart") == record  # same attempt, never failed
     metrics = httpx.get(url + "/metrics").text
     assert 'spatialforge_serve_batch_runs_total{action="started"} 1.0' in metrics
+    assert 'spatialforge_serve_batch_runs_total{action="repeated"} 1.0' in metrics
     assert_once(cluster, store, ns, "restart", st)
+
+
+def test_an_operator_killed_between_recording_and_posting_resumes_the_attempt(
+        cluster: Cluster, operator: OperatorProcess, store: Store, namespace: str) -> None:
+    """The state a SIGKILL right after the record leaves (the attempt on the batch, nothing
+    posted), made exactly: the batch is created with the record while no operator runs. The
+    next operator posts that attempt (resumed) and the replica, which never saw it, runs it once."""
+    ns = namespace
+    url = pool_with_replica(cluster, ns, "warm")
+    record = {"attempt": "0123456789abcdef", "pool": f"{ns}/warm", "url": url, "started": "2026-01-01T00:00:00Z"}
+    batch = store.batch("recorded")
+    batch["metadata"].setdefault("annotations", {})[HAND_OFF] = json.dumps(record)
+    operator.stop()
+    try:
+        cluster.apply(batch, ns)
+    finally:
+        operator.start()
+    st = finished(cluster, ns, "recorded")
+    assert st["reason"] == "RunByPool" and "jobName" not in st and not cluster.list("jobs", ns)
+    assert hand_off(cluster, ns, "recorded") == record
+    metrics = httpx.get(url + "/metrics").text
+    assert 'spatialforge_serve_batch_runs_total{action="started"} 1.0' in metrics
+    assert 'action="repeated"' not in metrics
+    assert_once(cluster, store, ns, "recorded", st)
 
 
 @pytest.mark.usefixtures("quota")
