@@ -26,5 +26,5 @@ setup(
     packages=packages,
     package_dir=package_dir,
     package_data={"spatialforge.crds": ["*.yaml", "samples/*.yaml", "samples/invalid/*.yaml"],
-                  "spatialforge.apiserver.console": ["static/*"]},
+                  "spatialforge.apiserver.console": ["static/*", "static/vendor/*", "static/vendor/*/*"]},
 )

@@ -1,12 +1,14 @@
 // The console: hash routes (#/jobs, #/jobs/<id>, #/depth, #/usage) over the public REST API.
 import { ApiError, call, json, key } from "./api.js";
 import { decode, paint, pixelAt } from "./depthmap.js";
+import { locate, marks, planSummary, show3d } from "./viewer.js";
 
 const POLL_MS = 2000;
 const TERMINAL = new Set(["Succeeded", "Failed", "Cancelled"]);
 const view = document.getElementById("view");
 const errorLine = document.getElementById("error");
 let stopPolling = () => {};
+let closeViewer = () => {};
 
 /** Build an element; strings become text nodes (never parsed as HTML). */
 function h(tag, attrs = {}, ...children) {
@@ -114,7 +116,8 @@ function jobView(id) {
   const summary = h("dl");
   const history = h("tbody");
   const files = h("ul", { id: "files" });
-  render(`Job ${id}`, summary,
+  const outputs = h("div", { id: "outputs" });
+  render(`Job ${id}`, summary, outputs,
     h("h2", {}, "Phase history"),
     h("table", { id: "conditions" }, h("thead", {}, h("tr", {}, ["Condition", "Status", "Reason", "Message"].map((c) => h("th", { scope: "col" }, c)))), history),
     h("h2", {}, "Files"), files);
@@ -143,8 +146,64 @@ function jobView(id) {
     files.replaceChildren(...(results.files.length ? results.files.map((f) =>
       h("li", {}, h("a", { href: f.url, download: f.key.split("/").pop(), rel: "noopener noreferrer" }, f.key), ` (${f.size} bytes)`))
       : [h("li", { class: "muted" }, "The job wrote no files.")]));
+    if (job.kind === "ReconstructionJob") await reconstructionOutputs(outputs, results.files);
     return false;
   });
+}
+
+/** The 3D panel (opened by a click: three.js loads then) and the floor plan beside it. */
+async function reconstructionOutputs(slot, files) {
+  const found = await locate(files);
+  if (!found) return;
+  const panels = h("div", { class: "panels" });
+  slot.replaceChildren(panels);
+  if (found.geometry) {
+    const canvas = h("canvas", { id: "viewer-canvas", class: "viewer", role: "img", tabindex: "0",
+      "aria-label": `3D view of ${found.geometry.key}; drag to orbit, scroll to zoom` });
+    const status = h("p", { id: "viewer-status", class: "muted", "aria-live": "polite" },
+      `${found.kind === "pointcloud" ? "Point cloud" : "Mesh"} ${found.geometry.key} (${found.geometry.size} bytes).`);
+    const reset = h("button", { type: "button", id: "viewer-reset", disabled: true }, "Reset view");
+    const open = h("button", { type: "button", id: "viewer-open" }, "Show in 3D");
+    open.addEventListener("click", async () => {
+      performance.clearMarks(marks.OPEN);
+      performance.clearMarks(marks.FIRST_FRAME);
+      performance.clearMeasures(marks.OPEN);
+      performance.mark(marks.OPEN);
+      open.disabled = true;
+      canvas.hidden = false;
+      status.textContent = `Loading ${found.geometry.key}…`;
+      try {
+        const view = await show3d(canvas, found.geometry, found.trajectory);
+        closeViewer = view.dispose;
+        reset.disabled = false;
+        reset.addEventListener("click", view.reset);
+        const took = performance.getEntriesByName(marks.OPEN, "measure")[0];
+        status.textContent = `${found.geometry.key}: ${view.vertices} vertices${view.triangles ? `, ${view.triangles} triangles` : ""}`
+          + `${view.path ? `, camera path of ${view.path} poses (magenta)` : ""}; drag to orbit, scroll to zoom`
+          + `${took ? ` (shown in ${Math.round(took.duration)} ms)` : ""}.`;
+        Object.assign(canvas.dataset, { ready: "true", vertices: view.vertices, triangles: view.triangles, path: view.path });
+      } catch (err) {
+        canvas.hidden = true;
+        open.disabled = false;
+        status.textContent = "No 3D view.";
+        showError(err);
+      }
+    });
+    canvas.hidden = true;
+    panels.append(h("section", { class: "panel", "aria-labelledby": "viewer-h" }, h("h2", { id: "viewer-h" }, "3D"),
+      h("p", {}, open, " ", reset), canvas, status));
+  }
+  if (found.plan) {
+    const { rooms, total } = planSummary(found.manifest);
+    const img = h("img", { id: "plan-img", class: "plan", src: found.plan.url, alt: `Floor plan: ${rooms.length} room(s)${total == null ? "" : `, ${total.toFixed(2)} m² in all`}`,
+      referrerpolicy: "no-referrer" });
+    const table = h("table", { id: "plan-areas" }, h("caption", { class: "muted" }, "Floor area by room (from the job's manifest)"),
+      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Room"), h("th", { scope: "col" }, "Area (m²)"))),
+      h("tbody", {}, rooms.map((r) => h("tr", { "data-room": r.name }, h("td", {}, r.name), h("td", { "data-area": r.area }, r.area.toFixed(2))))),
+      total == null ? null : h("tfoot", {}, h("tr", {}, h("th", { scope: "row" }, "Total"), h("td", { id: "plan-total", "data-area": total }, total.toFixed(2)))));
+    panels.append(h("section", { class: "panel", "aria-labelledby": "plan-h" }, h("h2", { id: "plan-h" }, "Floor plan"),
+      h("div", { class: "plan-frame" }, img), table));
+  }
 }
 
 function depthView() {
@@ -291,6 +350,8 @@ function keyView() {
 
 function route() {
   stopPolling();
+  closeViewer();
+  closeViewer = () => {};
   const signedIn = Boolean(key.get());
   document.getElementById("nav").hidden = !signedIn;
   if (!signedIn) return keyView();
