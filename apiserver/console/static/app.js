@@ -104,6 +104,7 @@ function jobsView() {
     const page = await json("/v1/jobs?limit=100");
     body.replaceChildren(...page.data.map(jobRow));
     count.textContent = page.count ? `${page.count} job(s)` : "No jobs yet: submit one through the API or the CLI.";
+    if (!performance.getEntriesByName("jobs-list-ready", "mark").length) performance.mark("jobs-list-ready");  // first rows shown
     showError(null);
   });
 }
