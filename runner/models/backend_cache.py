@@ -106,6 +106,32 @@ def cached_onnx(model: Any, location: str, name: str, settings: RunnerSettings) 
     return onnx_path
 
 
+def cached_int8(onnx_path: Path) -> Path:
+    """The int8 graph beside its fp32 export, quantized once per export and ONNX Runtime version."""
+    import onnxruntime
+
+    from spatialforge.runner.models.export import quantize_int8
+
+    dest = onnx_path.with_name(f"model-int8-ort{onnxruntime.__version__}.onnx")
+    if dest.is_file():
+        return dest
+    try:
+        fd, tmp = tempfile.mkstemp(dir=onnx_path.parent, prefix=".int8-", suffix=".onnx")
+        os.close(fd)
+    except OSError as exc:
+        raise BackendError(f"no int8 graph in {onnx_path.parent} and cannot write one there ({exc})") from exc
+    try:
+        log.info("quantizing %s to int8 (once per export) into %s", onnx_path, dest)
+        quantize_int8(onnx_path, Path(tmp))
+        Path(tmp).chmod(0o644)
+        os.replace(tmp, dest)
+    except Exception as exc:
+        raise BackendError(f"int8 quantization of {onnx_path} failed: {exc}") from exc
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return dest
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write a small memo atomically; a read-only cache (pre-exported, mounted) just is not written."""
     try:

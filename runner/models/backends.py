@@ -2,8 +2,9 @@
 
 The ONNX graph they run is exported by export.py and cached by backend_cache.py; selection.py
 checks parity and picks one. `SPATIALFORGE_DEPTH_BACKEND` (RunnerSettings.depth_backend) names
-one of BACKENDS, or `auto`: the first of AUTO_ORDER_* that is installed, usable on the device and
-holds parity; the order is the one bench/depth_throughput.py measured.
+one of BACKENDS or INT8_BACKENDS, or `auto`: of the AUTO_ORDER_* candidates that are installed,
+usable on the device and hold parity, the one a short timed pass on this machine found fastest
+(timing.py; cached per CPU model, thread count and library versions).
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from spatialforge.runner.devices import DeviceChoice
 from spatialforge.runner.errors import ModelLoadError
 from spatialforge.runner.settings import RunnerSettings
 
-BACKENDS = ("torch", "onnxruntime", "openvino")
-# Fastest first, as measured by bench/depth_throughput.py (Small at 518 px, 2 CPU cores):
-# OpenVINO f32 > ONNX Runtime > eager torch. On CUDA only ONNX Runtime's TensorRT/CUDA
-# providers and torch apply.
-AUTO_ORDER_CPU = ("openvino", "onnxruntime", "torch")
-AUTO_ORDER_CUDA = ("onnxruntime", "torch")
+BACKENDS = ("torch", "onnxruntime", "openvino")  # fp32: parity with transformers within 1e-3
+# int8 weights (ONNX Runtime dynamic quantization): faster on CPU, depth within 1 % AbsRel of fp32.
+# Opt-in only: `auto` never picks one, since parity matters more than speed by default.
+INT8_BACKENDS = ("onnx-int8",)
+# The candidates `auto` times on each device (not a ranking: timing.py measures which is fastest;
+# the order only breaks ties). On CUDA only ONNX Runtime's TensorRT/CUDA providers and torch apply.
+AUTO_ORDER_CPU = ("torch", "onnxruntime", "openvino")
+AUTO_ORDER_CUDA = ("torch", "onnxruntime")
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "predicted_depth"  # the exported graph's input and output
 
 
@@ -42,8 +45,10 @@ class DepthBackend(Protocol):
 
 def backend_choice(settings: RunnerSettings) -> str:
     choice = (settings.depth_backend or "auto").strip().lower()
-    if choice != "auto" and choice not in BACKENDS:
-        raise ModelLoadError(f"{ENV_DEPTH_BACKEND}={choice!r}: expected auto or one of {', '.join(BACKENDS)}")
+    if choice != "auto" and choice not in BACKENDS + INT8_BACKENDS:
+        raise ModelLoadError(
+            f"{ENV_DEPTH_BACKEND}={choice!r}: expected auto or one of {', '.join(BACKENDS + INT8_BACKENDS)}"
+        )
     return choice
 
 
@@ -68,13 +73,17 @@ class TorchBackend:
 
 
 class OnnxRuntimeBackend:
-    """ONNX Runtime: CPU provider here; TensorRT then CUDA providers in the GPU image."""
+    """ONNX Runtime: CPU provider here; TensorRT then CUDA providers in the GPU image.
+
+    The same class runs the int8 graph (`onnx-int8`, CPU only): only the file and the name differ.
+    """
 
     name = "onnxruntime"
 
-    def __init__(self, onnx_path: Path, device: DeviceChoice, *, trt_cache: Path) -> None:
+    def __init__(self, onnx_path: Path, device: DeviceChoice, *, trt_cache: Path, name: str = "onnxruntime") -> None:
         import onnxruntime as ort
 
+        self.name = name
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.device = device

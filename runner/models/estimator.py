@@ -89,6 +89,7 @@ class DepthEstimator:
         checkpoint: Checkpoint,
         backend: DepthBackend | None = None,
         parity: float | None = None,
+        max_batch: int | None = None,
     ) -> None:
         self.model = model
         self.preprocess = preprocessing
@@ -96,6 +97,11 @@ class DepthEstimator:
         self.checkpoint = checkpoint
         self.backend: DepthBackend = backend or TorchBackend(model, device)
         self.parity = parity  # relative difference of the backend from eager transformers
+        self.max_batch = max_batch  # 1 when auto's timed pass found batching no faster per image here
+
+    def batch_size(self, requested: int) -> int:
+        """The batch to run: the spec's batchSize, capped by what the timed pass measured on this device."""
+        return min(requested, self.max_batch) if self.max_batch else requested
 
     @property
     def metric(self) -> bool:
@@ -126,9 +132,13 @@ class DepthEstimator:
             forget_download(location)
             raise ModelLoadError(f"cannot load {ckpt.name} from {location}: {type(exc).__name__}: {exc}") from exc
         model = model.to(device.torch_device).eval()
-        chosen = select_backend(model=model, location=location, ckpt_name=ckpt.name, device=device, settings=settings)
+        pre = Preprocessing.from_processor(processor)
+        shape = (_multiple_of(pre.height, pre.multiple), _multiple_of(pre.width, pre.multiple))
+        chosen = select_backend(model=model, location=location, ckpt_name=ckpt.name, device=device, settings=settings,
+                                shape=shape)
         return cls(
-            model, Preprocessing.from_processor(processor), device, checkpoint=ckpt, backend=chosen.backend, parity=chosen.parity
+            model, pre, device, checkpoint=ckpt, backend=chosen.backend, parity=chosen.parity,
+            max_batch=chosen.measured.max_batch if chosen.measured else None,
         )
 
     def predict(self, pixels: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:

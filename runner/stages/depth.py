@@ -275,7 +275,8 @@ class DepthStage:
         records: list[dict[str, Any]] = []
         skipped: list[dict[str, str]] = []
         t_forward = 0.0
-        window = max(2 * spec.batch_size, 2 * self.io_workers)
+        batch_size = estimator.batch_size(spec.batch_size)  # batchSize, capped when batching measured no faster here
+        window = max(2 * batch_size, 2 * self.io_workers)
         with cf.ThreadPoolExecutor(self.io_workers, thread_name_prefix="sf-load") as loaders, cf.ThreadPoolExecutor(
             self.io_workers, thread_name_prefix="sf-write"
         ) as writers:
@@ -288,7 +289,7 @@ class DepthStage:
                     break
             while pending:
                 batch: list[_Item] = []
-                while pending and len(batch) < spec.batch_size:
+                while pending and len(batch) < batch_size:
                     got = pending.popleft().result()
                     nxt = next(queue, None)
                     if nxt is not None:
