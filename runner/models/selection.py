@@ -135,17 +135,17 @@ def build_backend(name: str, *, model: Any, location: str, ckpt_name: str, devic
 
 def select_backend(*, model: Any, location: str, ckpt_name: str, device: DeviceChoice,
                    settings: RunnerSettings, shape: tuple[int, int] = SAMPLE_SHAPE[2:]) -> Selected:
-    """The backend the setting names, or with `auto` the fastest here at `shape` (h, w) (timed once per key)."""
+    """The backend the setting names, or with `auto` the fastest here at `shape` (h, w); either way
+    timed once per key, which also decides whether batching pays on this device."""
     choice = backend_choice(settings)
-    if choice != "auto":
-        return build_backend(choice, model=model, location=location, ckpt_name=ckpt_name, device=device, settings=settings)
+    candidates = (choice,) if choice != "auto" else AUTO_ORDER_CUDA if device.is_cuda else AUTO_ORDER_CPU
     cache = backend_cache(settings)
     try:
         digest = checkpoint_digest(location, cache)
-    except OSError as exc:  # no digest, no key: measure without caching
+    except Exception as exc:  # noqa: BLE001 - no digest, no key: time without caching
         log.warning("cannot key the backend timing of %s (%s); timing without a cache", ckpt_name, exc)
         digest = "uncached"
-    parts = timing.machine(device=device, digest=digest, shape=shape)
+    parts = timing.machine(device=device, digest=digest, shape=shape, candidates=candidates)
     path = timing.timing_path(cache, ckpt_name, timing.key_of(parts))
     cached = timing.read_timing(path) if digest != "uncached" else None
     if cached is not None:
@@ -153,24 +153,31 @@ def select_backend(*, model: Any, location: str, ckpt_name: str, device: DeviceC
             chosen = build_backend(cached.chosen, model=model, location=location, ckpt_name=ckpt_name, device=device,
                                    settings=settings)
         except BackendError as exc:
+            if choice != "auto":
+                raise
             log.warning("measured depth backend %s no longer builds (%s); timing again", cached.chosen, exc)
         else:
-            log.info("depth backend %s (auto, measured earlier: %s ms/image at %dx%d; %s)", cached.chosen,
-                     _figures(cached.ms_per_image), *shape, path)
+            log.info("depth backend %s (%s, measured earlier: %s ms/image at %dx%d; max batch %s; %s)", cached.chosen,
+                     choice, _figures(cached.ms_per_image), *shape, cached.max_batch or "as the spec says", path)
             return Selected(backend=chosen.backend, parity=chosen.parity, measured=cached)
     return _measure(model=model, location=location, ckpt_name=ckpt_name, device=device, settings=settings,
-                    shape=shape, parts=parts, path=path if digest != "uncached" else None)
+                    shape=shape, parts=parts, path=path if digest != "uncached" else None, candidates=candidates)
 
 
 def _measure(*, model: Any, location: str, ckpt_name: str, device: DeviceChoice, settings: RunnerSettings,
-             shape: tuple[int, int], parts: dict[str, Any], path: Path | None) -> Selected:
-    """Build every candidate, time each at `shape`, keep the fastest; write the figures to `path`."""
+             shape: tuple[int, int], parts: dict[str, Any], path: Path | None, candidates: tuple[str, ...]) -> Selected:
+    """Build every candidate, time each at `shape`, keep the fastest; write the figures to `path`.
+
+    A single (named) candidate that cannot build raises; of several, those that cannot are skipped.
+    """
     built: dict[str, Selected] = {}
-    for name in AUTO_ORDER_CUDA if device.is_cuda else AUTO_ORDER_CPU:
+    for name in candidates:
         try:
             built[name] = build_backend(name, model=model, location=location, ckpt_name=ckpt_name, device=device,
                                         settings=settings)
         except BackendError as exc:
+            if len(candidates) == 1:
+                raise
             log.warning("depth backend %s not used: %s", name, exc)
     x = timing.timing_input(shape, 1)
     ms = {name: round(1000 * timing.seconds_per_forward(sel.backend, x), 3) for name, sel in built.items()}
@@ -184,8 +191,8 @@ def _measure(*, model: Any, location: str, ckpt_name: str, device: DeviceChoice,
     )
     if path is not None:
         atomic_write(path, record.to_json())
-    log.info("depth backend %s (auto, timed now at %dx%d, load %.2f: %s ms/image; batch %d %.1f ms/image, max batch %s)",
-             fastest, *shape, record.load_average, _figures(ms), probe, batched, max_batch or "as the spec says")
+    log.info("depth backend %s (%s, timed now at %dx%d, load %.2f: %s ms/image; batch %d %.1f ms/image, max batch %s)",
+             fastest, "auto" if len(candidates) > 1 else "named", *shape, record.load_average, _figures(ms), probe, batched, max_batch or "as the spec says")
     return Selected(backend=built[fastest].backend, parity=built[fastest].parity, measured=record)
 
 

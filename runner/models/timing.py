@@ -1,10 +1,11 @@
-"""`auto`'s timed pass: each usable backend runs a few forwards at the configured size, once per key.
+"""The timed pass: each usable backend runs a few forwards at the configured size, once per key.
 
 A fixed order measured on one machine went wrong (an OpenVINO lead measured under heavy load was
 20 % behind torch on a quiet machine), so `auto` measures where the runner runs. The key is the
 CPU model, torch's thread count, the device and dtype, the checkpoint's content, the input size
 and the library versions; the figures and the choice are written to the backend cache
 (`timings/<checkpoint>-<key>.json`), so later starts with the same key read them instead.
+A named backend is timed too (one candidate): whether batching pays is measured either way.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def load_average() -> float:
     return -1.0
 
 
-def machine(*, device: DeviceChoice, digest: str, shape: tuple[int, int]) -> dict[str, object]:
+def machine(*, device: DeviceChoice, digest: str, shape: tuple[int, int], candidates: tuple[str, ...]) -> dict[str, object]:
     """What the timing depends on; its hash is the cache key."""
     import torch
 
@@ -75,7 +76,7 @@ def machine(*, device: DeviceChoice, digest: str, shape: tuple[int, int]) -> dic
     gpu = torch.cuda.get_device_name(device.torch_device) if device.is_cuda else None
     return {"cpu": cpu_model(), "threads": torch.get_num_threads(), "device": device.torch_device, "gpu": gpu,
             "dtype": "fp16" if device.half else "fp32", "checkpoint": digest, "shape": list(shape),
-            "versions": versions, "revision": TIMING_REVISION}
+            "versions": versions, "candidates": list(candidates), "revision": TIMING_REVISION}
 
 
 def key_of(machine_parts: dict[str, object]) -> str:

@@ -117,3 +117,14 @@ def test_abs_rel_is_mean_relative_error_over_pixels_with_depth():
     assert selection.abs_rel(ref, ref) == 0
     got = ref * np.float32(1.02)
     assert selection.abs_rel(got, ref) == pytest.approx(0.02, rel=1e-5)  # the zero pixel is not counted
+
+
+def test_a_named_backend_is_timed_alone_for_the_batch_choice(model_dir, tmp_path):
+    cache = tmp_path / "cache"
+    est = _load(model_dir, "torch", cache)
+    (path,) = _records(cache)
+    record = json.loads(path.read_text())
+    assert record["machine"]["candidates"] == ["torch"] and list(record["ms_per_image"]) == ["torch"]
+    assert est.max_batch == record["max_batch"]
+    _load(model_dir, "auto", cache)  # auto's candidates are another key
+    assert len(_records(cache)) == 2
