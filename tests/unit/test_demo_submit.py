@@ -13,7 +13,7 @@ from spatialforge.devcluster.plane import REPO
 PREFIX = "s3://spatialforge-demo/tenants/demo/"
 
 
-def _demo_submit():  # noqa: ANN202 - a script under hack/, imported by path as it runs
+def _demo_submit():  # a script under hack/, imported by path as it runs
     sys.path.insert(0, str(REPO / "hack"))
     try:
         spec = importlib.util.spec_from_file_location("demo_submit", REPO / "hack" / "demo_submit.py")
