@@ -89,7 +89,7 @@ def check_parity(backend: DepthBackend, reference: TorchBackend, marker: Path | 
 class Selected:
     backend: DepthBackend
     parity: float | None  # relative difference from eager; None for eager itself
-    measured: timing.Timing | None = None  # auto's timed pass (None when the setting named the backend)
+    measured: timing.Timing | None = None  # the timed pass, read from the cache or run now
 
 
 def build_backend(name: str, *, model: Any, location: str, ckpt_name: str, device: DeviceChoice,
