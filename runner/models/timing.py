@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import importlib.metadata
 import json
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -77,6 +78,15 @@ def machine(*, device: DeviceChoice, digest: str, shape: tuple[int, int], candid
     return {"cpu": cpu_model(), "threads": torch.get_num_threads(), "device": device.torch_device, "gpu": gpu,
             "dtype": "fp16" if device.half else "fp32", "checkpoint": digest, "shape": list(shape),
             "versions": versions, "candidates": list(candidates), "revision": TIMING_REVISION}
+
+
+def cores() -> int:
+    return os.cpu_count() or 1
+
+
+def measured_under_load(record: Timing) -> bool:
+    """Whether `record` was taken with more runnable work than cores: provisional, timed again."""
+    return record.load_average > cores()
 
 
 def key_of(machine_parts: dict[str, object]) -> str:

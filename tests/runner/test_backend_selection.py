@@ -60,6 +60,7 @@ def test_a_second_start_reads_the_cache_and_another_key_times_again(model_dir, t
     # one that timed again would have picked the measured fastest and rewritten the record.
     other = next(b for b in AUTO_ORDER_CPU if b != record["chosen"])
     record["chosen"] = other
+    record["load_average"] = 0.0  # measured quietly: a record taken under load is timed again
     path.write_text(json.dumps(record))
     caplog.clear()
     with caplog.at_level("INFO", logger="spatialforge.runner.models.selection"):
@@ -77,6 +78,21 @@ def test_a_second_start_reads_the_cache_and_another_key_times_again(model_dir, t
         torch.set_num_threads(threads)
     assert "timed now" in caplog.text
     assert len(_records(cache)) == 2
+
+
+def test_a_record_measured_under_load_is_timed_again(model_dir, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    _load(model_dir, "auto", cache)
+    (path,) = _records(cache)
+    record = json.loads(path.read_text())
+    record["chosen"] = next(b for b in AUTO_ORDER_CPU if b != record["chosen"])
+    record["load_average"] = 10.0 * (os.cpu_count() or 1)
+    path.write_text(json.dumps(record))
+    caplog.clear()
+    with caplog.at_level("INFO", logger="spatialforge.runner.models.selection"):
+        _load(model_dir, "auto", cache)
+    assert "timing again" in caplog.text and "timed now" in caplog.text
+    assert json.loads(path.read_text())["load_average"] != record["load_average"]
 
 
 def test_an_unreadable_record_is_timed_again(model_dir, tmp_path):
