@@ -79,6 +79,8 @@ class JobPublic(BaseModel):
     skipped_images: int | None = None
     """Images a DepthBatch with `onInvalidImage: Skip` left out (listed with reasons in its
     manifest); their units are refunded when it succeeds."""
+    units: int = 0
+    """Units charged for this job at submission (before any refund)."""
     status_url: str
     results_url: str
     expires_at: str | None = None

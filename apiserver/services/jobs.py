@@ -71,7 +71,7 @@ def summary(obj: dict[str, Any], phase: str | None = None, *, retention_days: in
                        for c in status.get("conditions") or []],
         "created_at": meta.get("creationTimestamp"), "started_at": started or None, "completed_at": completed or None,
         "duration_seconds": duration, "gpu_seconds": status.get("gpuSeconds"), "attempts": status.get("attempts"),
-        "skipped_images": status.get("skippedImages"),
+        "skipped_images": status.get("skippedImages"), "units": charged_units(obj),
         "status_url": f"/v1/jobs/{name}", "results_url": f"/v1/jobs/{name}/results",
         "expires_at": None,
     }
