@@ -171,6 +171,7 @@ def _hover_at(driver: Any, element: Any, fx: float, fy: float) -> None:
     """Move the real pointer to a fraction of the element's box (Selenium offsets are from its centre)."""
     from selenium.webdriver.common.action_chains import ActionChains
 
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)  # offsets are from the in-view centre
     size = element.size
     ActionChains(driver).move_to_element_with_offset(
         element, int((fx - 0.5) * size["width"]), int((fy - 0.5) * size["height"])).perform()
@@ -179,6 +180,7 @@ def _hover_at(driver: Any, element: Any, fx: float, fy: float) -> None:
 def _click_at(driver: Any, element: Any, fx: float, fy: float) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
 
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)  # offsets are from the in-view centre
     size = element.size
     ActionChains(driver).move_to_element_with_offset(
         element, int((fx - 0.5) * size["width"]), int((fy - 0.5) * size["height"])).click().perform()
@@ -387,6 +389,132 @@ def test_console_in_a_real_browser(console: Console, browser: Any, shots: Callab
     assert driver.get_cookies() == []
     api.close()
 
+
+
+def _run_depth_stage(cluster: Cluster, namespace: str, name: str, minio_env: dict[str, str], models: Path,
+                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the runner's DepthStage on the job's own spec (read back from the plane), writing into
+    its result prefix in MinIO: the session plane's pods do not run the runner image."""
+    from spatialforge.runner.app import parse_resource
+    from spatialforge.runner.settings import RunnerSettings
+    from spatialforge.runner.stages.base import RunContext
+    from spatialforge.runner.stages.depth import DepthStage
+
+    for k, v in {**minio_env, "SPATIALFORGE_MODEL_DIR": str(models), "SPATIALFORGE_DEVICE": "cpu",
+                 "HF_HUB_OFFLINE": "1"}.items():
+        monkeypatch.setenv(k, v)
+    obj = cluster.get("depthbatches.spatialforge.io", name, namespace)
+    assert obj is not None, f"{namespace}/{name} is gone"
+    spec = parse_resource(obj).spec
+    DepthStage().run(spec, RunContext(namespace=namespace, name=name, settings=RunnerSettings.from_env()))
+
+
+def _loaded_previews(driver: Any) -> list[int]:
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('#previews img')).map(i => i.complete ? i.naturalWidth : 0)")
+
+
+def _all_loaded(driver: Any, count: int) -> list[int] | None:
+    """The previews' natural widths once `count` are shown and every one has decoded."""
+    widths = _loaded_previews(driver)
+    return widths if len(widths) == count and all(widths) else None
+
+
+def test_console_depth_batch_of_several_images(console: Console, browser: Any, shots: Callable[[Any, str], None],
+                                               make_tenant: Callable[..., Tenant], cluster: Cluster, minio,
+                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three photos chosen at once go up through the signed upload forms and come back as one
+    DepthBatch: its row reaches Succeeded without a reload, it shows the units the API charged,
+    and its previews (the runner's own) page 2 at a time. A HEIC photo, which Chromium cannot
+    show, still gets its depth, with a one-line note."""
+    from selenium.webdriver.support.ui import Select
+    from spatialforge.crds.v1alpha1.common import ModelSize, ModelVariant
+    from spatialforge.runner.models.tiny import build_tiny_model_dir
+
+    driver = browser
+    tenant = make_tenant("pro", seconds=1)
+    api = httpx.Client(base_url=console.app.url, headers=tenant.headers, timeout=MEDIUM)
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"room {i}.jpg")  # a space: the console makes an upload name of it
+        paths[-1].write_bytes(_photo(width=64 + 16 * i, height=48, seed=i))
+    _sign_in(driver, console, tenant.key)
+    _wait(driver, "the jobs view", lambda: "No jobs yet" in _text(driver, "main"))
+    driver.get(f"{console.url}#/depth")
+    chooser = _wait(driver, "the batch chooser", lambda: driver.find_elements("css selector", "#batch-photos"))[0]
+    driver.execute_script("window.__notReloaded = true")
+    chooser.send_keys("\n".join(str(p) for p in paths))
+    _wait(driver, "the chosen count", lambda: driver.find_element("css selector", "#batch-status").get_attribute("data-chosen") == "3")
+    Select(driver.find_element("css selector", "#batch-gpus")).select_by_value("0")
+    _axe(driver, "depth batch")
+    shots(driver, "15-batch-chosen")
+    driver.find_element("css selector", "#batch-submit").click()
+
+    # The jobs list follows it to Succeeded, with no reload; the units are the API's.
+    _wait(driver, "the jobs view after submitting", lambda: driver.execute_script("return location.hash") == "#/jobs",
+          timeout=MEDIUM)
+    assert not _error_line(driver), _error_line(driver)
+    jobs = api.get("/v1/jobs").json()["data"]
+    assert len(jobs) == 1 and jobs[0]["kind"] == "DepthBatch", jobs
+    job = jobs[0]["id"]
+    row = f"tr[data-job-id='{job}']"
+    _wait(driver, "the batch to reach Succeeded in the list",  # read in the page: the rows are redrawn every 2 s
+          lambda: driver.execute_script("return document.querySelector(arguments[0])?.dataset.phase", row) == "Succeeded",
+          timeout=MEDIUM)
+    assert driver.execute_script("return window.__notReloaded === true"), "the page reloaded"
+    answer = api.get(f"/v1/jobs/{job}").json()
+    assert answer["phase"] == "Succeeded" and answer["units"] == 3, answer
+    assert driver.execute_script("return document.querySelector(arguments[0]).textContent", f"{row} td.units") == "3"
+    obj = cluster.get("depthbatches.spatialforge.io", job, tenant.namespace)
+    assert obj is not None and len(obj["spec"]["inputs"]) == 3, obj
+    assert all(u.startswith(f"{tenant.prefix}inputs/") for u in obj["spec"]["inputs"]), obj["spec"]["inputs"]
+    assert sorted(obj["spec"]["output"]["formats"]) == ["npy", "png16", "preview"]
+
+    # The runner's outputs for the uploaded files, then the job view pages through the previews.
+    models = build_tiny_model_dir(tmp_path / "models", sizes=(ModelSize.small,), variants=(ModelVariant.relative,))
+    _run_depth_stage(cluster, tenant.namespace, job, minio.env, models, monkeypatch)
+    listed = api.get(f"/v1/jobs/{job}/results").json()["files"]
+    previews = sorted(f["key"] for f in listed if f["key"].endswith(".preview.jpg"))
+    assert len(previews) == 3, [f["key"] for f in listed]
+    driver.find_element("css selector", f"{row} a").click()
+    _wait(driver, "the previews", lambda: driver.find_elements("css selector", "#preview-page"), timeout=MEDIUM)
+    assert _text(driver, "dd[data-field='units']") == str(answer["units"])
+    page = driver.find_element("css selector", "#preview-page")
+    assert page.get_attribute("data-pages") == "1" and len(_loaded_previews(driver)) == 3
+    Select(driver.find_element("css selector", "#preview-size")).select_by_value("2")
+    seen: list[str] = []
+    for number, count in ((1, 2), (2, 1)):
+        _wait(driver, f"page {number}", lambda n=number: page.get_attribute("data-page") == str(n))
+        assert page.get_attribute("data-pages") == "2" and page.text.startswith(f"Page {number} of 2"), page.text
+        widths = _wait(driver, f"page {number}'s previews decoded",
+                       lambda c=count: _all_loaded(driver, c))
+        assert all(x > 0 for x in widths), widths
+        seen += [f.get_attribute("data-key") for f in driver.find_elements("css selector", "#previews figure")]
+        assert [a.text for a in driver.find_elements("css selector", "#previews figcaption a")] == ["16-bit PNG", "NPY"] * count
+        if number == 1:
+            assert driver.find_element("css selector", "#preview-prev").get_attribute("disabled")
+            _axe(driver, "batch previews")
+            shots(driver, "16-batch-previews")
+            driver.find_element("css selector", "#preview-next").click()
+    assert seen == previews and driver.find_element("css selector", "#preview-next").get_attribute("disabled")
+    driver.find_element("css selector", "#preview-prev").click()
+    _wait(driver, "back to page 1", lambda: page.get_attribute("data-page") == "1")
+
+    # A HEIC photo: the API reads it, Chromium cannot show it; the depth is shown with a note.
+    import pillow_heif
+    from PIL import Image
+
+    heic = tmp_path / "room.heic"
+    pillow_heif.from_pillow(Image.open(io.BytesIO(PHOTO))).save(str(heic), quality=90)
+    driver.get(f"{console.url}#/depth")
+    _wait(driver, "the photo chooser", lambda: driver.find_elements("css selector", "#photo"))[0].send_keys(str(heic))
+    _wait(driver, "the HEIC depth", lambda: driver.find_element("css selector", "#depth-status").get_attribute("data-ready"),
+          timeout=MEDIUM)
+    assert driver.find_element("css selector", "#depth-canvas").is_displayed()
+    assert "cannot display room.heic" in _text(driver, "#photo-note"), _text(driver, "#photo-note")
+    assert not driver.find_element("css selector", "#photo-img").is_displayed()
+    shots(driver, "17-heic-depth")
+    api.close()
 
 
 def _routes(server: ServerThread) -> set[tuple[str, str]]:

@@ -34,10 +34,10 @@ async function failure(response) {
   return new ApiError(response.status, code, message);
 }
 
-/** fetch() against the API with the stored key (or `withKey`); throws ApiError on non-2xx. */
-export async function call(path, { method = "GET", body, accept = "application/json", withKey } = {}) {
+/** fetch() against the API with the stored key (or `withKey`) and any extra `headers`; throws ApiError on non-2xx. */
+export async function call(path, { method = "GET", body, accept = "application/json", withKey, headers: extra = {} } = {}) {
   const apiKey = withKey ?? key.get();
-  const headers = { Accept: accept };
+  const headers = { ...extra, Accept: accept };
   if (apiKey) headers["X-API-Key"] = apiKey;
   let response;
   try {

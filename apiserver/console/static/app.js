@@ -1,6 +1,8 @@
 // The console: hash routes (#/jobs, #/jobs/<id>, #/depth, #/usage) over the public REST API.
 import { ApiError, call, json, key } from "./api.js";
+import { batchForm, previewPager } from "./batch.js";
 import { decode, paint, pixelAt } from "./depthmap.js";
+import { h } from "./dom.js";
 import { locate, marks, planSummary, show3d } from "./viewer.js";
 
 const POLL_MS = 2000;
@@ -9,17 +11,6 @@ const view = document.getElementById("view");
 const errorLine = document.getElementById("error");
 let stopPolling = () => {};
 let closeViewer = () => {};
-
-/** Build an element; strings become text nodes (never parsed as HTML). */
-function h(tag, attrs = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [name, value] of Object.entries(attrs)) {
-    if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
-    else if (value !== false && value != null) el.setAttribute(name, value === true ? "" : value);
-  }
-  el.append(...children.flat().filter((c) => c != null).map((c) => (c instanceof Node ? c : String(c))));
-  return el;
-}
 
 function showError(err) {
   if (err instanceof ApiError && err.status === 401 && key.get()) {
@@ -66,7 +57,7 @@ function jobRow(job) {
   return h("tr", { "data-job-id": job.id, "data-phase": job.phase },
     h("td", {}, h("a", { href: `#/jobs/${encodeURIComponent(job.id)}` }, job.id)),
     h("td", {}, job.kind), h("td", { class: "phase" }, job.phase), progressCell(job), h("td", {}, eta(job)),
-    h("td", {}, job.gpu_seconds == null ? "—" : job.gpu_seconds.toFixed(1)),
+    h("td", { class: "units" }, job.units ?? "—"), h("td", {}, job.gpu_seconds == null ? "—" : job.gpu_seconds.toFixed(1)),
     h("td", {}, job.created_at ? new Date(job.created_at).toLocaleString() : "—"));
 }
 
@@ -98,7 +89,7 @@ function jobsView() {
     h("label", { for: "job-id" }, "Open a job by id "), idInput, " ", h("button", { type: "submit" }, "Open"));
   render("Jobs", open, count, h("table", { id: "jobs" },
     h("caption", { class: "muted" }, "Your jobs, newest first; refreshed every 2 s"),
-    h("thead", {}, h("tr", {}, ["Job", "Kind", "Phase", "Progress", "ETA", "GPU-seconds", "Created"].map((c) => h("th", { scope: "col" }, c)))),
+    h("thead", {}, h("tr", {}, ["Job", "Kind", "Phase", "Progress", "ETA", "Units", "GPU-seconds", "Created"].map((c) => h("th", { scope: "col" }, c)))),
     body));
   poll(async () => {
     const page = await json("/v1/jobs?limit=100");
@@ -135,7 +126,7 @@ function jobView(id) {
     }
     const { done = 0, total = 0, stage = "" } = job.progress || {};
     const rows = [["Kind", job.kind], ["Phase", job.phase], ["Reason", job.reason || "—"], ["Progress", total ? `${done}/${total} ${stage}` : "—"],
-      ["ETA", eta(job)], ["GPU-seconds", job.gpu_seconds ?? "—"], ["Attempts", job.attempts ?? "—"],
+      ["ETA", eta(job)], ["Units", job.units ?? "—"], ["GPU-seconds", job.gpu_seconds ?? "—"], ["Attempts", job.attempts ?? "—"],
       ["Created", job.created_at || "—"], ["Completed", job.completed_at || "—"], ["Results expire", job.expires_at || "—"]];
     summary.replaceChildren(...rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", { "data-field": k.toLowerCase() }, v)]));
     history.replaceChildren(...job.conditions.map((c) => h("tr", {}, h("td", {}, c.type), h("td", {}, c.status), h("td", {}, c.reason), h("td", {}, c.message))));
@@ -148,6 +139,7 @@ function jobView(id) {
       h("li", {}, h("a", { href: f.url, download: f.key.split("/").pop(), rel: "noopener noreferrer" }, f.key), ` (${f.size} bytes)`))
       : [h("li", { class: "muted" }, "The job wrote no files.")]));
     if (job.kind === "ReconstructionJob") await reconstructionOutputs(outputs, results.files);
+    else outputs.replaceChildren(previewPager(results.files) ?? "");
     return false;
   });
 }
@@ -219,7 +211,11 @@ function depthView() {
   const panels = h("div", { class: "panels", hidden: true },
     h("section", { class: "panel", "aria-labelledby": "photo-h" }, h("h2", { id: "photo-h" }, "Photo (click two points)"), h("div", { class: "stack" }, photo, overlay), h("p", {}, measured)),
     h("section", { class: "panel", "aria-labelledby": "depth-h" }, h("h2", { id: "depth-h" }, "Depth"), h("div", { class: "stack" }, depthCanvas), h("p", {}, hover)));
-  render("Depth and measure", drop, status, panels);
+  const photoPanel = panels.firstElementChild;
+  const note = h("p", { id: "photo-note", class: "muted", hidden: true });
+  render("Depth and measure",
+    batchForm({ onSubmitted: () => { showError(null); location.hash = "#/jobs"; }, onError: showError }),
+    h("h2", {}, "One photo: depth at once"), drop, status, note, panels);
 
   let file = null;
   let map = null;
@@ -294,14 +290,19 @@ function depthView() {
       paint(depthCanvas, map);
       URL.revokeObjectURL(photo.src);
       photo.src = URL.createObjectURL(chosen);
-      await photo.decode();
-      drawPoints(null);
+      // A photo this browser cannot show (HEIC in most): the depth still is; measuring needs the photo.
+      const shown = await photo.decode().then(() => true, () => false);
+      photoPanel.hidden = !shown;
+      note.hidden = shown;
+      note.textContent = shown ? "" : `This browser cannot display ${chosen.name}${chosen.type ? ` (${chosen.type})` : ""}, so only its depth is shown; measuring needs a photo the browser can show (convert it to JPEG).`;
+      if (shown) drawPoints(null);
       panels.hidden = false;
       status.textContent = `Depth ${map.width}×${map.height}, ${map.min.toFixed(2)}–${map.max.toFixed(2)} ${map.units === "metres" ? "m" : map.units}, model ${response.headers.get("X-Depth-Model") || "?"}.`;
       status.dataset.ready = "true";
       showError(null);
     } catch (err) {
       panels.hidden = true;
+      note.hidden = true;
       status.textContent = "No depth for this file.";
       showError(err);
     }
