@@ -34,7 +34,6 @@ import numpy as np
 
 from spatialforge.runner.errors import InvalidImageError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".heic", ".heif", ".avif")
 FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "TIFF", "HEIF", "AVIF")
 BACKGROUND = (255, 255, 255)  # transparent pixels are shown over white
 _EXIF_IFD = 0x8769
@@ -79,10 +78,6 @@ class DecodedImage:
     def scale(self) -> float:
         """rgb's size over the input's size (1.0 unless decoded reduced)."""
         return float(self.rgb.shape[1]) / self.width if self.width else 1.0
-
-
-def is_image_name(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def check_size(name: str, size: int, *, max_bytes: int) -> None:

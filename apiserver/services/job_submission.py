@@ -37,9 +37,10 @@ from spatialforge.apiserver.services.jobs import (
 from spatialforge.apiserver.services.kube import JobCache, Kube
 from spatialforge.apiserver.services.namespaces import Namespaces
 from spatialforge.apiserver.services.quotas import Decision, Quotas
-from spatialforge.apiserver.services.storage import Storage
+from spatialforge.apiserver.services.storage import Storage, split_uri
 from spatialforge.apiserver.services.uploads import Uploads
 from spatialforge.crds import DepthBatchSpec
+from spatialforge.crds.v1alpha1.depthbatch import IMAGE_EXTENSIONS, is_image_name
 from spatialforge.crds.constants import API_VERSION, LABEL_TENANT
 
 log = logging.getLogger("spatialforge.apiserver.jobs")
@@ -93,6 +94,26 @@ class JobSubmission:
                                    "(nodeSelector, tolerations, priorityClassName and queueName are refused)",
                                    code="placement_forbidden", details={"fields": named})
 
+    async def _units(self, spec: Spec) -> int:
+        """One unit per image a DepthBatch will read: a prefix input counts the images under it now
+        (the runner reads the same names), so naming a folder never costs less than naming its
+        files. A prefix holding no image is refused here rather than failing later."""
+        if not isinstance(spec, DepthBatchSpec) or not any(u.endswith("/") for u in spec.inputs):
+            return plans_mod.units(spec)
+        names: set[str] = set()
+        for uri in spec.inputs:
+            if not uri.endswith("/"):
+                names.add(uri)
+                continue
+            bucket, _ = split_uri(uri)
+            found = {f"s3://{bucket}/{o['Key']}" for o in await self.storage.list_under(uri) if is_image_name(o["Key"])}
+            if not found:
+                raise errors.InvalidRequest(f"inputs: the prefix {uri!r} holds no image (names ending in "
+                                            f"{', '.join(IMAGE_EXTENSIONS)}); upload the images first",
+                                            code="input_prefix_empty", details={"input": uri})
+            names |= found
+        return len(names)
+
     def _check_size(self, spec: Spec, resource: dict[str, Any]) -> None:
         """Refuse a resource the Kubernetes API would refuse (etcd keeps objects up to 1.5 MiB)
         before anything is charged; the estimate from the URIs alone avoids serialising a huge one."""
@@ -120,7 +141,7 @@ class JobSubmission:
         body = spec.model_dump(by_alias=True, mode="json", exclude_none=True)
         ns = self.namespaces.name(tenant)
         prefix = PREFIXES[kind]
-        cost = plans_mod.units(spec)
+        cost = await self._units(spec)
         annotations = {ANNOTATION_UNITS: str(cost)}
         if webhook_url:
             annotations[ANNOTATION_WEBHOOK_URL] = webhook_url

@@ -19,6 +19,14 @@ from spatialforge.crds.v1alpha1.common import (
 )
 
 
+# The names a prefix input contributes (the runner reads them; the front end charges one unit each).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".heic", ".heif", ".avif")
+
+
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
 class DepthFormat(str, enum.Enum):
     png16 = "png16"  # 16-bit PNG: depth = value x the manifest's png16Scale (metric: 1 mm indoor, 2 mm outdoor).
     npy = "npy"  # float32 NumPy array, metres (metric) or relative units.

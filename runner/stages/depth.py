@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from spatialforge.crds.layout import shard_of
-from spatialforge.crds.v1alpha1.depthbatch import DepthBatchSpec, DepthFormat, OnInvalidImage
+from spatialforge.crds.v1alpha1.depthbatch import DepthBatchSpec, DepthFormat, OnInvalidImage, is_image_name
 from spatialforge.runner.errors import InvalidImageError
 from spatialforge.runner.images import (
     HEADER_BYTES,
@@ -40,7 +40,6 @@ from spatialforge.runner.images import (
     decode_image,
     fit_pixels,
     heuristic_focal_px,
-    is_image_name,
     probe_image,
 )
 from spatialforge.runner.inputs import expand

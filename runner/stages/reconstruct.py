@@ -33,7 +33,7 @@ from spatialforge.runner.geometry.quality import ADVICE, DropReason
 from spatialforge.runner.geometry.single_view import single_view
 from spatialforge.runner.geometry.tracking import estimate_poses
 from spatialforge.runner.geometry.webmesh import write_web_mesh
-from spatialforge.runner.images import is_image_name
+from spatialforge.crds.v1alpha1.depthbatch import is_image_name
 from spatialforge.runner.memory import release_free_memory
 from spatialforge.runner.stages.base import RunContext, StageResult, manifest_header
 from spatialforge.runner.storage import join_uri

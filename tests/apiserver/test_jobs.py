@@ -223,3 +223,26 @@ def test_reconstruction_outputs_choose_what_is_produced(make_tenant, cluster):
         unknown = c.post("/v1/reconstructions", json=t.recon_spec(outputs=["hologram"]))
         assert unknown.status_code == 422 and "outputs" in unknown.text, unknown.text
         assert len(cluster.list("reconstructionjobs", t.namespace)) == before
+
+
+def test_a_prefix_input_costs_one_unit_per_image_under_it(make_tenant, minio):
+    """Naming a folder never costs less than naming its files: each image under a prefix is a
+    unit (the names the runner reads), an image named twice is one, and other files are free."""
+    t = make_tenant("pro")
+    s3 = _s3(minio)
+    folder = f"{t.prefix}inputs/set/".removeprefix(f"s3://{BUCKET}/")
+    for name in ("a.jpg", "b.PNG", "deeper/c.webp", "notes.txt"):
+        s3.put_object(Bucket=BUCKET, Key=folder + name, Body=b"x")
+    with t.client() as c:
+        spec = t.depth_spec(inputs=[f"{t.prefix}inputs/set/", f"{t.prefix}inputs/set/a.jpg",
+                                    f"{t.prefix}inputs/single.jpg"])
+        r = c.post("/v1/depth-batches", json=spec)
+        assert r.status_code == 202, r.text
+        assert r.json()["units"] == 4  # a, b, deeper/c, and the single object; notes.txt is no image
+        assert c.get("/v1/usage").json()["units_used"] == 4
+
+        empty = c.post("/v1/depth-batches", json=t.depth_spec(inputs=[f"{t.prefix}inputs/nothing-here/"]))
+        assert empty.status_code == 422, empty.text
+        assert empty.json()["error"]["code"] == "input_prefix_empty"
+        assert "nothing-here/" in empty.json()["error"]["message"]
+        assert c.get("/v1/usage").json()["units_used"] == 4  # the refusal charged nothing

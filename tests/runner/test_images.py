@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from spatialforge.runner import run_local
-from spatialforge.runner.images import decode_image, fit_pixels, is_image_name
+from spatialforge.crds.v1alpha1.depthbatch import is_image_name
+from spatialforge.runner.images import decode_image, fit_pixels
 
 LIMITS = {"max_pixels": 10**8, "max_bytes": 10**8}
 
