@@ -189,11 +189,14 @@ def test_front_end_writes_only_tenant_namespaces(helm: Helm, cluster: Cluster) -
     cluster.kubectl("create", "namespace", NS, check=False)
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objs))
     who = f"system:serviceaccount:{NS}:{release}-spatialforge-apiserver"
-    tenant, other = f"sf-{uuid.uuid4().hex[:8]}", f"team-{uuid.uuid4().hex[:8]}"
+    tenant = f"sf-{uuid.uuid4().hex[:8]}"
+    tried: list[str] = []
     try:
         assert can(cluster, who, "create", "namespaces", None) and can(cluster, who, "patch", "namespaces", None)
         deadline = time.monotonic() + 30  # the API server loads a new policy within a second or so
-        while True:
+        while True:  # a fresh name each try: one made before the policy loaded may still be terminating
+            other = f"team-{uuid.uuid4().hex[:8]}"
+            tried.append(other)
             refused = cluster.kubectl("create", "namespace", other, f"--as={who}", check=False)
             if refused.returncode != 0 or time.monotonic() > deadline:
                 break
@@ -207,4 +210,4 @@ def test_front_end_writes_only_tenant_namespaces(helm: Helm, cluster: Cluster) -
     finally:
         cluster.kubectl("delete", "-f", "-", "--ignore-not-found", "--wait=false", input=yaml.safe_dump_all(objs),
                         check=False)
-        cluster.kubectl("delete", "namespace", tenant, other, "--ignore-not-found", "--wait=false", check=False)
+        cluster.kubectl("delete", "namespace", tenant, *tried, "--ignore-not-found", "--wait=false", check=False)
