@@ -137,7 +137,16 @@ def _axe(driver: Any, view: str) -> None:
 
 
 def _wait(driver: Any, what: str, probe: Callable[[], Any], timeout: float = SHORT) -> Any:
-    return wait_until(what, probe, timeout=timeout, interval=0.2)
+    """Poll `probe`; an element the page re-rendered between finding and reading it (the jobs list
+    is redrawn on every poll) is a miss to retry, not a failure."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def tolerant() -> Any:
+        try:
+            return probe()
+        except StaleElementReferenceException:
+            return None
+    return wait_until(what, tolerant, timeout=timeout, interval=0.2)
 
 
 def _text(driver: Any, css: str) -> str:
