@@ -47,10 +47,10 @@ class ArtifactStore(abc.ABC):
     def delete(self, uri: str) -> None:
         """Remove an object; a missing one is not an error."""
 
+    @abc.abstractmethod
     def put_if_absent(self, uri: str, data: bytes) -> bool:
         """Create the object only if nothing is at `uri` (atomically: of two writers, exactly
         one gets True); False when it exists. What the publish fence is made of (staging.py)."""
-        raise NotImplementedError(f"{type(self).__name__} has no conditional create")
 
     def delete_prefix(self, prefix: str) -> int:
         """Remove every object under a prefix; returns how many."""
