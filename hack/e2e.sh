@@ -239,6 +239,13 @@ node_down() {
     "${CRICTL}" rmp -fa >/dev/null 2>&1 || true
   fi
   SF_STATE="${E2E_STATE}" proc_stop containerd
+  # A kubelet that is stopped, not drained, leaves its pods' volumes mounted (projected tokens
+  # are tmpfs) and its root bind-mounted: unmount them, deepest first, so nothing under the
+  # node's root stays pinned between runs.
+  local m
+  while read -r m; do
+    umount "${m}" 2>/dev/null || umount -l "${m}"
+  done < <(awk -v root="${NODE_ROOT}/" 'index($2, root) == 1 {print $2}' /proc/mounts | sort -r)
   "${HACK_DIR}/cluster.sh" down
   log_info "node and plane stopped (images kept in ${NODE_ROOT})"
 }
