@@ -115,6 +115,9 @@ node_load() {
     docker save "spatialforge/${image}:${TAG}" |
       "${CTR_DIR}/ctr" --address "${CTR_SOCK}" -n k8s.io images import --local --discard-unpacked-layers - >/dev/null ||
       log_fatal "loading ${image} into containerd failed"
+    # The previous build, now untagged, would stay in the store for good (8 GB for the runner):
+    # remove it unless a container still uses it.
+    [[ -n ${have} ]] && "${CRICTL}" rmi "${have}" >/dev/null 2>&1 || true
   done
 }
 
