@@ -5,21 +5,30 @@ Renders a walk through a furnished 4.4 x 5.2 m room with plaster-like walls (run
 it began, to an MP4 at 640x480. Then runs the ReconstructionJob stage on it at each preset,
 each in its own process (so peak RSS is that preset's), asking for every output. Depth is
 - `--depth truth` (default): the scene's rendered depth at each keyframe;
-- `--depth mono`: that depth as a monocular model gets it wrong (per-frame scale error
-  uniform in +-5 %, smooth noise of 1 % of depth with a 20 px correlation length);
+- `--depth mono`: that depth as a monocular network gets it wrong (runner.synthetic:
+  `MonoErrors`): a per-frame scale error (`--mono-scale`, sigma 4 %), a smooth low-frequency
+  warp (`--mono-warp`, at most +-3 %), depth smeared across object edges (`--mono-edge-px`, 3 px of a
+  518 px network input) and per-pixel noise (`--mono-noise`, 1 %); 0 turns one off;
+- `--depth mono:warp` (or `mono:scale`, `mono:edge`, `mono:noise`): that one error alone;
 - `--depth v2-small`: the real V2-Small architecture with random weights (time only).
 
+`--ablation` runs true depth, each error alone and all four together, and prints each one's
+own effect as a table.
+
 Reported per preset: wall time, peak RSS, ATE (RMSE of camera positions, anchored at the
-first keyframe) and its maximum, worst rotation error, loop-closing gap (position error of
+first keyframe; after the best rigid alignment of the whole path; and after the best rigid
+alignment and scale) and its maximum, worst
+rotation error, loop-closing gap (position error of
 the last keyframe, which stands where the first did), mesh accuracy p50/p95 (distance of
-mesh vertices to the true surfaces), completeness at 10 mm (share of the true visible surface
-within 10 mm of the mesh), floor-plan area error and room count, and the sizes of the mesh and of
+mesh vertices to the true surfaces), completeness at 10 and 20 mm (share of the true visible
+surface within that distance of the mesh), floor-plan area error and room count, and the sizes of the mesh and of
 its web-sized copy (what the console's viewer opens).
 
     python bench/reconstruct.py                          # the full 60 s walk, all presets
     python bench/reconstruct.py --seconds 15 --presets standard
     python bench/reconstruct.py --depth mono --presets standard
     python bench/reconstruct.py --depth truth,mono --presets standard
+    python bench/reconstruct.py --ablation --presets standard
 
 Prints a table, then one JSON line.
 """
@@ -39,6 +48,8 @@ from pathlib import Path
 import numpy as np
 
 FULL = (640, 480)
+ABLATION = ("truth", "mono:scale", "mono:warp", "mono:edge", "mono:noise", "mono")
+DEPTHS = (*ABLATION, "v2-small")
 FOCAL = 500.0
 
 
@@ -49,6 +60,32 @@ def scene(args: argparse.Namespace) -> tuple[object, object, list[np.ndarray]]:
     # A cut of the walk keeps its pace: fraction of the 60 s loop.
     poses = walk(n, fraction=min(1.0, args.seconds / 60.0))
     return furnished_room(), PinholeCamera(width=FULL[0], height=FULL[1], fx=FOCAL, fy=FOCAL), poses
+
+
+def aligned_rmse(est: np.ndarray, gt: np.ndarray, *, with_scale: bool = False) -> float:
+    """RMSE of positions after the rigid motion (and, `with_scale`, the scale) that best maps
+    `est` onto `gt` (Umeyama). The scale-free figure is what monocular depth can determine:
+    its global scale is known only to the per-frame scale error over the root of the frame count."""
+    mu_e, mu_g = est.mean(0), gt.mean(0)
+    e, g = est - mu_e, gt - mu_g
+    U, sv, Vt = np.linalg.svd(g.T @ e / len(est))
+    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
+    R = U @ D @ Vt
+    c = float(np.trace(np.diag(sv) @ D) / np.mean(np.sum(e**2, axis=1))) if with_scale else 1.0
+    return float(np.sqrt(np.mean(np.sum((c * e @ R.T - g) ** 2, axis=1))))
+
+
+def mono_errors(args: argparse.Namespace, depth: str):
+    """The MonoErrors a `--depth` entry asks for (None for true depth)."""
+    from spatialforge.runner.synthetic import MonoErrors
+
+    if not depth.startswith("mono"):
+        return None
+    full = MonoErrors(scale=args.mono_scale, warp=args.mono_warp, edge_px=args.mono_edge_px, noise=args.mono_noise)
+    if depth == "mono":
+        return full
+    one = {"mono:scale": "scale", "mono:warp": "warp", "mono:edge": "edge_px", "mono:noise": "noise"}[depth]
+    return MonoErrors(**{f: (getattr(full, f) if f == one else 0.0) for f in ("scale", "warp", "edge_px", "noise")})
 
 
 def metrics(shard: Path, room, cam, poses: list[np.ndarray], mono: bool) -> dict:
@@ -69,9 +106,13 @@ def metrics(shard: Path, room, cam, poses: list[np.ndarray], mono: bool) -> dict
         cos = np.clip((np.trace(gt[:3, :3].T @ est[:3, :3]) - 1) / 2, -1.0, 1.0)
         rots.append(float(np.degrees(np.arccos(cos))))
     errs_a = np.asarray(errs)
+    est_t = np.asarray([np.asarray(f["cameraToWorld"])[:3, 3] for f in frames])
+    gt_t = np.asarray([(first @ poses[f["frame"]])[:3, 3] for f in frames])
     out = {
         "keyframes": manifest["keyframes"], "posed": manifest["posed"], "loop_closures": manifest["poseGraph"]["loopClosures"],
         "ate_mm": round(1000 * float(np.sqrt(np.mean(errs_a**2))), 3), "ate_max_mm": round(1000 * float(errs_a.max()), 3),
+        "ate_aligned_mm": round(1000 * aligned_rmse(est_t, gt_t), 3),
+        "ate_sim3_mm": round(1000 * aligned_rmse(est_t, gt_t, with_scale=True), 3),
         "rot_max_deg": round(max(rots), 4), "loop_gap_mm": round(1000 * errs[-1], 3),
     }
     full, web = manifest["outputs"]["mesh"], manifest["outputs"]["webMesh"]  # what the console's viewer opens
@@ -99,6 +140,7 @@ def metrics(shard: Path, room, cam, poses: list[np.ndarray], mono: bool) -> dict
     raycast.add_triangles(o3d.t.geometry.TriangleMesh.from_legacy(mesh))
     d_gt = raycast.compute_distance(o3d.core.Tensor(np.concatenate(truth).astype(np.float32))).numpy()
     out["completeness_10mm"] = round(float(np.mean(d_gt < 0.010)), 4)
+    out["completeness_20mm"] = round(float(np.mean(d_gt < 0.020)), 4)
     plan = manifest.get("floorplan")
     if plan:
         out["floor_area_m2"] = plan["areaM2"]
@@ -121,14 +163,15 @@ def child(args: argparse.Namespace) -> None:
 
     root = Path(args.workdir)
     room, cam, poses = scene(args)
-    mono = args.depth == "mono"
+    errors = mono_errors(args, args.depth)
+    mono = errors is not None
 
     def provider(keyframes: list) -> tuple[list[np.ndarray], bool]:
         out = []
         for k in keyframes:
             h, w = k.rgb.shape[:2]
             depth = render(room, cam.scaled(w, h), poses[k.index], supersample=1)[1]
-            out.append(monocular_like(depth, np.random.default_rng(k.index)) if mono else depth)
+            out.append(monocular_like(depth, np.random.default_rng(k.index), errors) if mono else depth)
         return out, True
 
     if args.depth == "v2-small":
@@ -159,14 +202,23 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--fps", type=float, default=10.0)
     parser.add_argument("--presets", default="draft,standard,high")
-    parser.add_argument("--depth", default="truth", help="truth, mono or v2-small; a comma list runs each on the same video")
+    parser.add_argument("--depth", default="truth",
+                        help="truth, mono, mono:scale|warp|edge|noise or v2-small; a comma list runs each on the same video")
+    parser.add_argument("--ablation", action="store_true", help="true depth, each monocular error alone, then all four")
+    parser.add_argument("--mono-scale", type=float, default=0.04, help="sigma of the per-frame scale error")
+    parser.add_argument("--mono-warp", type=float, default=0.03, help="peak of the low-frequency warp (relative)")
+    parser.add_argument("--mono-edge-px", type=float, default=3.0, help="edge smear width, px of a 518 px input")
+    parser.add_argument("--mono-noise", type=float, default=0.01, help="sigma of per-pixel noise")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.ablation:
+        args.depth = ",".join(ABLATION)
+    for depth in args.depth.split(","):
+        if depth not in DEPTHS:
+            raise SystemExit(f"--depth {depth}: expected one of {', '.join(DEPTHS)}")
     if args.child:
-        if args.depth not in ("truth", "mono", "v2-small"):
-            raise SystemExit(f"--depth {args.depth}: expected truth, mono or v2-small")
         child(args)
         return
 
@@ -185,7 +237,9 @@ def main() -> None:
             for preset in args.presets.split(","):
                 key = preset if len(depths) == 1 else f"{preset}:{depth}"
                 cmd = [sys.executable, __file__, "--child", preset, "--workdir", tmp, "--seconds", str(args.seconds),
-                       "--fps", str(args.fps), "--depth", depth, "--device", args.device]
+                       "--fps", str(args.fps), "--depth", depth, "--device", args.device,
+                       "--mono-scale", str(args.mono_scale), "--mono-warp", str(args.mono_warp),
+                       "--mono-edge-px", str(args.mono_edge_px), "--mono-noise", str(args.mono_noise)]
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 if proc.returncode != 0:
                     print(proc.stderr[-4000:], file=sys.stderr)
@@ -193,14 +247,17 @@ def main() -> None:
                 results[key] = json.loads(proc.stdout.strip().splitlines()[-1])
                 print(f"{key}: {results[key]}", flush=True)
     cols = [("wall_s", "wall s", ".1f"), ("peak_rss_mb", "RSS MB", ".0f"), ("ate_mm", "ATE mm", ".2f"),
-            ("rot_max_deg", "rot deg", ".3f"), ("loop_gap_mm", "gap mm", ".2f"), ("mesh_p50_mm", "p50 mm", ".2f"),
-            ("mesh_p95_mm", "p95 mm", ".2f"), ("completeness_10mm", "compl", ".3f"), ("floor_area_err_pct", "area %", ".2f"),
+            ("ate_aligned_mm", "ATE al", ".2f"), ("ate_sim3_mm", "ATE s3", ".2f"), ("rot_max_deg", "rot deg", ".3f"), ("loop_gap_mm", "gap mm", ".2f"), ("mesh_p50_mm", "p50 mm", ".2f"),
+            ("mesh_p95_mm", "p95 mm", ".2f"), ("completeness_10mm", "c@10", ".3f"), ("completeness_20mm", "c@20", ".3f"), ("floor_area_err_pct", "area %", ".2f"),
             ("room_count", "rooms", "d"), ("mesh_mb", "mesh MB", ".1f"), ("web_mb", "web MB", ".1f")]
-    print(f"{'preset':<16}" + "".join(f"{label:>10}" for _, label, _ in cols))
+    print(f"{'preset':<22}" + "".join(f"{label:>10}" for _, label, _ in cols))
     for preset, r in results.items():
-        print(f"{preset:<16}" + "".join(f"{format(r[k], fmt) if r.get(k) is not None else '-':>10}" for k, _, fmt in cols))
+        print(f"{preset:<22}" + "".join(f"{format(r[k], fmt) if r.get(k) is not None else '-':>10}" for k, _, fmt in cols))
     print(json.dumps({"bench": "reconstruct", "video_s": args.seconds, "fps": args.fps, "size": f"{FULL[0]}x{FULL[1]}",
                       "frames": len(poses), "path_m": round(path_length(poses), 3), "depth": args.depth,
+                      "mono": {"scale": args.mono_scale, "warp": args.mono_warp, "edge_px": args.mono_edge_px,
+                               "noise": args.mono_noise},
+                      "load_avg": [round(x, 2) for x in os.getloadavg()],
                       "device": args.device, "presets": results}))
 
 

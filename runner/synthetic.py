@@ -277,18 +277,58 @@ def render(room: Room, camera: PinholeCamera, cam_to_world: np.ndarray, *, super
     return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8), depth
 
 
-def monocular_like(depth: np.ndarray, rng: np.random.Generator, *, scale_err: float = 0.05,
-                   noise: float = 0.01, corr_px: float = 20.0) -> np.ndarray:
-    """Depth as a monocular model gets it wrong: a per-frame scale error uniform in ±scale_err,
-    times smooth noise with σ = noise (relative) and a correlation length of corr_px pixels."""
+@dataclass(frozen=True, kw_only=True)
+class MonoErrors:
+    """How a monocular depth network errs, each error with its own strength (0 turns it off).
+
+    Defaults are the strengths an outside check used on this project: a per-frame scale error
+    (σ 4 %), a smooth low-frequency warp (at most ±3 %, at most one cycle across the image),
+    depth smeared across object edges (flying pixels over `edge_px` pixels of a 518-px network
+    input) and per-pixel noise (σ 1 %). With all four, the pipeline as it stood reproduced
+    that check's figures (9.3 mm ATE against 11.2, mesh p50 10.3 mm against 10.2, p95 62
+    against 62 mm).
+    """
+
+    scale: float = 0.04
+    warp: float = 0.03
+    edge_px: float = 3.0
+    noise: float = 0.01
+
+    @classmethod
+    def only(cls, *names: str) -> MonoErrors:
+        """These errors at their default strengths, the others off."""
+        base = cls()
+        return cls(**{f: (getattr(base, f) if f in names else 0.0) for f in ("scale", "warp", "edge_px", "noise")})
+
+
+NETWORK_SIDE = 518  # the longer side a V2 network sees: edge smear is that many pixels wide there
+WARP_CYCLES = 1.0  # the warp's plane waves make at most one cycle across the image
+
+
+def monocular_like(depth: np.ndarray, rng: np.random.Generator, errors: MonoErrors = MonoErrors()) -> np.ndarray:
+    """True depth as a monocular network gets it wrong (`MonoErrors`), float32 metres."""
     import cv2
 
     h, w = depth.shape
-    white = rng.standard_normal((h, w)).astype(np.float32)
-    smooth = cv2.GaussianBlur(white, (0, 0), sigmaX=corr_px / 2, borderType=cv2.BORDER_REFLECT)
-    smooth *= noise / max(float(smooth.std()), 1e-9)
-    scale = 1.0 + rng.uniform(-scale_err, scale_err)
-    return (depth * scale * (1.0 + smooth)).astype(np.float32)
+    out = depth.astype(np.float32).copy()
+    if errors.edge_px > 0:
+        # A network's output is smooth where the scene is not: across an occluding edge the
+        # depth runs from the near surface to the far one through points in empty space.
+        sigma = errors.edge_px / 2 * max(h, w) / NETWORK_SIDE
+        out = cv2.GaussianBlur(out, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REPLICATE)
+    if errors.warp > 0:
+        vs, us = np.mgrid[0:h, 0:w].astype(np.float32)
+        wave = np.zeros((h, w), np.float32)
+        for _ in range(6):  # random plane waves, summed and scaled to a peak of `warp`
+            fx, fy = rng.uniform(-WARP_CYCLES, WARP_CYCLES, size=2)
+            wave += np.cos(2 * np.pi * (fx * us / w + fy * vs / h) + rng.uniform(0, 2 * np.pi)).astype(np.float32)
+        wave -= wave.mean()
+        out *= 1.0 + wave * np.float32(errors.warp / max(float(np.abs(wave).max()), 1e-9))
+    if errors.scale > 0:
+        out *= np.float32(np.clip(1.0 + rng.normal(0.0, errors.scale), 0.8, 1.2))
+    if errors.noise > 0:
+        out *= 1.0 + rng.normal(0.0, errors.noise, size=(h, w)).astype(np.float32)
+    return out
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: float = 30.0, fourcc: str = "mp4v") -> Path:
