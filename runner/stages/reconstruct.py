@@ -1,5 +1,8 @@
 """ReconstructionJob: frames -> quality gate -> keyframes -> depth -> poses -> fusion -> outputs.
 
+Before fusion, depth smeared across occluding edges ("flying pixels") is dropped
+(geometry/depth_edges.py); the manifest's `flyingPixelsDropped` says what share.
+
 Outputs under shard-00000, as `spec.output.formats` asks: `trajectory.json` (metric camera
 poses with intrinsics), `pointcloud.ply`, `mesh.ply` with its web-sized copy `mesh.web.ply`
 (geometry/webmesh.py), `floorplan.{svg,dxf,geojson}`; then `manifest.json`. A trajectory-only
@@ -26,6 +29,7 @@ import numpy as np
 from spatialforge.crds.v1alpha1.reconstructionjob import QualityPreset, ReconstructionFormat, ReconstructionJobSpec
 from spatialforge.runner.errors import EmptyReconstructionError, FloorPlanError, InputNotFoundError, InvalidVideoError
 from spatialforge.runner.geometry.camera import Camera, resolve_camera
+from spatialforge.runner.geometry.depth_edges import drop_flying_pixels
 from spatialforge.runner.geometry.fusion import FusionResult, fuse
 from spatialforge.runner.geometry.keyframes import Drops, Keyframe, KeyframeSelector
 from spatialforge.runner.geometry.poses import PoseResult
@@ -175,11 +179,15 @@ class ReconstructStage:
                 self._check_motion(poses, keyframes, warnings)
             geometry: FusionResult | None = None
             plan = None
+            flying = 0.0
             voxel = spec.voxel_size or VOXEL_SIZE[preset]
             device = ctx.get_device().open3d_device
             if formats & {ReconstructionFormat.pointcloud, ReconstructionFormat.mesh, ReconstructionFormat.floorplan}:
                 progress.update(stage="fusion")
                 t0 = time.monotonic()
+                # After tracking, which needs the edges (geometry/depth_edges.py): the maps are the stage's.
+                depths = [d if d.flags.writeable else d.copy() for d in depths]
+                flying = drop_flying_pixels(depths)
                 if single:
                     k = poses.posed[0] if poses.posed else 0
                     geometry = single_view(keyframes[k].rgb, depths[k], camera.K, depth_max=spec.depth_max)
@@ -206,6 +214,7 @@ class ReconstructStage:
                 spec, ctx, Path(tmp), keyframes, poses, geometry, plan, camera,
                 extra={
                     "voxelSize": voxel, "metric": metric, "device": device, "quality": preset.value,
+                    "flyingPixelsDropped": round(flying, 4),
                     "singleView": single, "warnings": warnings,
                     "model": {"size": spec.model.size.value, "variant": spec.model.variant.value,
                               "checkpoint": checkpoint, "metric": metric},

@@ -101,15 +101,40 @@ def test_web_mesh_is_decimated_to_the_budget(tmp_path):
     small = o3d.io.read_triangle_mesh(str(shard / "mesh.web.ply"))
     big = o3d.io.read_triangle_mesh(str(shard / "mesh.ply"))
     assert len(small.triangles) == web["triangles"] and small.has_vertex_colors()
+    # Same extent within half a web triangle (5,000 triangles over this room are about 10 cm across;
+    # the mesh's edges, where flying pixels were dropped, are ragged at 3 cm).
     box, big_box = small.get_axis_aligned_bounding_box(), big.get_axis_aligned_bounding_box()
-    np.testing.assert_allclose(box.get_min_bound(), big_box.get_min_bound(), atol=0.03)
-    np.testing.assert_allclose(box.get_max_bound(), big_box.get_max_bound(), atol=0.03)
+    np.testing.assert_allclose(box.get_min_bound(), big_box.get_min_bound(), atol=0.05)
+    np.testing.assert_allclose(box.get_max_bound(), big_box.get_max_bound(), atol=0.05)
     # Colours survive decimation: each kept vertex has about the colour of the full mesh around it
     # (its 8 nearest vertices: a kept vertex stands for the ones merged into it).
     tree = o3d.geometry.KDTreeFlann(big)
     near = np.asarray(big.vertex_colors)[[list(tree.search_knn_vector_3d(p, 8)[1]) for p in np.asarray(small.vertices)]]
     diff = np.abs(np.asarray(small.vertex_colors) - near.mean(1)).mean(1)
     assert np.median(diff) < 0.03, np.percentile(diff, [50, 90])
+
+
+def test_web_mesh_fits_the_budget_where_quadric_decimation_stops_short(monkeypatch):
+    """A mesh fused from monocular-like depth (noisy, in fragments): quadric decimation alone
+    stops well over a tight budget; the clustering rounds after it bring it under."""
+    from spatialforge.runner.geometry import webmesh
+    from spatialforge.runner.geometry.fusion import fuse
+    from spatialforge.runner.synthetic import monocular_like
+
+    cam = FULL.scaled(256, 192)
+    poses = walk(12)[:6]
+    frames = [render(ROOM, cam, T, supersample=1) for T in poses]
+    first = np.linalg.inv(poses[0])
+    mesh = fuse([f[0] for f in frames], [monocular_like(f[1], np.random.default_rng(i)) for i, f in enumerate(frames)],
+                [first @ T for T in poses], cam.K, voxel_size=0.02, depth_max=8.0).mesh
+    vertices, triangles = mesh.vertex.positions.numpy(), mesh.triangle.indices.numpy()
+    budget = 2_000
+    with monkeypatch.context() as m:
+        m.setattr(webmesh, "MAX_CLUSTER_ROUNDS", 0)
+        with pytest.raises(RuntimeError, match="under 2000 triangles"):
+            webmesh.decimate(vertices, triangles, None, budget)
+    _, small, _ = webmesh.decimate(vertices, triangles, None, budget)
+    assert budget // 2 < len(small) <= budget
 
 
 def test_web_mesh_under_the_budget_is_the_whole_mesh(tmp_path):
