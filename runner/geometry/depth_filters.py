@@ -1,4 +1,12 @@
-"""Flying pixels: depth that a network smeared across an occluding edge, kept out of fusion.
+"""Depth made fit for fusion: per-pixel noise filtered, flying pixels dropped.
+
+Noise. A 5 x 5 median before fusion: it keeps edges and, on a plane (an affine function of
+the pixel coordinates over the window), the centre value, so true depth passes unchanged
+while 1 % per-pixel noise no longer thickens every surface of the TSDF (mesh p95 14 -> 4.5 mm
+with noise alone on the bench's walk, 57 -> 35 mm with all four monocular errors). Not before
+tracking: there it helped with noise alone and cost pose accuracy with all four errors.
+
+Flying pixels: depth that a network smeared across an occluding edge, kept out of fusion.
 
 A monocular network's depth is smooth where the scene is not: across the edge of a table in
 front of a wall it runs from one surface to the other through points in empty space. Fused,
@@ -47,6 +55,21 @@ def flying_pixels(depth: np.ndarray) -> np.ndarray:
     radius = max(1, round(SMEAR_PX * max(h, w) / NETWORK_SIDE))
     kernel = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
     return cv2.dilate(edge.view(np.uint8), kernel) > 0
+
+
+def denoise(depth: np.ndarray) -> np.ndarray:
+    """The map through a 5 x 5 median (float32; 0 stays 0 where most of the window is 0)."""
+    import cv2
+
+    return cv2.medianBlur(np.ascontiguousarray(depth, dtype=np.float32), 5)
+
+
+def prepare_for_fusion(depths: list[np.ndarray]) -> float:
+    """Denoise every map, then drop its flying pixels, replacing the list's maps (the caller's
+    own); returns the share of pixels with depth that were dropped as flying."""
+    for i, depth in enumerate(depths):
+        depths[i] = denoise(depth)
+    return drop_flying_pixels(depths)
 
 
 def drop_flying_pixels(depths: list[np.ndarray]) -> float:
