@@ -167,7 +167,9 @@ def test_reconstruction_3d_view_and_floor_plan(api: ServerThread, make_tenant: C
     trajectory = httpx.get(signed["shard-00000/trajectory.json"], timeout=SHORT).json()
     assert int(canvas.get_attribute("data-path")) == sum(f["cameraToWorld"] is not None for f in trajectory["frames"]) >= 2
     colours, covered = _drawn(_canvas_pixels(driver))
-    assert colours > 500 and covered > 0.15, (colours, covered)
+    # The mesh covers 13.8 % of the canvas at the initial view (15.6 % before the runner dropped
+    # depth along silhouettes before fusion, geometry/depth_filters.py); a blank scene covers 0.
+    assert colours > 500 and covered > 0.12, (colours, covered)
     opened = driver.execute_script("return performance.getEntriesByName('viewer-open', 'measure')[0].duration")
     print(f"\nviewer open (click to first frame): {opened:.0f} ms for {shown_kind} of {faces} triangles, {len(mesh_bytes)} bytes")
     _axe(driver, "3D viewer")
