@@ -2,9 +2,10 @@
 
 Noise. A 5 x 5 median before fusion: it keeps edges and, on a plane (an affine function of
 the pixel coordinates over the window), the centre value, so true depth passes unchanged
-while 1 % per-pixel noise no longer thickens every surface of the TSDF (mesh p95 14 -> 4.5 mm
-with noise alone on the bench's walk, 57 -> 35 mm with all four monocular errors). Not before
-tracking: there it helped with noise alone and cost pose accuracy with all four errors.
+while 1 % per-pixel noise no longer thickens every surface of the TSDF (bench/reconstruct.py,
+standard preset: mesh p95 14.1 -> 4.9 mm with noise alone, 70 -> 48 mm with all four monocular
+errors). Not before tracking: in a trial there it helped with noise alone and cost pose
+accuracy with all four errors.
 
 Flying pixels: depth that a network smeared across an occluding edge, kept out of fusion.
 
@@ -13,14 +14,15 @@ front of a wall it runs from one surface to the other through points in empty sp
 those points become fins and floaters along every silhouette.
 
 On any plane, inverse depth is an affine function of the pixel coordinates, so its second
-differences vanish; across a smeared edge they do not. The map is median-filtered first (per
-pixel noise would otherwise dominate second differences), a pixel is flagged where the second
-difference of inverse depth exceeds `THRESHOLD` of its value, and the flags grow by the smear's
-width. Pixels without depth count as edges too (their neighbours border a hole).
+differences vanish; across a smeared edge they do not. Inverse depth is Gaussian-smoothed first
+(which leaves an affine function as it was, while per-pixel noise would otherwise dominate
+second differences), a pixel is flagged where the second difference exceeds `THRESHOLD` of its
+value, and the flags grow by the smear's width. Pixels without depth count as edges too (their
+neighbours border a hole).
 
 Only fusion drops them. The tracker keeps every pixel: its photometric odometry draws most of
 its signal from exactly these edges, and masking them before tracking doubled the pose error
-on the bench's walk (bench/reconstruct.py --depth mono: ATE 9.3 -> 18 mm).
+in a trial on the bench's walk with all four monocular errors (ATE 9.3 -> 18 mm).
 """
 
 from __future__ import annotations
