@@ -29,7 +29,6 @@ import asyncio
 import json
 import multiprocessing
 import os
-import secrets
 import statistics
 import subprocess
 import sys
@@ -39,14 +38,17 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from stack import (  # bench/ is on sys.path: the script's own folder
+    frontend_env,
+    start_servers,
+    stop_servers,
+)
 
 from spatialforge.devcluster.plane import STATE, start_cluster
 from spatialforge.devcluster.ports import free_port
 
-REPO = Path(__file__).resolve().parents[1]
 
 BENCH_STATE = STATE / "bench-api"
-HACK = REPO / "hack"
 BUCKET = "sf-bench"
 TARGETS = {"reads_per_s": 1000, "read_p99_ms": 50, "creates_per_s": 200, "health_p99_ms": 50}
 BIG = 50 * 1024 * 1024
@@ -55,15 +57,6 @@ BIG = 50 * 1024 * 1024
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
-
-
-def script(name: str, action: str, **env: str) -> dict[str, str]:
-    proc = subprocess.run(["bash", str(HACK / name), action], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "SPATIALFORGE_STATE": str(BENCH_STATE), **env})
-    if proc.returncode != 0:
-        raise SystemExit(f"hack/{name} {action} failed:\n{proc.stderr[-2000:]}")
-    return {k: v for line in proc.stdout.splitlines() if line.startswith("export ")
-            for k, _, v in [line[len("export "):].partition("=")]}
 
 
 def serve(env: dict[str, str], port: int, workers: int, nice: int = 0) -> subprocess.Popen[bytes]:
@@ -256,30 +249,12 @@ async def large_bodies(url: str, key: str, limit: int, attackers: int, seconds: 
 async def main(args: argparse.Namespace) -> dict:
     BENCH_STATE.mkdir(parents=True, exist_ok=True)
     plane, _ = start_cluster()
-    env: dict[str, str] = {}
     started: list[str] = []
     proc = None
     try:
-        for name, port_var, extra in (("redis.sh", "REDIS_PORT", {}), ("stripe-mock.sh", "STRIPE_MOCK_PORT", {}),
-                                      ("minio.sh", "MINIO_PORT", {})):
-            env.update(script(name, "up", **{port_var: str(free_port())}, **extra))
-            started.append(name)
-        api_env = {
-            "SPATIALFORGE_API_SECRET_KEY": secrets.token_urlsafe(48),
-            "SPATIALFORGE_API_REDIS_URL": env["SPATIALFORGE_API_REDIS_URL"],
-            "SPATIALFORGE_API_KUBECONFIG": str(plane.kubeconfig),
-            "SPATIALFORGE_API_S3_ENDPOINT": env["SPATIALFORGE_S3_ENDPOINT"],
-            "SPATIALFORGE_API_S3_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"],
-            "SPATIALFORGE_API_S3_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"],
-            "SPATIALFORGE_API_BUCKET": BUCKET,
-            "SPATIALFORGE_API_STRIPE_API_KEY": "sk_test_" + secrets.token_hex(24),
-            "SPATIALFORGE_API_STRIPE_WEBHOOK_SECRET": "whsec_" + secrets.token_hex(24),
-            "SPATIALFORGE_API_STRIPE_API_BASE": env["SPATIALFORGE_API_STRIPE_API_BASE"],
-            "SPATIALFORGE_API_LOG_JSON": "true",
-            "SPATIALFORGE_API_NAMESPACE_PREFIX": "bench-",
-            "SPATIALFORGE_API_MAX_BODY_BYTES": str(args.max_body),
-            "SPATIALFORGE_API_METRICS_PORT": str(free_port()),
-        }
+        env = start_servers(BENCH_STATE, started)
+        api_env = frontend_env(plane, env, BUCKET, SPATIALFORGE_API_LOG_JSON="true",
+                               SPATIALFORGE_API_MAX_BODY_BYTES=str(args.max_body))
         if args.skip_throughput:
             args.creates, args.read_seconds = args.concurrency * 2, 2.0
         tenant = f"t{uuid.uuid4().hex[:8]}"
@@ -366,8 +341,7 @@ async def main(args: argparse.Namespace) -> dict:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        for name in reversed(started):
-            script(name, "down")
+        stop_servers(BENCH_STATE, started)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import secrets
 import sys
 import uuid
 from pathlib import Path
@@ -23,7 +22,8 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).parent))  # bench/ is scripts, not a package: share api_load's stack helpers
-from api_load import BENCH_STATE, script, serve, tenant_key, wait_ready
+from api_load import BENCH_STATE, serve, tenant_key, wait_ready
+from stack import frontend_env, start_servers, stop_servers
 
 from spatialforge.devcluster.plane import start_cluster
 from spatialforge.devcluster.ports import free_port
@@ -76,26 +76,10 @@ async def one_run(api_env: dict[str, str], key: str, enabled: bool, loads: int) 
 async def main(args: argparse.Namespace) -> dict:
     BENCH_STATE.mkdir(parents=True, exist_ok=True)
     plane, _ = start_cluster()
-    env: dict[str, str] = {}
     started: list[str] = []
     try:
-        for name, port_var in (("redis.sh", "REDIS_PORT"), ("stripe-mock.sh", "STRIPE_MOCK_PORT"), ("minio.sh", "MINIO_PORT")):
-            env.update(script(name, "up", **{port_var: str(free_port())}))
-            started.append(name)
-        api_env = {
-            "SPATIALFORGE_API_SECRET_KEY": secrets.token_urlsafe(48),
-            "SPATIALFORGE_API_REDIS_URL": env["SPATIALFORGE_API_REDIS_URL"],
-            "SPATIALFORGE_API_KUBECONFIG": str(plane.kubeconfig),
-            "SPATIALFORGE_API_S3_ENDPOINT": env["SPATIALFORGE_S3_ENDPOINT"],
-            "SPATIALFORGE_API_S3_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"],
-            "SPATIALFORGE_API_S3_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"],
-            "SPATIALFORGE_API_BUCKET": BUCKET,
-            "SPATIALFORGE_API_STRIPE_API_KEY": "sk_test_" + secrets.token_hex(24),
-            "SPATIALFORGE_API_STRIPE_WEBHOOK_SECRET": "whsec_" + secrets.token_hex(24),
-            "SPATIALFORGE_API_STRIPE_API_BASE": env["SPATIALFORGE_API_STRIPE_API_BASE"],
-            "SPATIALFORGE_API_NAMESPACE_PREFIX": "bench-",
-            "SPATIALFORGE_API_METRICS_PORT": str(free_port()),
-        }
+        env = start_servers(BENCH_STATE, started)
+        api_env = frontend_env(plane, env, BUCKET)
         key = await tenant_key(api_env, f"t{uuid.uuid4().hex[:8]}")
         on = await one_run(api_env, key, True, args.loads)
         off = await one_run(api_env, key, False, args.loads)
@@ -103,8 +87,7 @@ async def main(args: argparse.Namespace) -> dict:
                 "added_after_mib": round(on["rss_after_mib"] - off["rss_after_mib"], 1),
                 "added_ready_mib": round(on["rss_ready_mib"] - off["rss_ready_mib"], 1)}
     finally:
-        for name in reversed(started):
-            script(name, "down")
+        stop_servers(BENCH_STATE, started)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
 import statistics
 import sys
 import time
@@ -27,7 +26,8 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).parent))  # bench/ is scripts, not a package: share api_load's stack helpers
-from api_load import BENCH_STATE, drive, script, serve, tenant_key, wait_ready
+from api_load import BENCH_STATE, drive, serve, tenant_key, wait_ready
+from stack import frontend_env, start_servers, stop_servers
 
 from spatialforge.devcluster.plane import start_cluster
 from spatialforge.devcluster.ports import free_port
@@ -81,27 +81,11 @@ def measure(url: str, key: str, loads: int, jobs: int) -> dict[str, float]:
 async def main(args: argparse.Namespace) -> dict:
     BENCH_STATE.mkdir(parents=True, exist_ok=True)
     plane, _ = start_cluster()
-    env: dict[str, str] = {}
     started: list[str] = []
     proc = None
     try:
-        for name, port_var in (("redis.sh", "REDIS_PORT"), ("stripe-mock.sh", "STRIPE_MOCK_PORT"), ("minio.sh", "MINIO_PORT")):
-            env.update(script(name, "up", **{port_var: str(free_port())}))
-            started.append(name)
-        api_env = {
-            "SPATIALFORGE_API_SECRET_KEY": secrets.token_urlsafe(48),
-            "SPATIALFORGE_API_REDIS_URL": env["SPATIALFORGE_API_REDIS_URL"],
-            "SPATIALFORGE_API_KUBECONFIG": str(plane.kubeconfig),
-            "SPATIALFORGE_API_S3_ENDPOINT": env["SPATIALFORGE_S3_ENDPOINT"],
-            "SPATIALFORGE_API_S3_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"],
-            "SPATIALFORGE_API_S3_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"],
-            "SPATIALFORGE_API_BUCKET": BUCKET,
-            "SPATIALFORGE_API_STRIPE_API_KEY": "sk_test_" + secrets.token_hex(24),
-            "SPATIALFORGE_API_STRIPE_WEBHOOK_SECRET": "whsec_" + secrets.token_hex(24),
-            "SPATIALFORGE_API_STRIPE_API_BASE": env["SPATIALFORGE_API_STRIPE_API_BASE"],
-            "SPATIALFORGE_API_NAMESPACE_PREFIX": "bench-",
-            "SPATIALFORGE_API_METRICS_PORT": str(free_port()),
-        }
+        env = start_servers(BENCH_STATE, started)
+        api_env = frontend_env(plane, env, BUCKET)
         tenant = f"t{uuid.uuid4().hex[:8]}"
         key = await tenant_key(api_env, tenant)
         port = free_port()
@@ -130,8 +114,7 @@ async def main(args: argparse.Namespace) -> dict:
         if proc is not None:
             proc.terminate()
             proc.wait(30)
-        for name in reversed(started):
-            script(name, "down")
+        stop_servers(BENCH_STATE, started)
 
 
 if __name__ == "__main__":

@@ -19,18 +19,20 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
+from stack import (  # bench/ is on sys.path: the script's own folder
+    frontend_env,
+    start_servers,
+    stop_servers,
+)
 
 from spatialforge.devcluster.plane import STATE, start_cluster
 from spatialforge.devcluster.ports import free_port
 
-REPO = Path(__file__).resolve().parents[1]
 
 BENCH_STATE = STATE / "bench-sync"
-HACK = REPO / "hack"
 BUCKET = "sf-bench-sync"
 
 
@@ -46,15 +48,6 @@ def pod_address() -> str:
 
 def drop_address(address: str) -> None:
     subprocess.run(["ip", "addr", "del", f"{address}/32", "dev", "lo"], capture_output=True)
-
-
-def _script(name: str, action: str, **env: str) -> dict[str, str]:
-    proc = subprocess.run(["bash", str(HACK / name), action], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "SPATIALFORGE_STATE": str(BENCH_STATE), **env})
-    if proc.returncode != 0:
-        raise SystemExit(f"hack/{name} {action} failed:\n{proc.stderr[-2000:]}")
-    return {k: v for line in proc.stdout.splitlines() if line.startswith("export ")
-            for k, _, v in [line[len("export "):].partition("=")]}
 
 
 def _cli(env: dict[str, str], *args: str) -> str:
@@ -76,14 +69,11 @@ def front_end(host: str, port: int, *, size: str = "small", variant: str = "rela
     """The stack, with a pool whose one endpoint is the depth server at host:port."""
     BENCH_STATE.mkdir(parents=True, exist_ok=True)
     plane, _ = start_cluster()
-    env: dict[str, str] = {}
     started: list[str] = []
     proc = None
     ns = f"bench-pool-{uuid.uuid4().hex[:6]}"
     try:
-        for name, port_var in (("redis.sh", "REDIS_PORT"), ("stripe-mock.sh", "STRIPE_MOCK_PORT"), ("minio.sh", "MINIO_PORT")):
-            env.update(_script(name, "up", **{port_var: str(free_port())}))
-            started.append(name)
+        env = start_servers(BENCH_STATE, started)
         pool = {"apiVersion": "spatialforge.io/v1alpha1", "kind": "DepthPool", "metadata": {"name": "bench", "namespace": ns},
                 "spec": {"model": {"size": size, "variant": variant}, "gpusPerReplica": 0, "replicas": 0,
                          "maxInFlightPerTenant": 1000}}
@@ -96,21 +86,8 @@ def front_end(host: str, port: int, *, size: str = "small", variant: str = "rela
         plane.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
         plane.apply(pool)
         plane.apply(endpoints)
-        api_env = {
-            "SPATIALFORGE_API_SECRET_KEY": secrets.token_urlsafe(48),
-            "SPATIALFORGE_API_REDIS_URL": env["SPATIALFORGE_API_REDIS_URL"],
-            "SPATIALFORGE_API_KUBECONFIG": str(plane.kubeconfig),
-            "SPATIALFORGE_API_S3_ENDPOINT": env["SPATIALFORGE_S3_ENDPOINT"],
-            "SPATIALFORGE_API_S3_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"],
-            "SPATIALFORGE_API_S3_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"],
-            "SPATIALFORGE_API_BUCKET": BUCKET,
-            "SPATIALFORGE_API_STRIPE_API_KEY": "sk_test_" + secrets.token_hex(24),
-            "SPATIALFORGE_API_STRIPE_WEBHOOK_SECRET": "whsec_" + secrets.token_hex(24),
-            "SPATIALFORGE_API_STRIPE_API_BASE": env["SPATIALFORGE_API_STRIPE_API_BASE"],
-            "SPATIALFORGE_API_NAMESPACE_PREFIX": "bench-",
-            "SPATIALFORGE_API_METRICS_PORT": "0",
-            "SPATIALFORGE_API_DEPTH_POOLS": f"{ns}/bench",
-        }
+        api_env = frontend_env(plane, env, BUCKET, SPATIALFORGE_API_METRICS_PORT="0",
+                               SPATIALFORGE_API_DEPTH_POOLS=f"{ns}/bench")
         tenant = f"t{uuid.uuid4().hex[:8]}"
         _cli(api_env, "plans", "set", tenant, "enterprise", "--units", "100000000", "--rate", "100000000")
         key = json.loads(_cli(api_env, "keys", "create", tenant))["key"]
@@ -135,8 +112,7 @@ def front_end(host: str, port: int, *, size: str = "small", variant: str = "rela
             proc.terminate()
             proc.wait(timeout=30)
         plane.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-        for name in reversed(started):
-            _script(name, "down")
+        stop_servers(BENCH_STATE, started)
 
 
 def _post_through(client: httpx.Client | httpx.AsyncClient, fe: FrontEnd, body: bytes,  # type: ignore[no-untyped-def]
