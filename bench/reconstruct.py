@@ -84,8 +84,7 @@ def mono_errors(args: argparse.Namespace, depth: str):
     full = MonoErrors(scale=args.mono_scale, warp=args.mono_warp, edge_px=args.mono_edge_px, noise=args.mono_noise)
     if depth == "mono":
         return full
-    one = {"mono:scale": "scale", "mono:warp": "warp", "mono:edge": "edge_px", "mono:noise": "noise"}[depth]
-    return MonoErrors(**{f: (getattr(full, f) if f == one else 0.0) for f in ("scale", "warp", "edge_px", "noise")})
+    return full.only({"mono:scale": "scale", "mono:warp": "warp", "mono:edge": "edge_px", "mono:noise": "noise"}[depth])
 
 
 def metrics(shard: Path, room, cam, poses: list[np.ndarray], mono: bool) -> dict:

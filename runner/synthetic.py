@@ -8,7 +8,7 @@ RGB, depth and poses. No network, no files.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -294,11 +294,9 @@ class MonoErrors:
     edge_px: float = 3.0
     noise: float = 0.01
 
-    @classmethod
-    def only(cls, *names: str) -> MonoErrors:
-        """These errors at their default strengths, the others off."""
-        base = cls()
-        return cls(**{f: (getattr(base, f) if f in names else 0.0) for f in ("scale", "warp", "edge_px", "noise")})
+    def only(self, *names: str) -> MonoErrors:
+        """These errors at this model's strengths, the others off."""
+        return replace(self, **{f.name: 0.0 for f in fields(self) if f.name not in names})
 
 
 NETWORK_SIDE = 518  # the longer side a V2 network sees: edge smear is that many pixels wide there

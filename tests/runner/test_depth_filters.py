@@ -33,7 +33,7 @@ def frames() -> list[np.ndarray]:
 
 def test_every_smeared_pixel_is_flagged_and_little_else(frames):
     for i, truth in enumerate(frames):
-        smeared = monocular_like(truth, np.random.default_rng(i), MonoErrors.only("edge_px"))
+        smeared = monocular_like(truth, np.random.default_rng(i), MonoErrors().only("edge_px"))
         flying = np.abs(smeared - truth) > 0.02 * truth  # points 2 % or more off their surface
         assert flying.mean() > 0.005  # the frame has edges to smear
         mask = flying_pixels(monocular_like(truth, np.random.default_rng(i)))  # with all four errors
@@ -73,21 +73,21 @@ def test_each_monocular_error_does_what_it_says(frames):
     def rng() -> np.random.Generator:  # the same draws for each error alone
         return np.random.default_rng(11)
 
-    assert np.array_equal(monocular_like(truth, rng(), MonoErrors.only()), truth)
-    ratio = monocular_like(truth, rng(), MonoErrors.only("scale")) / truth
+    assert np.array_equal(monocular_like(truth, rng(), MonoErrors().only()), truth)
+    ratio = monocular_like(truth, rng(), MonoErrors().only("scale")) / truth
     assert np.ptp(ratio) < 1e-5 and abs(float(ratio.mean()) - 1) < 0.2
-    warp = monocular_like(truth, rng(), MonoErrors.only("warp")) / truth - 1
+    warp = monocular_like(truth, rng(), MonoErrors().only("warp")) / truth - 1
     assert 0.029 < float(np.abs(warp).max()) <= 0.0301
     assert float(np.abs(np.diff(warp, axis=1)).max()) < 0.03 * 2 * np.pi * 6 / truth.shape[1]  # smooth: <= 1 cycle
-    noise = monocular_like(truth, rng(), MonoErrors.only("noise")) / truth - 1
+    noise = monocular_like(truth, rng(), MonoErrors().only("noise")) / truth - 1
     assert 0.009 < float(noise.std()) < 0.011
-    smear = monocular_like(truth, rng(), MonoErrors.only("edge_px"))
+    smear = monocular_like(truth, rng(), MonoErrors().only("edge_px"))
     assert np.median(np.abs(smear / truth - 1)) < 1e-4  # planes stay where they were
 
 
 def test_scale_errors_are_gaussian_with_the_stated_sigma():
     truth = np.full((8, 8), 2.0, np.float32)
-    scales = [float(monocular_like(truth, np.random.default_rng(i), MonoErrors.only("scale"))[0, 0] / 2) for i in range(400)]
+    scales = [float(monocular_like(truth, np.random.default_rng(i), MonoErrors().only("scale"))[0, 0] / 2) for i in range(400)]
     assert 0.034 < float(np.std(scales)) < 0.046
 
 
@@ -98,7 +98,7 @@ def test_the_median_keeps_true_depth_and_takes_out_noise(frames):
     change = np.abs(kept[inner] / truth[inner] - 1)
     # ... but in the creases where two planes meet, the window spans both: at most 1 % there
     assert float(np.mean(change < 1e-4)) > 0.97 and float(change.max()) < 0.011
-    noisy = monocular_like(truth, np.random.default_rng(2), MonoErrors.only("noise"))
+    noisy = monocular_like(truth, np.random.default_rng(2), MonoErrors().only("noise"))
     before = float(np.std(noisy[inner] / truth[inner]))
     after = float(np.std(denoise(noisy)[inner] / truth[inner]))
     assert before > 0.009 and after < before / 2.5, (before, after)
