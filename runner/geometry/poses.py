@@ -21,15 +21,19 @@ class PoseResult:
     """Per keyframe: camera-to-world pose (None when it could not be posed) and how.
 
     `scales` are the factors applied to each depth map (per-frame scale alignment; 1.0 when
-    none was needed); `loops` the loop-closure edges accepted by the pose graph.
+    none was needed); `fields` each map's smooth correction on top of its scale, as the
+    bundle adjustment's log-depth control values (bundle.py; None where it did not run);
+    `loops` the loop-closure edges accepted by the pose graph.
     """
 
     poses: list[np.ndarray | None]
     methods: list[str]
     inliers: list[int] = field(default_factory=list)
     scales: list[float] = field(default_factory=list)
+    fields: list[np.ndarray | None] = field(default_factory=list)
     loops: int = 0
     edges: int = 0
+    bundle_iterations: int = 0
 
     @property
     def posed(self) -> list[int]:

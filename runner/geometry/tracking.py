@@ -11,6 +11,11 @@
    view) are matched again (PnP, then dense odometry): these are loop closures.
 5. open3d's pose graph optimisation (Levenberg-Marquardt with line processes that prune
    wrong loop edges) spreads the accumulated drift over the whole path.
+6. A photometric bundle adjustment (bundle.py) refines every pose together with a smooth
+   correction of every depth map, against its neighbours and its loop partners: a monocular
+   network's low-frequency warp, which steps 2-5 take as given and turn into pose error, is
+   estimated and removed. Each map's correction is split into a scale (in `scales`) and a
+   zero-mean warp (in `fields`), and the scale consensus (below) runs after it.
 
 Every step is guarded: a keyframe that cannot be posed is left None, nothing raises.
 A pose needs evidence: dense odometry started from a guess (the last motion, when the
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spatialforge.runner.geometry import odometry
+from spatialforge.runner.geometry.bundle import BundleOptions, adjust, field_image, split_scale
 from spatialforge.runner.geometry.poses import (
     MIN_INLIERS,
     Features,
@@ -43,6 +49,7 @@ from spatialforge.runner.geometry.poses import (
 log = logging.getLogger(__name__)
 FRAME_CACHE = 8
 SUPPORT_PX = 3.0  # reprojection error within which a feature match supports a dense-only pose
+MAX_BUNDLE_LOG = 0.3  # a bundle correction beyond ±35 % of a depth map is a failure, not a fix
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +65,7 @@ class TrackingOptions:
     loop_angle_deg: float = 45.0
     loop_candidates: int = 1
     loop_stride: int = 3
+    bundle: bool = True
     max_seed_disagreement: tuple[float, float] = (0.05, 3.0)  # metres, degrees
 
 
@@ -119,7 +127,8 @@ class Tracker:
         self._features: dict[int, Features] = {}
         self._frames: dict[int, odometry.Frame] = {}
         self.result = PoseResult(
-            poses=[None] * self.n, methods=["failed"] * self.n, inliers=[0] * self.n, scales=[1.0] * self.n
+            poses=[None] * self.n, methods=["failed"] * self.n, inliers=[0] * self.n, scales=[1.0] * self.n,
+            fields=[None] * self.n,
         )
         # (source, target, source_to_target, information, uncertain)
         self.edges: list[tuple[int, int, np.ndarray, np.ndarray, bool]] = []
@@ -230,6 +239,8 @@ class Tracker:
             posed.append(cur)
         self._close_loops(posed)
         self._optimise(posed)
+        if self.opt.bundle:
+            self._bundle(posed)
         if self.opt.align_scale:
             self._consensus_scale(posed)
 
@@ -252,6 +263,41 @@ class Tracker:
         for k in range(self.n):
             self.depths[k] = self.depths[k] * np.float32(h)
             res.scales[k] *= h
+
+    def _bundle(self, posed: list[int]) -> None:
+        """Photometric bundle adjustment; kept only when it lowered its cost and stayed sane."""
+        res = self.result
+        if len(posed) < 3:
+            return
+        loops = [(s, t) for s, t, *_ in self.edges if abs(s - t) > BundleOptions().window]
+        try:
+            b = adjust(self.images, self.depths, self.K, res.poses, extra_edges=loops,
+                       options=BundleOptions(depth_max=self.opt.depth_max))
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            log.warning("bundle adjustment failed (%s); keeping the pose graph's poses", exc)
+            return
+        if b.iterations == 0:
+            return
+        h, w = self.depths[posed[0]].shape
+        for k in posed:
+            field = b.fields[k]
+            pose = b.poses[k]
+            if field is None or pose is None:
+                continue
+            scale, warp = split_scale(field)
+            # The field as applied (control values near the corners can be large yet weigh little).
+            largest = float(np.abs(np.log(field_image(field, 65, 49))).max())
+            if not (np.isfinite(scale) and np.isfinite(largest) and largest < MAX_BUNDLE_LOG):
+                log.warning("bundle adjustment moved keyframe %d's depth by more than it can; keeping the pose graph's poses", k)
+                return
+        for k in posed:
+            scale, warp = split_scale(b.fields[k])
+            res.poses[k] = b.poses[k]
+            res.scales[k] *= scale
+            res.fields[k] = warp
+            self.depths[k] = self.depths[k] * np.float32(scale) * field_image(warp, w, h)
+            self._frames.pop(k, None)
+        res.bundle_iterations = b.iterations
 
     def _close_loops(self, posed: list[int]) -> None:
         res = self.result
@@ -328,6 +374,7 @@ def estimate_poses(
     *,
     depth_max: float = 10.0,
     align_scale: bool = True,
+    bundle: bool = True,
     device: str = "CPU:0",
     progress: Callable[[int], None] | None = None,
 ) -> tuple[PoseResult, list[np.ndarray]]:
@@ -336,6 +383,6 @@ def estimate_poses(
     `images` is read by index, as often as odometry needs a frame: a sequence that builds each
     image on access (resized on the fly, say) keeps them out of memory. `depths` is read once.
     """
-    tracker = Tracker(images, depths, K, TrackingOptions(depth_max=depth_max, align_scale=align_scale, device=device))
+    tracker = Tracker(images, depths, K, TrackingOptions(depth_max=depth_max, align_scale=align_scale, bundle=bundle, device=device))
     tracker.track()
     return tracker.result, tracker.depths

@@ -30,6 +30,7 @@ import numpy as np
 from spatialforge.crds.v1alpha1.reconstructionjob import QualityPreset, ReconstructionFormat, ReconstructionJobSpec
 from spatialforge.runner.errors import EmptyReconstructionError, FloorPlanError, InputNotFoundError, InvalidVideoError
 from spatialforge.runner.geometry.camera import Camera, resolve_camera
+from spatialforge.runner.geometry.bundle import field_image
 from spatialforge.runner.geometry.depth_filters import prepare_for_fusion
 from spatialforge.runner.geometry.fusion import FusionResult, fuse
 from spatialforge.runner.geometry.keyframes import Drops, Keyframe, KeyframeSelector
@@ -109,14 +110,24 @@ class _Resized(Sequence[np.ndarray]):
         return cv2.resize(self.images[i], self.size, interpolation=cv2.INTER_AREA)
 
 
-def _scale(depth: np.ndarray, s: float) -> np.ndarray:
-    """`depth * s`, in place where the map is a writable float array (as the same float32 product)."""
-    if s == 1.0:
+def _scale(depth: np.ndarray, s: float, field: np.ndarray | None = None) -> np.ndarray:
+    """`depth * s` times the bundle adjustment's smooth correction (`field`, any size: it is a
+    spline over the image), in place where the map is a writable float array."""
+    if s == 1.0 and field is None:
         return depth
+    factor: np.ndarray | np.float32 = np.float32(s)
+    if field is not None:
+        factor = field_image(field, depth.shape[1], depth.shape[0]) * np.float32(s)
     if depth.dtype.kind == "f" and depth.flags.writeable:
-        depth *= depth.dtype.type(np.float32(s))
+        depth *= factor.astype(depth.dtype, copy=False) if isinstance(factor, np.ndarray) else depth.dtype.type(factor)
         return depth
-    return depth * np.float32(s)
+    return depth * factor
+
+
+def _warp(field: np.ndarray | None) -> float | None:
+    """The largest smooth correction the bundle adjustment made to a map beyond its scale, as a
+    fraction (0.03: 3 %); None where it did not run."""
+    return None if field is None else round(float(np.expm1(np.abs(field).max())), 5)
 
 
 def _resize_depth(depth: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -329,7 +340,8 @@ class ReconstructStage:
             log.debug("pose estimation failure", exc_info=True)
             warnings.append(f"pose estimation failed ({type(exc).__name__}); kept the first view only")
             return first_only, depths
-        return result, [_scale(d, s) for d, s in zip(depths, result.scales, strict=True)]
+        fields = result.fields or [None] * len(depths)
+        return result, [_scale(d, s, f) for d, s, f in zip(depths, result.scales, fields, strict=True)]
 
     @staticmethod
     def _single_view_why(keyframes: list[Keyframe], selector: KeyframeSelector) -> str:
@@ -425,6 +437,7 @@ class ReconstructStage:
                     "method": poses.methods[i],
                     "inliers": poses.inliers[i],
                     "depthScale": round(poses.scales[i], 5) if poses.scales else 1.0,
+                    "depthWarp": _warp(poses.fields[i] if poses.fields else None),
                     "cameraToWorld": None if poses.poses[i] is None else np.asarray(poses.poses[i]).round(6).tolist(),
                 }
                 for i, k in enumerate(keyframes)
@@ -440,7 +453,7 @@ class ReconstructStage:
             "intrinsics": camera.as_dict(),
             "keyframes": len(keyframes),
             "posed": len(poses.posed),
-            "poseGraph": {"edges": poses.edges, "loopClosures": poses.loops},
+            "poseGraph": {"edges": poses.edges, "loopClosures": poses.loops, "bundleSteps": poses.bundle_iterations},
             "framesFused": 0 if geometry is None else geometry.frames_fused,
             "outputs": outputs,
             "timings": {k: round(v, 3) for k, v in timings.items()},
