@@ -9,6 +9,7 @@ each in its own process (so peak RSS is that preset's), asking for every output.
   `MonoErrors`): a per-frame scale error (`--mono-scale`, sigma 4 %), a smooth low-frequency
   warp (`--mono-warp`, at most +-3 %), depth smeared across object edges (`--mono-edge-px`, 3 px of a
   518 px network input) and per-pixel noise (`--mono-noise`, 1 %); 0 turns one off;
+- `--mono-seed N`: another draw of those errors (the global scale's floor differs per draw);
 - `--depth mono:warp` (or `mono:scale`, `mono:edge`, `mono:noise`): that one error alone;
 - `--depth v2-small`: the real V2-Small architecture with random weights (time only).
 
@@ -23,6 +24,13 @@ the last keyframe, which stands where the first did), mesh accuracy p50/p95 (dis
 mesh vertices to the true surfaces), completeness at 10 and 20 mm (share of the true visible
 surface within that distance of the mesh), floor-plan area error and room count, and the sizes of the mesh and of
 its web-sized copy (what the console's viewer opens).
+
+With monocular depth, also the global scale: `scale_floor_pct`, the mean of the scale errors
+drawn for the keyframes (the best any estimate from this depth can do: monocular video has
+no other scale), `scale_err_pct`, the reconstruction's own (from the similarity that maps
+its cameras onto the true ones), and mesh p50/p95 and completeness at 20 mm after that
+similarity (`*_sim3`): the geometry with that one number taken out. `rss_by_stage_mb`: each
+stage's peak RSS, and the overall peak and when it came, from /proc every 20 ms.
 
     python bench/reconstruct.py                          # the full 60 s walk, all presets
     python bench/reconstruct.py --seconds 15 --presets standard
@@ -62,17 +70,24 @@ def scene(args: argparse.Namespace) -> tuple[object, object, list[np.ndarray]]:
     return furnished_room(), PinholeCamera(width=FULL[0], height=FULL[1], fx=FOCAL, fy=FOCAL), poses
 
 
-def aligned_rmse(est: np.ndarray, gt: np.ndarray, *, with_scale: bool = False) -> float:
-    """RMSE of positions after the rigid motion (and, `with_scale`, the scale) that best maps
-    `est` onto `gt` (Umeyama). The scale-free figure is what monocular depth can determine:
-    its global scale is known only to the per-frame scale error over the root of the frame count."""
+def similarity(est: np.ndarray, gt: np.ndarray, *, with_scale: bool = False) -> tuple[float, np.ndarray, np.ndarray]:
+    """(c, R, t) of the rigid motion (and, `with_scale`, the scale c) that best maps `est` onto
+    `gt` (Umeyama): gt ~ c R est + t."""
     mu_e, mu_g = est.mean(0), gt.mean(0)
     e, g = est - mu_e, gt - mu_g
     U, sv, Vt = np.linalg.svd(g.T @ e / len(est))
     D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
     R = U @ D @ Vt
     c = float(np.trace(np.diag(sv) @ D) / np.mean(np.sum(e**2, axis=1))) if with_scale else 1.0
-    return float(np.sqrt(np.mean(np.sum((c * e @ R.T - g) ** 2, axis=1))))
+    return c, R, mu_g - c * R @ mu_e
+
+
+def aligned_rmse(est: np.ndarray, gt: np.ndarray, *, with_scale: bool = False) -> float:
+    """RMSE of positions after `similarity`. The scale-free figure is what monocular depth can
+    determine: its global scale is known only to the per-frame scale error over the root of
+    the frame count."""
+    c, R, t = similarity(est, gt, with_scale=with_scale)
+    return float(np.sqrt(np.mean(np.sum((c * est @ R.T + t - gt) ** 2, axis=1))))
 
 
 def mono_errors(args: argparse.Namespace, depth: str):
@@ -123,6 +138,16 @@ def metrics(shard: Path, room, cam, poses: list[np.ndarray], mono: bool) -> dict
     dist = room.distance(world)
     out["mesh_p50_mm"] = round(1000 * float(np.percentile(dist, 50)), 3)
     out["mesh_p95_mm"] = round(1000 * float(np.percentile(dist, 95)), 3)
+    if mono:
+        # Monocular video cannot know its global scale better than the network's mean scale
+        # (`scale_floor_pct`): the same figures with that one number taken out, by the
+        # similarity that maps the estimated cameras onto the true ones.
+        c, R, t = similarity(est_t, gt_t, with_scale=True)
+        out["scale_err_pct"] = round(100 * (1.0 / c - 1.0), 3)
+        sim_verts = c * verts @ R.T + t
+        sim_dist = room.distance(sim_verts @ anchor[:3, :3].T + anchor[:3, 3])
+        out["mesh_p50_sim3_mm"] = round(1000 * float(np.percentile(sim_dist, 50)), 3)
+        out["mesh_p95_sim3_mm"] = round(1000 * float(np.percentile(sim_dist, 95)), 3)
     # Completeness: the true surface seen by the keyframes (every 4th px) within 10 mm of the mesh.
     truth = []
     w, h = traj["intrinsics"]["width"], traj["intrinsics"]["height"]
@@ -140,6 +165,13 @@ def metrics(shard: Path, room, cam, poses: list[np.ndarray], mono: bool) -> dict
     d_gt = raycast.compute_distance(o3d.core.Tensor(np.concatenate(truth).astype(np.float32))).numpy()
     out["completeness_10mm"] = round(float(np.mean(d_gt < 0.010)), 4)
     out["completeness_20mm"] = round(float(np.mean(d_gt < 0.020)), 4)
+    if mono:
+        aligned = o3d.geometry.TriangleMesh(mesh)
+        aligned.vertices = o3d.utility.Vector3dVector(sim_verts)
+        raycast = o3d.t.geometry.RaycastingScene()
+        raycast.add_triangles(o3d.t.geometry.TriangleMesh.from_legacy(aligned))
+        d_sim = raycast.compute_distance(o3d.core.Tensor(np.concatenate(truth).astype(np.float32))).numpy()
+        out["completeness_20mm_sim3"] = round(float(np.mean(d_sim < 0.020)), 4)
     plan = manifest.get("floorplan")
     if plan:
         out["floor_area_m2"] = plan["areaM2"]
@@ -165,12 +197,19 @@ def child(args: argparse.Namespace) -> None:
     errors = mono_errors(args, args.depth)
     mono = errors is not None
 
+    drawn: list[float] = []  # each keyframe's scale error as drawn (geometric mean of mono / true)
+
     def provider(keyframes: list) -> tuple[list[np.ndarray], bool]:
         out = []
         for k in keyframes:
             h, w = k.rgb.shape[:2]
             depth = render(room, cam.scaled(w, h), poses[k.index], supersample=1)[1]
-            out.append(monocular_like(depth, np.random.default_rng(k.index), errors) if mono else depth)
+            if mono:
+                wrong = monocular_like(depth, np.random.default_rng([args.mono_seed, k.index] if args.mono_seed else k.index), errors)
+                ok = (depth > 0) & (depth < 8.0) & (wrong > 0)
+                drawn.append(float(np.exp(np.mean(np.log(wrong[ok] / depth[ok])))))
+                depth = wrong
+            out.append(depth)
         return out, True
 
     if args.depth == "v2-small":
@@ -185,6 +224,7 @@ def child(args: argparse.Namespace) -> None:
                  "intrinsics": {"fx": FOCAL, "fy": FOCAL, "cx": cam.K[0, 2], "cy": cam.K[1, 2]},
                  "output": {"uri": (root / "out").as_uri(), "formats": ["trajectory", "pointcloud", "mesh", "floorplan"]}},
     }, allow_local=True)
+    started = time.time()
     t0 = time.perf_counter()
     result = stage.run(resource_doc.spec, ctx)
     wall = time.perf_counter() - t0
@@ -193,7 +233,50 @@ def child(args: argparse.Namespace) -> None:
     figures = {"wall_s": round(wall, 2), "peak_rss_mb": round(rss_mb), **{f"{k}_s": round(v, 2) for k, v in result.summary["timings"].items()}}
     if args.depth != "v2-small":
         figures.update(metrics(shard, room, cam, poses, mono))
+    figures["started"] = started  # wall clock: the parent's RSS samples of this process line up with the stages
+    if drawn:
+        figures["scale_floor_pct"] = round(100 * (float(np.mean(drawn)) - 1.0), 3)
     print(json.dumps(figures))
+
+
+def run_sampled(cmd: list[str]) -> tuple[int, str, str, list[tuple[float, int]]]:
+    """Run a child, reading its RSS from /proc every 20 ms (from this process: a sampler thread
+    inside the child waits for the GIL through long native calls and misses short peaks)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    trace: list[tuple[float, int]] = []
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        while proc.poll() is None:
+            try:
+                with open(f"/proc/{proc.pid}/statm") as f:
+                    trace.append((time.time(), int(f.read().split()[1]) * page))
+            except (OSError, IndexError, ValueError):
+                pass
+            time.sleep(0.02)
+        out.seek(0)
+        err.seek(0)
+        return proc.returncode, out.read(), err.read(), trace
+
+
+def rss_by_stage(trace: list[tuple[float, int]], started: float, figures: dict) -> dict[str, float]:
+    """Peak RSS (MB) in each stage's window and at its start (the stages run one after another,
+    in the order of their timings), and when the overall peak came (seconds after the start)."""
+    out: dict[str, float] = {}
+    start = started
+    for name in ("decode", "keyframes", "depth", "poses", "fusion", "floorplan", "write"):  # webMesh is inside write
+        seconds = figures.get(f"{name}_s")
+        if seconds is None:
+            continue
+        inside = [rss for t, rss in trace if start <= t <= start + seconds]
+        if inside:
+            out[name] = round(max(inside) / 2**20)
+            out[f"{name}_start"] = round(inside[0] / 2**20)
+        start += seconds
+    during = [(t, rss) for t, rss in trace if t >= started]
+    if during:
+        t, rss = max(during, key=lambda x: x[1])
+        out["peak"], out["peak_at_s"] = round(rss / 2**20), round(t - started, 2)
+    return out
 
 
 def main() -> None:
@@ -208,6 +291,8 @@ def main() -> None:
     parser.add_argument("--mono-warp", type=float, default=0.03, help="peak of the low-frequency warp (relative)")
     parser.add_argument("--mono-edge-px", type=float, default=3.0, help="edge smear width, px of a 518 px input")
     parser.add_argument("--mono-noise", type=float, default=0.01, help="sigma of per-pixel noise")
+    parser.add_argument("--mono-seed", type=int, default=0,
+                        help="another draw of the errors (0: each keyframe's frame index seeds its own, as before)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -238,24 +323,28 @@ def main() -> None:
                 cmd = [sys.executable, __file__, "--child", preset, "--workdir", tmp, "--seconds", str(args.seconds),
                        "--fps", str(args.fps), "--depth", depth, "--device", args.device,
                        "--mono-scale", str(args.mono_scale), "--mono-warp", str(args.mono_warp),
-                       "--mono-edge-px", str(args.mono_edge_px), "--mono-noise", str(args.mono_noise)]
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                if proc.returncode != 0:
-                    print(proc.stderr[-4000:], file=sys.stderr)
-                    raise SystemExit(f"preset {key} failed (exit {proc.returncode})")
-                results[key] = json.loads(proc.stdout.strip().splitlines()[-1])
+                       "--mono-edge-px", str(args.mono_edge_px), "--mono-noise", str(args.mono_noise),
+                       "--mono-seed", str(args.mono_seed)]
+                code, out, err, trace = run_sampled(cmd)
+                if code != 0:
+                    print(err[-4000:], file=sys.stderr)
+                    raise SystemExit(f"preset {key} failed (exit {code})")
+                results[key] = json.loads(out.strip().splitlines()[-1])
+                results[key]["rss_by_stage_mb"] = rss_by_stage(trace, results[key].pop("started"), results[key])
                 print(f"{key}: {results[key]}", flush=True)
     cols = [("wall_s", "wall s", ".1f"), ("peak_rss_mb", "RSS MB", ".0f"), ("ate_mm", "ATE mm", ".2f"),
             ("ate_aligned_mm", "ATE al", ".2f"), ("ate_sim3_mm", "ATE s3", ".2f"), ("rot_max_deg", "rot deg", ".3f"), ("loop_gap_mm", "gap mm", ".2f"), ("mesh_p50_mm", "p50 mm", ".2f"),
             ("mesh_p95_mm", "p95 mm", ".2f"), ("completeness_10mm", "c@10", ".3f"), ("completeness_20mm", "c@20", ".3f"), ("floor_area_err_pct", "area %", ".2f"),
-            ("room_count", "rooms", "d"), ("mesh_mb", "mesh MB", ".1f"), ("web_mb", "web MB", ".1f")]
+            ("room_count", "rooms", "d"), ("mesh_mb", "mesh MB", ".1f"), ("web_mb", "web MB", ".1f"),
+            ("scale_floor_pct", "floor %", ".2f"), ("scale_err_pct", "scale %", ".2f"), ("mesh_p95_sim3_mm", "p95 s3", ".2f"),
+            ("completeness_20mm_sim3", "c@20 s3", ".3f")]
     print(f"{'preset':<22}" + "".join(f"{label:>10}" for _, label, _ in cols))
     for preset, r in results.items():
         print(f"{preset:<22}" + "".join(f"{format(r[k], fmt) if r.get(k) is not None else '-':>10}" for k, _, fmt in cols))
     print(json.dumps({"bench": "reconstruct", "video_s": args.seconds, "fps": args.fps, "size": f"{FULL[0]}x{FULL[1]}",
                       "frames": len(poses), "path_m": round(path_length(poses), 3), "depth": args.depth,
                       "mono": {"scale": args.mono_scale, "warp": args.mono_warp, "edge_px": args.mono_edge_px,
-                               "noise": args.mono_noise},
+                               "noise": args.mono_noise, "seed": args.mono_seed},
                       "load_avg": [round(x, 2) for x in os.getloadavg()],
                       "device": args.device, "presets": results}))
 

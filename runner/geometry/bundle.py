@@ -115,7 +115,8 @@ def _exp_se3(xi: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _Samples:
-    """One keyframe's sampled pixels: rays (n, 3), network depth (n,), intensity (n,), spline weights."""
+    """One keyframe's sampled pixels: rays (n, 3), network depth (n,), intensity (n,), spline
+    weights (n, GRID**2, float32: the largest part of the bundle's memory)."""
 
     rays: np.ndarray
     z: np.ndarray
@@ -185,7 +186,7 @@ def _level(images: Sequence[np.ndarray], depths: Sequence[np.ndarray], K: np.nda
         lv.samples[i] = _Samples(
             rays=(Kinv @ np.stack([us, vs, np.ones_like(us)]).astype(np.float64)).T,
             z=d[vs, us].astype(np.float64), ref=g[vs, us].astype(np.float64),
-            B=basis(us.astype(np.float64), vs.astype(np.float64), w, h, opt.grid),
+            B=basis(us.astype(np.float64), vs.astype(np.float64), w, h, opt.grid).astype(np.float32),
         )
     return lv
 
@@ -341,7 +342,9 @@ def adjust(images: Sequence[np.ndarray], depths: Sequence[np.ndarray], K: np.nda
         return result
     edges = _pairs(keep, opt.window, extra_edges)
     factors = [2 ** k for k in range(len(opt.iterations) - 1, -1, -1)]
+    lv: _Level | None = None
     for factor, iters in zip(factors, opt.iterations):
+        lv = None  # the coarser level's images and samples go before the next level's are made
         lv = _level(images, depths, K, keep, factor, opt)
         count = max(sum(len(lv.samples[i].z) for i in keep), 1)
         lam = 1e-4

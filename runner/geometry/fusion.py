@@ -43,10 +43,13 @@ def fuse(
     trunc_voxels: float = 4.0,
     block_resolution: int = 8,
     weight_threshold: float = 1.0,
+    release: bool = False,
 ) -> FusionResult:
     """Integrate RGB-D frames at camera-to-world `poses` (None skips a frame).
 
     Depth in metres (float32, 0 = invalid); raises EmptyReconstructionError when no surface results.
+    `release`: the caller is done with the maps, each is dropped from `depths` once integrated,
+    so the mesh extraction that ends fusion (its memory peak) does not stack on them.
     """
     import open3d as o3d
     import open3d.core as o3c
@@ -78,10 +81,16 @@ def fuse(
     k_o3d[1, 2] += 0.5
     intrinsic = o3c.Tensor(k_o3d)
     fused = 0
-    for rgb, depth, pose in zip(images, depths, poses, strict=True):
+    if len(images) != len(depths) or len(depths) != len(poses):
+        raise ValueError("one image, depth map and pose per frame")
+    for i, (rgb, pose) in enumerate(zip(images, poses, strict=True)):
+        depth = depths[i]
+        if release:
+            depths[i] = None  # type: ignore[call-overload]
         if pose is None:
             continue
         d = np.ascontiguousarray(np.nan_to_num(depth.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0))
+        del depth
         if not np.any((d > 0) & (d < depth_max)):
             continue
         depth_img = o3d.t.geometry.Image(o3c.Tensor(d)).to(dev)

@@ -51,11 +51,11 @@ log = logging.getLogger(__name__)
 # Working resolution (longer side) and voxel size (metres) per preset.
 MAX_SIDE = {QualityPreset.draft: 384, QualityPreset.standard: 512, QualityPreset.high: 768}
 VOXEL_SIZE = {QualityPreset.draft: 0.04, QualityPreset.standard: 0.02, QualityPreset.high: 0.01}
-# The TSDF's truncation band, at least this many metres whatever the voxel: a network's depth
-# is off by a few % (6 cm at 2 m), and a 4-voxel band at 1 cm left such surfaces unaveraged (the
-# high preset's mesh p95 on the bench's monocular walk: 110 mm, 61 mm with an 8 cm band; with
-# rendered depth the wider band costs 330 MB there, with network-like depth nothing).
-MIN_TRUNCATION_M = 0.08
+# The TSDF's truncation band, at least this many metres whatever the voxel. A network's depth
+# is off by a few %; the bundle adjustment (geometry/bundle.py) takes out most of that, and on
+# the bench's monocular walk the high preset's 4 cm band is then as accurate as an 8 cm one
+# (mesh p95 after a similarity 5.0 against 4.9 mm) for 290 MB less with rendered depth.
+MIN_TRUNCATION_M = 0.04
 TRUNCATION_VOXELS = 4.0
 # Dense odometry works at most at this size (longer side): finer costs time, not accuracy.
 POSE_MAX_SIDE = 512
@@ -213,7 +213,7 @@ class ReconstructStage:
                     geometry = fuse(
                         [k.rgb for k in keyframes], depths, poses.poses, camera.K,
                         voxel_size=voxel, depth_max=spec.depth_max, device=device,
-                        trunc_voxels=max(TRUNCATION_VOXELS, MIN_TRUNCATION_M / voxel),
+                        trunc_voxels=max(TRUNCATION_VOXELS, MIN_TRUNCATION_M / voxel), release=True,
                     )
                 timings["fusion"] = time.monotonic() - t0
                 if ReconstructionFormat.floorplan in formats:

@@ -143,3 +143,15 @@ def test_high_preset_tracks_at_512_and_scales_the_working_depth_in_place():
         valid = true > 0
         ratio = float(np.median(out[valid] / true[valid]))
         assert abs(ratio - 1.0) <= 0.01, f"frame {k}: scale error {errors[k]:.3f} left {ratio:.4f} after scaling"
+
+
+def test_fusion_can_release_each_map_once_integrated(quarter_walk):
+    """The stage hands its maps over (`release=True`): each is dropped from the list once fused,
+    so the mesh extraction does not stack on them; the surface is the same."""
+    truth, rgbs, depths = quarter_walk
+    poses = [np.linalg.inv(truth[0]) @ T for T in truth[:6]]
+    kept = fuse(rgbs[:6], list(depths[:6]), poses, CAM.K, voxel_size=0.02, depth_max=8.0)
+    handed = list(depths[:6])
+    released = fuse(rgbs[:6], handed, poses, CAM.K, voxel_size=0.02, depth_max=8.0, release=True)
+    assert handed == [None] * 6
+    assert released.n_points == kept.n_points and released.frames_fused == kept.frames_fused == 6
