@@ -94,8 +94,8 @@ def fuse(
         raise EmptyReconstructionError("no keyframe could be posed, nothing to fuse")
     # open3d's VoxelBlockGrid zero-fills its whole capacity up front (a block of 8^3 voxels
     # takes 6 KB) and doubles it, holding both copies while it rehashes, as soon as the blocks
-    # it holds plus the frame's candidate blocks (new or not) exceed it: a 1 cm room needing
-    # 43,000 blocks went through 40,000 to 80,000 (470 MB) and set the job's peak. The blocks
+    # it holds plus the frame's candidate blocks (new or not) exceed it: from a fixed 40,000,
+    # a 1 cm room with network depth grew it by 470 MB, the job's peak. The blocks
     # the frames touch are counted first (a cheap pass), and the map made that size plus the
     # largest frame's candidates, so it never rehashes.
     k_o3d = np.asarray(K, dtype=np.float64).copy()
