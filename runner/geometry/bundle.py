@@ -14,11 +14,12 @@ keyframes (and in those the pose graph closed loops with). Many views constrain 
 surface, so the warps, independent from frame to frame, are told apart from motion.
 
 Gauge: the first keyframe's pose is held; every control value has a Gaussian prior at 0
-(the network's own scale, on average right), which fixes the global scale at the mean of
-the keyframes' scales, as the tracker's consensus did.
+(the network's own scale, on average right). The tracker then sets the global scale by its
+consensus (the mean of the keyframes' scales), as before.
 
-Gauss-Newton with Huber weights, coarse to fine (half then full resolution), on a dense
-normal matrix: (6 + GRID**2) unknowns per keyframe, 4,000 for 100 keyframes.
+Gauss-Newton with Huber weights, coarse to fine (half then full resolution). The fields are
+eliminated first (Schur complement: each touches only its own keyframe's edges), leaving a
+dense 6N x 6N pose system; a step that does not lower the cost is damped (Levenberg-Marquardt).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ PRIOR_SIGMA = 0.05  # log-depth prior per control value (5 %)
 
 @dataclass(frozen=True, kw_only=True)
 class BundleOptions:
+    """Knobs of the adjustment (defaults measured on the bench's walk, bench/reconstruct.py)."""
+
     window: int = 3  # each keyframe is compared with this many neighbours on each side
     samples: int = 1500  # pixels per keyframe (the strongest gradient in each cell of a grid)
     iterations: tuple[int, ...] = (6, 4)  # per pyramid level, coarse first
@@ -50,6 +53,8 @@ class BundleOptions:
 
 @dataclass(kw_only=True)
 class BundleResult:
+    """Poses (camera-to-world) and fields; unposed keyframes stay None in both."""
+
     poses: list[np.ndarray | None]
     fields: list[np.ndarray | None]  # GRID x GRID log-depth control values per keyframe
     costs: list[tuple[float, float]]  # per pyramid level, coarse first: cost before and after

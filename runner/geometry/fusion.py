@@ -62,7 +62,7 @@ def _blocks_needed(depths: list[np.ndarray], poses: list[np.ndarray | None], int
         c = coords + (1 << 20)  # block indices within ±2^20 (10,000 km at 1 cm): 21 bits each
         keys = np.union1d(keys, (c[:, 0] << 42) | (c[:, 1] << 21) | c[:, 2])
         most = max(most, len(c))
-    return int(len(keys)), most
+    return len(keys), most
 
 
 def fuse(
