@@ -265,7 +265,7 @@ class Tracker:
             res.scales[k] *= h
 
     def _bundle(self, posed: list[int]) -> None:
-        """Photometric bundle adjustment; kept only when it lowered its cost and stayed sane."""
+        """Photometric bundle adjustment; kept only when it took a step and stayed sane."""
         res = self.result
         if len(posed) < 3:
             return
@@ -278,24 +278,18 @@ class Tracker:
             return
         if b.iterations == 0:
             return
-        h, w = self.depths[posed[0]].shape
         for k in posed:
-            field = b.fields[k]
-            pose = b.poses[k]
-            if field is None or pose is None:
-                continue
-            scale, warp = split_scale(field)
             # The field as applied (control values near the corners can be large yet weigh little).
-            largest = float(np.abs(np.log(field_image(field, 65, 49))).max())
-            if not (np.isfinite(scale) and np.isfinite(largest) and largest < MAX_BUNDLE_LOG):
+            largest = float(np.abs(np.log(field_image(b.fields[k], 65, 49))).max())
+            if not (np.isfinite(largest) and largest < MAX_BUNDLE_LOG):
                 log.warning("bundle adjustment moved keyframe %d's depth by more than it can; keeping the pose graph's poses", k)
                 return
+        h, w = self.depths[posed[0]].shape
         for k in posed:
-            scale, warp = split_scale(b.fields[k])
+            scale, res.fields[k] = split_scale(b.fields[k])
             res.poses[k] = b.poses[k]
             res.scales[k] *= scale
-            res.fields[k] = warp
-            self.depths[k] = self.depths[k] * np.float32(scale) * field_image(warp, w, h)
+            self.depths[k] = self.depths[k] * field_image(b.fields[k], w, h)
             self._frames.pop(k, None)
         res.bundle_iterations = b.iterations
 

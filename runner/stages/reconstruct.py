@@ -115,11 +115,9 @@ def _scale(depth: np.ndarray, s: float, field: np.ndarray | None = None) -> np.n
     spline over the image), in place where the map is a writable float array."""
     if s == 1.0 and field is None:
         return depth
-    factor: np.ndarray | np.float32 = np.float32(s)
-    if field is not None:
-        factor = field_image(field, depth.shape[1], depth.shape[0]) * np.float32(s)
+    factor = np.float32(s) if field is None else field_image(field, depth.shape[1], depth.shape[0]) * np.float32(s)
     if depth.dtype.kind == "f" and depth.flags.writeable:
-        depth *= factor.astype(depth.dtype, copy=False) if isinstance(factor, np.ndarray) else depth.dtype.type(factor)
+        depth *= factor
         return depth
     return depth * factor
 
