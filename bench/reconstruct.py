@@ -26,8 +26,10 @@ surface within that distance of the mesh), floor-plan area error and room count,
 its web-sized copy (what the console's viewer opens).
 
 With monocular depth, also the global scale: `scale_floor_pct`, the mean of the scale errors
-drawn for the keyframes (the best any estimate from this depth can do: monocular video has
-no other scale), `scale_err_pct`, the reconstruction's own (from the similarity that maps
+drawn for every frame whose depth the stage used (the keyframes and the frames between them
+that vote on the scale, `--scale-frames`; the best any estimate from this depth can do:
+monocular video has no other scale) and `scale_floor_keyframes_pct`, the keyframes' alone,
+`scale_votes`, what the manifest says of the votes, `scale_err_pct`, the reconstruction's own (from the similarity that maps
 its cameras onto the true ones), and mesh p50/p95 and completeness at 20 mm after that
 similarity (`*_sim3`): the geometry with that one number taken out. `rss_by_stage_mb`: each
 stage's peak RSS, and the overall peak and when it came, from /proc every 20 ms.
@@ -178,7 +180,12 @@ def metrics(shard: Path, room, cam, poses: list[np.ndarray], mono: bool) -> dict
         out["floor_area_err_pct"] = round(100 * (plan["areaM2"] - room.floor_area) / room.floor_area, 2)
         out["room_count"] = plan["roomCount"]
     out["scale_range"] = [round(min(f["depthScale"] for f in frames), 4), round(max(f["depthScale"] for f in frames), 4)] if mono else None
+    out["scale_votes"] = manifest.get("scaleVotes")
     return out
+
+
+def keyframe_frames(shard: Path) -> list[int]:
+    return [f["frame"] for f in json.loads((shard / "trajectory.json").read_text())["frames"]]
 
 
 def child(args: argparse.Namespace) -> None:
@@ -197,7 +204,7 @@ def child(args: argparse.Namespace) -> None:
     errors = mono_errors(args, args.depth)
     mono = errors is not None
 
-    drawn: list[float] = []  # each keyframe's scale error as drawn (geometric mean of mono / true)
+    drawn: dict[int, float] = {}  # each frame's scale error as drawn (geometric mean of mono / true)
 
     def provider(keyframes: list) -> tuple[list[np.ndarray], bool]:
         out = []
@@ -207,14 +214,14 @@ def child(args: argparse.Namespace) -> None:
             if mono:
                 wrong = monocular_like(depth, np.random.default_rng([args.mono_seed, k.index] if args.mono_seed else k.index), errors)
                 ok = (depth > 0) & (depth < 8.0) & (wrong > 0)
-                drawn.append(float(np.exp(np.mean(np.log(wrong[ok] / depth[ok])))))
+                drawn[k.index] = float(np.exp(np.mean(np.log(wrong[ok] / depth[ok]))))
                 depth = wrong
             out.append(depth)
         return out, True
 
     if args.depth == "v2-small":
         save_random(v2_small_config(ModelVariant.metric_indoor), str(root / "models" / "depth-anything-v2-small-metric-indoor"))
-    stage = ReconstructStage(depth_provider=None if args.depth == "v2-small" else provider)
+    stage = ReconstructStage(depth_provider=None if args.depth == "v2-small" else provider, scale_frames=args.scale_frames)
     env = {**os.environ, "SPATIALFORGE_MODEL_DIR": str(root / "models"), "SPATIALFORGE_TERMINATION_LOG": str(root / "term")}
     ctx = RunContext(namespace="bench", name=f"recon-{args.child}", settings=RunnerSettings.from_env(env), device=choose_device(args.device))
     resource_doc = parse_resource({
@@ -235,7 +242,11 @@ def child(args: argparse.Namespace) -> None:
         figures.update(metrics(shard, room, cam, poses, mono))
     figures["started"] = started  # wall clock: the parent's RSS samples of this process line up with the stages
     if drawn:
-        figures["scale_floor_pct"] = round(100 * (float(np.mean(drawn)) - 1.0), 3)
+        # The floor: the mean of the scale errors drawn for every frame whose depth the stage
+        # asked for (keyframes and the frames that vote on the scale); and the keyframes' alone.
+        figures["scale_floor_pct"] = round(100 * (float(np.mean(list(drawn.values()))) - 1.0), 3)
+        keyframe_draws = [drawn[i] for i in keyframe_frames(shard)]
+        figures["scale_floor_keyframes_pct"] = round(100 * (float(np.mean(keyframe_draws)) - 1.0), 3)
     print(json.dumps(figures))
 
 
@@ -263,7 +274,7 @@ def rss_by_stage(trace: list[tuple[float, int]], started: float, figures: dict) 
     in the order of their timings), and when the overall peak came (seconds after the start)."""
     out: dict[str, float] = {}
     start = started
-    for name in ("decode", "keyframes", "depth", "poses", "fusion", "floorplan", "write"):  # webMesh is inside write
+    for name in ("decode", "keyframes", "depth", "poses", "scale", "fusion", "floorplan", "write"):  # webMesh is inside write
         seconds = figures.get(f"{name}_s")
         if seconds is None:
             continue
@@ -293,6 +304,8 @@ def main() -> None:
     parser.add_argument("--mono-noise", type=float, default=0.01, help="sigma of per-pixel noise")
     parser.add_argument("--mono-seed", type=int, default=0,
                         help="another draw of the errors (0: each keyframe's frame index seeds its own, as before)")
+    parser.add_argument("--scale-frames", type=int, default=None,
+                        help="frames between keyframes that vote on the global scale (default: the preset's; 0: none)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -325,6 +338,8 @@ def main() -> None:
                        "--mono-scale", str(args.mono_scale), "--mono-warp", str(args.mono_warp),
                        "--mono-edge-px", str(args.mono_edge_px), "--mono-noise", str(args.mono_noise),
                        "--mono-seed", str(args.mono_seed)]
+                if args.scale_frames is not None:
+                    cmd += ["--scale-frames", str(args.scale_frames)]
                 code, out, err, trace = run_sampled(cmd)
                 if code != 0:
                     print(err[-4000:], file=sys.stderr)
@@ -336,7 +351,7 @@ def main() -> None:
             ("ate_aligned_mm", "ATE al", ".2f"), ("ate_sim3_mm", "ATE s3", ".2f"), ("rot_max_deg", "rot deg", ".3f"), ("loop_gap_mm", "gap mm", ".2f"), ("mesh_p50_mm", "p50 mm", ".2f"),
             ("mesh_p95_mm", "p95 mm", ".2f"), ("completeness_10mm", "c@10", ".3f"), ("completeness_20mm", "c@20", ".3f"), ("floor_area_err_pct", "area %", ".2f"),
             ("room_count", "rooms", "d"), ("mesh_mb", "mesh MB", ".1f"), ("web_mb", "web MB", ".1f"),
-            ("scale_floor_pct", "floor %", ".2f"), ("scale_err_pct", "scale %", ".2f"), ("mesh_p95_sim3_mm", "p95 s3", ".2f"),
+            ("scale_floor_keyframes_pct", "floor kf", ".2f"), ("scale_floor_pct", "floor %", ".2f"), ("scale_err_pct", "scale %", ".2f"), ("mesh_p95_sim3_mm", "p95 s3", ".2f"),
             ("completeness_20mm_sim3", "c@20 s3", ".3f")]
     print(f"{'preset':<22}" + "".join(f"{label:>10}" for _, label, _ in cols))
     for preset, r in results.items():
@@ -345,6 +360,7 @@ def main() -> None:
                       "frames": len(poses), "path_m": round(path_length(poses), 3), "depth": args.depth,
                       "mono": {"scale": args.mono_scale, "warp": args.mono_warp, "edge_px": args.mono_edge_px,
                                "noise": args.mono_noise, "seed": args.mono_seed},
+                      "scale_frames": args.scale_frames,
                       "load_avg": [round(x, 2) for x in os.getloadavg()],
                       "device": args.device, "presets": results}))
 

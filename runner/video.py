@@ -52,6 +52,7 @@ class VideoSource:
         import cv2
 
         self.name = name
+        self.path = path
         self.max_side = max_side
         if not path.is_file() or path.stat().st_size == 0:
             raise InvalidVideoError(f"{name}: empty or missing video file")
@@ -64,6 +65,10 @@ class VideoSource:
         self.metadata_focal_px: float | None = None
         self.lost = 0
         self.warnings: list[str] = []
+
+    def reopen(self) -> VideoSource:
+        """The same video from its start (`frames` reads it once)."""
+        return VideoSource(self.path, name=self.name, max_side=self.max_side)
 
     def frames(self, wants: Callable[[int], bool]) -> Iterator[Frame]:
         """Wanted frames in order; a damaged stretch yields frames with `rgb` None and decoding
@@ -141,6 +146,10 @@ class ImageSequenceSource:
         if len(self._said) > MAX_WARNINGS:
             out.append(f"{len(self._said) - MAX_WARNINGS} more kinds of warning left out")
         return out
+
+    def reopen(self) -> ImageSequenceSource:
+        """The same images, fetched again, with fresh counts and warnings."""
+        return ImageSequenceSource(self.uris, self.fetch, max_side=self.max_side, fps=self.fps)
 
     def frames(self, wants: Callable[[int], bool]) -> Iterator[Frame]:
         for index, uri in enumerate(self.uris):

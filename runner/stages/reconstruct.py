@@ -35,7 +35,9 @@ from spatialforge.runner.geometry.depth_filters import prepare_for_fusion
 from spatialforge.runner.geometry.fusion import FusionResult, fuse
 from spatialforge.runner.geometry.keyframes import Drops, Keyframe, KeyframeSelector
 from spatialforge.runner.geometry.poses import PoseResult
-from spatialforge.runner.geometry.quality import ADVICE, DropReason
+from spatialforge.runner.geometry.quality import ADVICE, DropReason, QualityGate, measure
+from spatialforge.runner.geometry.scale_frames import MAX_CORRECTION as MAX_SCALE_CORRECTION
+from spatialforge.runner.geometry.scale_frames import ScaleVotes, choose_frames
 from spatialforge.runner.geometry.single_view import single_view
 from spatialforge.runner.geometry.tracking import estimate_poses
 from spatialforge.runner.geometry.webmesh import write_web_mesh
@@ -60,6 +62,11 @@ TRUNCATION_VOXELS = 4.0
 # Dense odometry works at most at this size (longer side): finer costs time, not accuracy.
 POSE_MAX_SIDE = 512
 FLOORPLAN_SLICE_HEIGHT = 1.0
+# With a monocular network, frames between the keyframes vote on the global scale (at most this
+# many; geometry/scale_frames.py): each costs a depth inference and a PnP, and takes the
+# scale's error from σ/√keyframes towards σ/√(keyframes + frames).
+SCALE_FRAMES = {QualityPreset.draft: 100, QualityPreset.standard: 500, QualityPreset.high: 1000}
+SCALE_BATCH = 8
 # Below this, a camera is taken not to have moved (metres, degrees).
 STILL_BASELINE, STILL_ROTATION = 0.01, 2.0
 
@@ -142,20 +149,35 @@ def _resize_depth(depth: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.where(np.abs(linear - near) <= 0.02 * np.abs(near), linear, near).astype(np.float32)
 
 
+class _Mapped(Sequence[np.ndarray]):
+    """`fn` of each item, computed each time it is read."""
+
+    def __init__(self, items: Sequence[np.ndarray], fn: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.items, self.fn = items, fn
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]  # read by index only
+        return self.fn(self.items[i])
+
+
 DepthProvider = Callable[[list[Keyframe]], tuple[list[np.ndarray], bool]]
 
 
 class ReconstructStage:
     """Runs a ReconstructionJob (always one shard).
 
-    `depth_provider` replaces the depth network (keyframes -> (depth maps in metres, metric)),
-    for benchmarks and experiments on scenes whose true depth is known.
+    `depth_provider` replaces the depth network (frames -> (depth maps in metres, metric)),
+    for benchmarks and experiments on scenes whose true depth is known. `scale_frames`
+    overrides the preset's SCALE_FRAMES (0: the keyframes alone set the scale).
     """
 
     kind = "ReconstructionJob"
 
-    def __init__(self, *, depth_provider: DepthProvider | None = None) -> None:
+    def __init__(self, *, depth_provider: DepthProvider | None = None, scale_frames: int | None = None) -> None:
         self.depth_provider = depth_provider
+        self.scale_frames = scale_frames
 
     def run(self, spec: ReconstructionJobSpec, ctx: RunContext) -> StageResult:
         started = time.monotonic()
@@ -189,6 +211,13 @@ class ReconstructStage:
             timings["poses"] = time.monotonic() - t0
             release_free_memory()  # the tracker's maps and features, before fusion allocates its own
             single = len(poses.posed) < 2
+            scale_votes = None
+            budget = SCALE_FRAMES[preset] if self.scale_frames is None else self.scale_frames
+            if metric and len(poses.posed) >= 3 and budget > 0:
+                progress.update(stage="scale")
+                t0 = time.monotonic()
+                scale_votes = self._vote_on_scale(spec, ctx, source, keyframes, poses, depths, camera, budget, warnings)
+                timings["scale"] = time.monotonic() - t0
             if single:
                 warnings.append(self._single_view_why(keyframes, selector))
             else:
@@ -231,7 +260,7 @@ class ReconstructStage:
                 spec, ctx, Path(tmp), keyframes, poses, geometry, plan, camera,
                 extra={
                     "voxelSize": voxel, "metric": metric, "device": device, "quality": preset.value,
-                    "flyingPixelsDropped": round(flying, 4),
+                    "flyingPixelsDropped": round(flying, 4), "scaleVotes": scale_votes,
                     "singleView": single, "warnings": warnings,
                     "model": {"size": spec.model.size.value, "variant": spec.model.variant.value,
                               "checkpoint": checkpoint, "metric": metric},
@@ -288,10 +317,12 @@ class ReconstructStage:
         keyframes = selector.finish()
         return keyframes, time.monotonic() - t0 - t_select, t_select
 
-    def _depth(self, spec: ReconstructionJobSpec, ctx: RunContext, keyframes: list[Keyframe]) -> tuple[list[np.ndarray], bool, str]:
+    def _depth(self, spec: ReconstructionJobSpec, ctx: RunContext, keyframes: list[Keyframe], *,
+               report: bool = True) -> tuple[list[np.ndarray], bool, str]:
         if self.depth_provider is not None:
             depths, metric = self.depth_provider(keyframes)
-            ctx.progress.update(done=len(depths))
+            if report:
+                ctx.progress.update(done=len(depths))
             return depths, metric, "provided"
         estimator = ctx.estimator(spec.model)
         batch = 4 if ctx.get_device().is_cuda else 1
@@ -299,7 +330,8 @@ class ReconstructStage:
         for i in range(0, len(keyframes), batch):
             chunk = keyframes[i : i + batch]
             depths.extend(estimator.predict_rgb([k.rgb for k in chunk]))
-            ctx.progress.update(done=len(depths))
+            if report:
+                ctx.progress.update(done=len(depths))
         if not estimator.metric:
             depths = [disparity_to_depth(d) for d in depths]
         checkpoint = getattr(getattr(estimator, "checkpoint", None), "name", f"{spec.model.size.value}-{spec.model.variant.value}")
@@ -340,6 +372,75 @@ class ReconstructStage:
             return first_only, depths
         fields = result.fields or [None] * len(depths)
         return result, [_scale(d, s, f) for d, s, f in zip(depths, result.scales, fields, strict=True)]
+
+    def _vote_on_scale(
+        self, spec: ReconstructionJobSpec, ctx: RunContext, source: VideoSource | ImageSequenceSource,
+        keyframes: list[Keyframe], poses: PoseResult, depths: list[np.ndarray], camera: Camera, budget: int,
+        warnings: list[str],
+    ) -> dict[str, Any] | None:
+        """Frames between the keyframes vote on the global scale (geometry/scale_frames.py); the
+        poses and depth maps are rescaled in place by the result. Decodes the input again, a
+        batch at a time: only each frame's vote is kept. Never fails the job."""
+        import cv2
+
+        wanted = choose_frames([k.index for k in keyframes], source.frame_count or keyframes[-1].index + 1, budget)
+        if not wanted:
+            return None
+        h, w = depths[0].shape
+        shrink = min(1.0, POSE_MAX_SIDE / max(w, h))
+        sw, sh = (round(w * shrink), round(h * shrink)) if shrink < 1.0 else (w, h)
+        small_rgb = (lambda img: cv2.resize(img, (sw, sh), interpolation=cv2.INTER_AREA)) if shrink < 1.0 else (lambda img: img)
+        small_depth = (lambda d: _resize_depth(d, sw, sh)) if shrink < 1.0 else (lambda d: d)
+        votes = ScaleVotes(
+            indices=[k.index for k in keyframes],
+            images=_Resized([k.rgb for k in keyframes], sw, sh) if shrink < 1.0 else [k.rgb for k in keyframes],
+            depths=_Mapped(depths, small_depth), poses=poses.poses, K=camera.scaled(sw, sh).K, depth_max=spec.depth_max,
+        )
+        gate = QualityGate()
+        batch: list[Keyframe] = []
+
+        def flush() -> None:
+            maps, _, _ = self._depth(spec, ctx, batch, report=False)
+            for frame, depth in zip(batch, maps, strict=True):
+                votes.add(frame.index, small_rgb(frame.rgb), small_depth(np.asarray(depth, dtype=np.float32)))
+            batch.clear()
+            ctx.progress.update(done=votes.tried)
+
+        ctx.progress.update(done=0, total=len(wanted))
+        try:
+            for frame in source.reopen().frames(lambda i: i in wanted):
+                if frame.rgb is None:
+                    continue
+                _, stats = measure(frame.rgb)
+                if gate.judge(stats) is not None:
+                    continue
+                batch.append(Keyframe(index=frame.index, timestamp=frame.timestamp, rgb=frame.rgb,
+                                      sharpness=stats.sharpness, motion=0.0))
+                if len(batch) >= SCALE_BATCH:
+                    flush()
+            if batch:
+                flush()
+        except Exception as exc:  # noqa: BLE001 - the keyframes' own scale stands without the votes
+            log.warning("scale votes failed: %s: %s", type(exc).__name__, exc)
+            log.debug("scale votes failure", exc_info=True)
+            warnings.append(f"the frames between keyframes could not vote on the scale ({type(exc).__name__}); "
+                            "the keyframes alone set it")
+            return None
+        g = votes.correction([1.0 / poses.scales[k] for k in poses.posed])
+        summary: dict[str, Any] = {"frames": len(wanted), "votes": len(votes.votes), "keyframes": len(poses.posed),
+                                   "correction": None if g is None else round(g, 5)}
+        if g is None:
+            warnings.append(f"the frames between keyframes would rescale the reconstruction by more than "
+                            f"{100 * MAX_SCALE_CORRECTION:.0f} %; kept the keyframes' scale")
+            return summary
+        if g != 1.0:
+            for k in poses.posed:
+                pose = np.array(poses.poses[k], dtype=np.float64)
+                pose[:3, 3] *= g
+                poses.poses[k] = pose
+            poses.scales[:] = [s * g for s in poses.scales]
+            depths[:] = [_scale(d, g) for d in depths]
+        return summary
 
     @staticmethod
     def _single_view_why(keyframes: list[Keyframe], selector: KeyframeSelector) -> str:
