@@ -218,6 +218,7 @@ class ReconstructStage:
                 t0 = time.monotonic()
                 scale_votes = self._vote_on_scale(spec, ctx, source, keyframes, poses, depths, camera, budget, warnings)
                 timings["scale"] = time.monotonic() - t0
+                release_free_memory()  # its frames and features, before fusion
             if single:
                 warnings.append(self._single_view_why(keyframes, selector))
             else:
@@ -409,7 +410,7 @@ class ReconstructStage:
         ctx.progress.update(done=0, total=len(wanted))
         try:
             for frame in source.reopen().frames(lambda i: i in wanted):
-                if frame.rgb is None:
+                if frame.rgb is None or frame.rgb.shape != keyframes[0].rgb.shape:  # an image of another size
                     continue
                 _, stats = measure(frame.rgb)
                 if gate.judge(stats) is not None:
