@@ -62,8 +62,8 @@ TRUNCATION_VOXELS = 4.0
 # Dense odometry works at most at this size (longer side): finer costs time, not accuracy.
 POSE_MAX_SIDE = 512
 FLOORPLAN_SLICE_HEIGHT = 1.0
-# With a monocular network, frames between the keyframes vote on the global scale (at most this
-# many; geometry/scale_frames.py): each costs a depth inference and a PnP, and takes the
+# With a metric network, frames between the keyframes vote on the global scale (at most this
+# many unless `spec.scaleFrames` says; geometry/scale_frames.py): each costs a depth inference and a PnP, and takes the
 # scale's error from σ/√keyframes towards σ/√(keyframes + frames).
 SCALE_FRAMES = {QualityPreset.draft: 100, QualityPreset.standard: 500, QualityPreset.high: 1000}
 SCALE_BATCH = 8
@@ -170,7 +170,8 @@ class ReconstructStage:
 
     `depth_provider` replaces the depth network (frames -> (depth maps in metres, metric)),
     for benchmarks and experiments on scenes whose true depth is known. `scale_frames`
-    overrides the preset's SCALE_FRAMES (0: the keyframes alone set the scale).
+    overrides `spec.scaleFrames` and the preset's SCALE_FRAMES (0: the keyframes alone set the
+    scale).
     """
 
     kind = "ReconstructionJob"
@@ -212,7 +213,7 @@ class ReconstructStage:
             release_free_memory()  # the tracker's maps and features, before fusion allocates its own
             single = len(poses.posed) < 2
             scale_votes = None
-            budget = SCALE_FRAMES[preset] if self.scale_frames is None else self.scale_frames
+            budget = next(b for b in (self.scale_frames, spec.scale_frames, SCALE_FRAMES[preset]) if b is not None)
             if metric and len(poses.posed) >= 3 and budget > 0:
                 progress.update(stage="scale")
                 t0 = time.monotonic()

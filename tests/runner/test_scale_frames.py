@@ -82,7 +82,7 @@ def test_votes_measure_each_frame_s_network_scale_against_the_reconstruction(sho
     assert g == pytest.approx(want, rel=0.001)
 
 
-def _run(tmp_path, truth, video, scale_frames: int | None, fail_votes: bool = False) -> tuple[dict, float]:
+def _run(tmp_path, truth, video, scale_frames: int | None = None, fail_votes: bool = False) -> tuple[dict, float]:
     """The stage on a walk whose keyframes' depth is 6 % too deep and the other frames' 3 % too
     shallow; the reconstruction's scale against the truth (similarity of the camera paths)."""
     calls = []
@@ -99,10 +99,10 @@ def _run(tmp_path, truth, video, scale_frames: int | None, fail_votes: bool = Fa
         "apiVersion": "spatialforge.io/v1alpha1", "kind": "ReconstructionJob",
         "metadata": {"name": "room", "namespace": "team-a"},
         "spec": {"input": video.as_uri(), "output": {"uri": out.as_uri(), "formats": ["trajectory"]}, "quality": "draft",
-                 "depthMax": 8.0, "intrinsics": {"fx": 250.0, "fy": 250.0}},
+                 "depthMax": 8.0, "intrinsics": {"fx": 250.0, "fy": 250.0}, "scaleFrames": scale_frames},
     }, allow_local=True).spec
     ctx = RunContext(namespace="team-a", name="room", settings=RunnerSettings.from_env())
-    ReconstructStage(depth_provider=depth, scale_frames=scale_frames).run(spec, ctx)
+    ReconstructStage(depth_provider=depth).run(spec, ctx)
     shard = out / "team-a" / "room" / "shard-00000"
     manifest = json.loads((shard / "manifest.json").read_text())
     frames = [f for f in json.loads((shard / "trajectory.json").read_text())["frames"] if f["cameraToWorld"]]
@@ -117,17 +117,17 @@ def test_the_stage_rescales_the_reconstruction_to_every_frame_s_mean(tmp_path, s
     truth = walk(60, fraction=0.25)
     video = write_video(tmp_path / "walk.mp4", [render(ROOM, CAM, T, supersample=1)[0] for T in truth], fps=10)
 
-    manifest, alone = _run(tmp_path, truth, video, scale_frames=0)
+    manifest, alone = _run(tmp_path, truth, video, scale_frames=0)  # spec.scaleFrames 0: the keyframes alone
     assert manifest["scaleVotes"] is None
     assert alone == pytest.approx(1.06, rel=0.003)  # the keyframes' mean
 
-    manifest, voted = _run(tmp_path, truth, video, scale_frames=None)
+    manifest, voted = _run(tmp_path, truth, video)  # the draft preset's 100: every frame between votes
     v = manifest["scaleVotes"]
     assert v["keyframes"] == manifest["posed"] and v["votes"] >= 0.9 * v["frames"] > 0, v
     want = (v["keyframes"] * 1.06 + v["votes"] * 0.97) / (v["keyframes"] + v["votes"])
     assert voted == pytest.approx(want, rel=0.003), (voted, want, v)
     assert v["correction"] == pytest.approx(want / 1.06, rel=0.003)
 
-    manifest, kept = _run(tmp_path, truth, video, scale_frames=None, fail_votes=True)
+    manifest, kept = _run(tmp_path, truth, video, fail_votes=True)
     assert manifest["scaleVotes"] is None and kept == pytest.approx(alone, rel=0.002)  # open3d threads: not bit-equal
     assert any("could not vote on the scale" in w for w in manifest["warnings"]), manifest["warnings"]
