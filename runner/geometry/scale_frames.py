@@ -20,6 +20,7 @@ by neighbouring frames (the same content seen twice) do not average out, whateve
 from __future__ import annotations
 
 import bisect
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -73,15 +74,14 @@ class ScaleVotes:
     tried: int = 0
     _cache: dict[int, tuple[np.ndarray, Features, np.ndarray]] = field(default_factory=dict)
 
-    def _keyframe(self, k: int) -> tuple[np.ndarray, Features, np.ndarray]:
-        """Keyframe k's gray image, features and depth (`images` and `depths` may build each
-        item on access)."""
-        if k not in self._cache:
+    def _warm(self, needed: set[int]) -> None:
+        """Keyframes' gray image, features and depth for `needed` (`images` and `depths` may build
+        each item on access); the others are dropped: frames come in order."""
+        for k in [k for k in self._cache if k not in needed]:
+            del self._cache[k]
+        for k in needed - self._cache.keys():
             gray = _gray(self.images[k])
             self._cache[k] = (gray, detect(gray), np.asarray(self.depths[k], dtype=np.float32))
-            while len(self._cache) > 3:  # frames come in order: only the neighbours are needed
-                self._cache.pop(next(iter(self._cache)))
-        return self._cache[k]
 
     def neighbours(self, index: int) -> tuple[int, int] | None:
         """The posed keyframes just before and after frame `index`."""
@@ -93,12 +93,27 @@ class ScaleVotes:
     def add(self, index: int, rgb: np.ndarray, depth: np.ndarray) -> float | None:
         """Frame `index` (RGB and the network's depth, at the keyframes' size): its vote, the
         network's scale over the reconstruction's, or None where it could not be placed."""
-        self.tried += 1
+        return self.add_many([(index, rgb, depth)])[0]
+
+    def add_many(self, frames: list[tuple[int, np.ndarray, np.ndarray]], workers: int = 1) -> list[float | None]:
+        """`add` for several frames, placed on `workers` threads at once (OpenCV's feature,
+        matching and PnP calls release the GIL; the threads only read the keyframe cache)."""
+        self._warm({k for index, _, _ in frames for k in (self.neighbours(index) or ())})
+        if workers > 1 and len(frames) > 1:
+            with ThreadPoolExecutor(max_workers=min(workers, len(frames))) as pool:
+                out = list(pool.map(lambda f: self._vote(*f), frames))
+        else:
+            out = [self._vote(*f) for f in frames]
+        self.tried += len(frames)
+        self.votes.extend(v for v in out if v is not None)
+        return out
+
+    def _vote(self, index: int, rgb: np.ndarray, depth: np.ndarray) -> float | None:
         pair = self.neighbours(index)
         if pair is None:
             return None
         ref, nxt = pair
-        gray_ref, feats_ref, depth_ref = self._keyframe(ref)
+        gray_ref, feats_ref, depth_ref = self._cache[ref]
         gray = _gray(rgb)
         T_cur_ref, method, _ = relative_pose(gray_ref, depth_ref, gray, self.K, depth_max=self.depth_max,
                                              features=feats_ref, features_cur=detect(gray, VOTE_FEATURES))
@@ -107,17 +122,14 @@ class ScaleVotes:
         ratios, weights = [], []
         for k in dict.fromkeys((ref, nxt)):
             T = T_cur_ref @ np.linalg.inv(self.poses[ref]) @ self.poses[k]  # keyframe k's camera -> this frame's
-            ratio, count = depth_ratio(self._keyframe(k)[2], depth, T, self.K, self.depth_max)
+            ratio, count = depth_ratio(self._cache[k][2], depth, T, self.K, self.depth_max)
             if count:
                 ratios.append(ratio)
                 weights.append(count)
         if not ratios:
             return None
         vote = 1.0 / float(np.average(ratios, weights=weights))
-        if not np.isfinite(vote) or vote <= 0:
-            return None
-        self.votes.append(vote)
-        return vote
+        return vote if np.isfinite(vote) and vote > 0 else None
 
     def correction(self, keyframe_votes: list[float]) -> float | None:
         """The factor that brings the reconstruction to the mean scale of every vote (the

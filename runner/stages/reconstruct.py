@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -67,6 +68,7 @@ FLOORPLAN_SLICE_HEIGHT = 1.0
 # scale's error from σ/√keyframes towards σ/√(keyframes + frames).
 SCALE_FRAMES = {QualityPreset.draft: 100, QualityPreset.standard: 500, QualityPreset.high: 1000}
 SCALE_BATCH = 8
+VOTE_WORKERS = min(SCALE_BATCH, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 # Below this, a camera is taken not to have moved (metres, degrees).
 STILL_BASELINE, STILL_ROTATION = 0.01, 2.0
 
@@ -403,8 +405,8 @@ class ReconstructStage:
 
         def flush() -> None:
             maps, _, _ = self._depth(spec, ctx, batch, report=False)
-            for frame, depth in zip(batch, maps, strict=True):
-                votes.add(frame.index, small_rgb(frame.rgb), small_depth(np.asarray(depth, dtype=np.float32)))
+            votes.add_many([(f.index, small_rgb(f.rgb), small_depth(np.asarray(d, dtype=np.float32)))
+                            for f, d in zip(batch, maps, strict=True)], workers=VOTE_WORKERS)
             batch.clear()
             ctx.progress.update(done=votes.tried)
 

@@ -72,10 +72,15 @@ def test_votes_measure_each_frame_s_network_scale_against_the_reconstruction(sho
     votes = ScaleVotes(indices=keys, images=[rgbs[i] for i in keys], depths=[depths[i] * np.float32(recon) for i in keys],
                        poses=poses, K=CAM.K, depth_max=8.0)
     others = [i for i in range(75) if i not in keys and keys[0] < i < keys[-1]]
-    for i in others:
-        vote = votes.add(i, rgbs[i], depths[i] * np.float32(drawn[i]))
+    first_half, second_half = others[: len(others) // 2], others[len(others) // 2 :]
+    got = [votes.add(i, rgbs[i], depths[i] * np.float32(drawn[i])) for i in first_half]
+    for start in range(0, len(second_half), 8):  # as the stage hands them: 8 at a time, on threads
+        chunk = second_half[start : start + 8]
+        got += votes.add_many([(i, rgbs[i], depths[i] * np.float32(drawn[i])) for i in chunk], workers=4)
+    for i, vote in zip(others, got, strict=True):
         assert vote is not None, i
         assert vote == pytest.approx(drawn[i] / recon, rel=0.005), i
+    assert votes.tried == len(votes.votes) == len(others)
     keyframe_votes = [drawn[i] / recon for i in keys]
     g = votes.correction(keyframe_votes)
     want = float(np.mean([drawn[i] for i in keys + others])) / recon
