@@ -71,10 +71,10 @@ class ReconstructionJobSpec(Lifecycle):
     """TSDF voxel size in metres; the preset chooses when absent."""
     depth_max: float = Field(default=10.0, gt=0.1, le=100.0)
     """Depth beyond this (metres) is ignored in fusion."""
-    scale_frames: int | None = Field(default=None, ge=0, le=5000)
+    scale_frames: int | None = Field(default=None, ge=0, le=1000)
     """With a metric model, frames between the keyframes that also get depth, only to vote on
-    the global scale (each costs one depth inference); the preset chooses when absent
-    (draft 100, standard 500, high 1000), 0 leaves the scale to the keyframes alone."""
+    the global scale (each costs one depth inference): at most the preset's count (draft 100,
+    standard 500, high 1000), which is also the default; 0 leaves the scale to the keyframes."""
     placement: Placement = Field(default_factory=Placement)
 
     @property

@@ -64,7 +64,8 @@ TRUNCATION_VOXELS = 4.0
 POSE_MAX_SIDE = 512
 FLOORPLAN_SLICE_HEIGHT = 1.0
 # With a metric network, frames between the keyframes vote on the global scale (at most this
-# many unless `spec.scaleFrames` says; geometry/scale_frames.py): each costs a depth inference and a PnP, and takes the
+# many; `spec.scaleFrames` may ask fewer, so a preset's quota units bound the work;
+# geometry/scale_frames.py): each costs a depth inference and a PnP, and takes the
 # scale's error from σ/√keyframes towards σ/√(keyframes + frames).
 SCALE_FRAMES = {QualityPreset.draft: 100, QualityPreset.standard: 500, QualityPreset.high: 1000}
 SCALE_BATCH = 8
@@ -79,6 +80,13 @@ _DROP_WORDS = {
     DropReason.blurred: "blurred",
     DropReason.duplicate: "unchanged",
 }
+
+
+def scale_frame_budget(spec: ReconstructionJobSpec) -> int:
+    """How many frames between the keyframes vote on the scale: the preset's SCALE_FRAMES, or
+    fewer where `spec.scaleFrames` asks (never more: the preset's quota units bound the work)."""
+    most = SCALE_FRAMES[QualityPreset(spec.quality)]
+    return most if spec.scale_frames is None else min(spec.scale_frames, most)
 
 
 def disparity_to_depth(disp: np.ndarray) -> np.ndarray:
@@ -215,7 +223,7 @@ class ReconstructStage:
             release_free_memory()  # the tracker's maps and features, before fusion allocates its own
             single = len(poses.posed) < 2
             scale_votes = None
-            budget = next(b for b in (self.scale_frames, spec.scale_frames, SCALE_FRAMES[preset]) if b is not None)
+            budget = scale_frame_budget(spec) if self.scale_frames is None else self.scale_frames
             if metric and len(poses.posed) >= 3 and budget > 0:
                 progress.update(stage="scale")
                 t0 = time.monotonic()

@@ -11,7 +11,8 @@ from spatialforge.runner.app import parse_resource
 from spatialforge.runner.geometry.scale_frames import ScaleVotes, choose_frames
 from spatialforge.runner.settings import RunnerSettings
 from spatialforge.runner.stages.base import RunContext
-from spatialforge.runner.stages.reconstruct import ReconstructStage
+from spatialforge.runner.errors import InvalidSpecError
+from spatialforge.runner.stages.reconstruct import ReconstructStage, scale_frame_budget
 from spatialforge.runner.synthetic import PinholeCamera, furnished_room, render, walk, write_video
 
 ROOM = furnished_room()
@@ -29,6 +30,24 @@ def test_frames_are_spread_between_the_keyframes_and_never_one_of_them():
     assert choose_frames(keyframes, total_frames=100, budget=1000) == set(range(11, 40)) - set(keyframes)
     assert choose_frames(keyframes, total_frames=100, budget=0) == set()
     assert choose_frames([5], total_frames=100, budget=10) == set()
+
+
+def _spec(**extra) -> object:
+    return parse_resource({
+        "apiVersion": "spatialforge.io/v1alpha1", "kind": "ReconstructionJob",
+        "metadata": {"name": "room", "namespace": "team-a"},
+        "spec": {"input": "s3://videos/walk.mp4", "output": {"uri": "s3://results/"}, **extra},
+    }).spec
+
+
+def test_a_spec_may_ask_fewer_voting_frames_than_its_preset_never_more():
+    assert scale_frame_budget(_spec(quality="draft")) == 100
+    assert scale_frame_budget(_spec(quality="standard")) == 500
+    assert scale_frame_budget(_spec(quality="high", scaleFrames=40)) == 40
+    assert scale_frame_budget(_spec(quality="draft", scaleFrames=1000)) == 100  # the draft preset's quota bounds it
+    assert scale_frame_budget(_spec(scaleFrames=0)) == 0
+    with pytest.raises(InvalidSpecError, match="scaleFrames"):
+        _spec(scaleFrames=5000)
 
 
 def _votes() -> ScaleVotes:
