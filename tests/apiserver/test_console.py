@@ -149,6 +149,15 @@ def _wait(driver: Any, what: str, probe: Callable[[], Any], timeout: float = SHO
     return wait_until(what, tolerant, timeout=timeout, interval=0.2)
 
 
+def _click(driver: Any, what: str, css: str) -> None:
+    """Click what `css` finds; found just before a redraw of the jobs list, it is gone by the
+    click, so it is found again."""
+    def clicked() -> bool:
+        driver.find_element("css selector", css).click()
+        return True
+    _wait(driver, what, clicked)
+
+
 def _text(driver: Any, css: str) -> str:
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 
@@ -270,7 +279,7 @@ def test_console_in_a_real_browser(console: Console, browser: Any, shots: Callab
                       aws_secret_access_key=minio.env["AWS_SECRET_ACCESS_KEY"])
     base = shard_prefix(f"{tenant.prefix}results", tenant.namespace, job, 0).removeprefix(f"s3://{BUCKET}/")
     s3.put_object(Bucket=BUCKET, Key=f"{base}/manifest.json", Body=b'{"console": true}')
-    driver.find_element("css selector", f"{row} a").click()
+    _click(driver, "the job's link in the list", f"{row} a")
     links = _wait(driver, "the file links", lambda: driver.find_elements("css selector", "#files a"))
     assert links[0].text == "shard-00000/manifest.json"
     assert httpx.get(links[0].get_attribute("href"), timeout=SHORT).content == b'{"console": true}'
@@ -485,7 +494,7 @@ def test_console_depth_batch_of_several_images(console: Console, browser: Any, s
     listed = api.get(f"/v1/jobs/{job}/results").json()["files"]
     previews = sorted(f["key"] for f in listed if f["key"].endswith(".preview.jpg"))
     assert len(previews) == 3, [f["key"] for f in listed]
-    driver.find_element("css selector", f"{row} a").click()
+    _click(driver, "the job's link in the list", f"{row} a")
     _wait(driver, "the previews", lambda: driver.find_elements("css selector", "#preview-page"), timeout=MEDIUM)
     assert _text(driver, "dd[data-field='units']") == str(answer["units"])
     page = driver.find_element("css selector", "#preview-page")
