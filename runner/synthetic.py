@@ -303,6 +303,12 @@ NETWORK_SIDE = 518  # the longer side a V2 network sees: edge smear is that many
 WARP_CYCLES = 1.0  # the warp's plane waves make at most one cycle across the image
 
 
+def render_path(room: Room, camera: PinholeCamera, poses: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """RGB images and true depth maps along camera poses (one sample a pixel, as the tests use)."""
+    frames = [render(room, camera, T, supersample=1) for T in poses]
+    return [f[0] for f in frames], [f[1] for f in frames]
+
+
 def monocular_like(depth: np.ndarray, rng: np.random.Generator, errors: MonoErrors = MonoErrors()) -> np.ndarray:
     """True depth as a monocular network gets it wrong (`MonoErrors`), float32 metres."""
     import cv2

@@ -8,7 +8,7 @@ import pytest
 
 from spatialforge.runner.geometry import bundle
 from spatialforge.runner.geometry.tracking import estimate_poses
-from spatialforge.runner.synthetic import MonoErrors, PinholeCamera, furnished_room, monocular_like, render, walk
+from spatialforge.runner.synthetic import MonoErrors, PinholeCamera, furnished_room, monocular_like, render_path, walk
 
 ROOM = furnished_room()
 CAM = PinholeCamera(width=640, height=480, fx=500, fy=500).scaled(512, 384)
@@ -18,8 +18,7 @@ CAM = PinholeCamera(width=640, height=480, fx=500, fy=500).scaled(512, 384)
 def quarter_walk() -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """25 keyframes over the first quarter of the bench's walk."""
     truth = walk(25, fraction=0.25)
-    frames = [render(ROOM, CAM, T, supersample=1) for T in truth]
-    return truth, [f[0] for f in frames], [f[1] for f in frames]
+    return truth, *render_path(ROOM, CAM, truth)
 
 
 def test_spline_is_a_partition_of_unity_and_the_image_matches_the_samples():

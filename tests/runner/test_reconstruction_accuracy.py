@@ -13,7 +13,7 @@ from spatialforge.runner.geometry.camera import Camera
 from spatialforge.runner.geometry.fusion import fuse
 from spatialforge.runner.geometry.single_view import single_view
 from spatialforge.runner.geometry.tracking import estimate_poses
-from spatialforge.runner.synthetic import PinholeCamera, furnished_room, monocular_like, render, walk
+from spatialforge.runner.synthetic import PinholeCamera, furnished_room, monocular_like, render, render_path, walk
 
 ROOM = furnished_room()
 CAM = PinholeCamera(width=640, height=480, fx=500, fy=500).scaled(512, 384)  # standard working size
@@ -34,8 +34,7 @@ def _errors(poses: list, truth: list[np.ndarray]) -> tuple[np.ndarray, np.ndarra
 def quarter_walk() -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """25 keyframes over the first quarter of the walk (the bench's keyframe spacing)."""
     truth = walk(25, fraction=0.25)
-    frames = [render(ROOM, CAM, T, supersample=1) for T in truth]
-    return truth, [f[0] for f in frames], [f[1] for f in frames]
+    return truth, *render_path(ROOM, CAM, truth)
 
 
 def test_poses_and_surface_with_true_depth(quarter_walk):
@@ -82,8 +81,7 @@ def test_monocular_like_depth_within_2cm(quarter_walk):
 def test_a_closed_loop_closes():
     """A small loop (2.2 m, 360 degrees) that ends where it began: the graph closes it."""
     truth = walk(30, rx=0.3, rz=0.4)
-    frames = [render(ROOM, CAM, T, supersample=1) for T in truth]
-    result, _ = estimate_poses([f[0] for f in frames], [f[1] for f in frames], CAM.K, depth_max=8.0)
+    result, _ = estimate_poses(*render_path(ROOM, CAM, truth), CAM.K, depth_max=8.0)
     assert result.loops >= 1 and len(result.posed) == len(truth)
     pos, _ = _errors(result.poses, truth)
     gap = float(np.linalg.norm(result.poses[-1][:3, 3] - result.poses[0][:3, 3]))

@@ -13,7 +13,7 @@ from spatialforge.runner.settings import RunnerSettings
 from spatialforge.runner.stages.base import RunContext
 from spatialforge.runner.errors import InvalidSpecError
 from spatialforge.runner.stages.reconstruct import ReconstructStage, scale_frame_budget
-from spatialforge.runner.synthetic import PinholeCamera, furnished_room, render, walk, write_video
+from spatialforge.runner.synthetic import PinholeCamera, furnished_room, render, render_path, walk, write_video
 
 ROOM = furnished_room()
 CAM = PinholeCamera(width=320, height=240, fx=250, fy=250)
@@ -69,8 +69,7 @@ def test_a_wrongly_placed_frame_does_not_vote_and_a_wild_correction_is_refused()
 def short_walk() -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """75 frames over the first quarter of the walk: every 3rd a keyframe, the others vote."""
     truth = walk(75, fraction=0.25)
-    frames = [render(ROOM, CAM, T, supersample=1) for T in truth]
-    return truth, [f[0] for f in frames], [f[1] for f in frames]
+    return truth, *render_path(ROOM, CAM, truth)
 
 
 def test_votes_measure_each_frame_s_network_scale_against_the_reconstruction(short_walk):
@@ -137,7 +136,7 @@ def _run(tmp_path, truth, video, scale_frames: int | None = None, fail_votes: bo
     return manifest, scale
 
 
-def test_the_stage_rescales_the_reconstruction_to_every_frame_s_mean(tmp_path, short_walk):
+def test_the_stage_rescales_the_reconstruction_to_every_frame_s_mean(tmp_path):
     truth = walk(60, fraction=0.25)
     video = write_video(tmp_path / "walk.mp4", [render(ROOM, CAM, T, supersample=1)[0] for T in truth], fps=10)
 
